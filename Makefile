@@ -1,0 +1,18 @@
+.PHONY: demo test lint ui bootstrap
+export HF_HUB_OFFLINE := 1
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+demo: bootstrap
+	.venv/bin/python -m assets.demo
+
+test: bootstrap
+	.venv/bin/python -m pytest -q
+
+lint: bootstrap
+	.venv/bin/ruff check .
+
+ui: bootstrap
+	DAGSTER_HOME=$${DAGSTER_HOME:-$$PWD/.dagster_home} .venv/bin/dagster dev -w workspace.yaml

@@ -1,0 +1,109 @@
+"""Variants: named teacher x student x data-recipe combinations from `configs/variants.yaml`."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from coop_dag import CONFIG_DIR
+
+VARIANTS_FILE = CONFIG_DIR / "variants.yaml"
+TEACHER_KINDS = ("templated", "litellm", "openai_compatible")
+
+
+class VariantError(ValueError):
+    """A bad or unknown variant; the message names the file, variant and field."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    teacher: dict[str, Any]
+    steering: bool
+    student: str
+    upweight: int
+    strip: dict[str, bool]
+    recipe: str
+    seed: int
+    rollout: dict[str, Any]
+    description: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def teacher_kind(self) -> str:
+        return self.teacher["kind"]
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _build(name: str, spec: dict, source: Path) -> Variant:
+    where = f"{source}: variant '{name}'"
+    teacher = spec.get("teacher")
+    if not isinstance(teacher, dict) or "kind" not in teacher:
+        raise VariantError(f"{where}: field 'teacher' must be a mapping with a 'kind'")
+    if teacher["kind"] not in TEACHER_KINDS:
+        raise VariantError(
+            f"{where}: unknown teacher kind '{teacher['kind']}' (known: {', '.join(TEACHER_KINDS)})"
+        )
+    if teacher["kind"] != "templated" and not teacher.get("model"):
+        raise VariantError(f"{where}: teacher kind '{teacher['kind']}' needs field 'model'")
+    upweight = spec.get("upweight", 1)
+    if not isinstance(upweight, int) or upweight < 1:
+        raise VariantError(f"{where}: field 'upweight' must be an integer >= 1, got {upweight!r}")
+    try:
+        return Variant(
+            name=name,
+            teacher=teacher,
+            steering=bool(spec.get("steering", True)),
+            student=str(spec["student"]),
+            upweight=upweight,
+            strip={k: bool(v) for k, v in spec.get("strip", {}).items()},
+            recipe=str(spec.get("recipe", "embedded-default")),
+            seed=int(spec.get("seed", 0)),
+            rollout=dict(spec.get("rollout", {})),
+            description=str(spec.get("description", "")),
+            raw=spec,
+        )
+    except KeyError as err:
+        raise VariantError(f"{where}: missing field {err}") from None
+
+
+def load_variants(path: Path | str = VARIANTS_FILE) -> dict[str, Variant]:
+    path = Path(path)
+    if not path.is_file():
+        raise VariantError(f"variants file not found: {path}")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise VariantError(f"{path}: invalid YAML: {err}") from None
+    variants = doc.get("variants")
+    if not isinstance(variants, dict) or not variants:
+        raise VariantError(f"{path}: needs a non-empty 'variants' mapping")
+    defaults = doc.get("defaults", {}) or {}
+    return {name: _build(name, _merge(defaults, spec or {}), path) for name, spec in variants.items()}
+
+
+def default_variant_name(path: Path | str = VARIANTS_FILE) -> str:
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    return doc.get("default_variant") or next(iter(doc["variants"]))
+
+
+def get_variant(name: str, path: Path | str = VARIANTS_FILE) -> Variant:
+    variants = load_variants(path)
+    if name not in variants:
+        raise VariantError(
+            f"unknown variant '{name}' in {path} (known: {', '.join(sorted(variants))})"
+        )
+    return variants[name]
