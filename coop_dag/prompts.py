@@ -36,7 +36,12 @@ def _render(template: str, **values: object) -> str:
 
 
 def render_prompts(
-    task: str, agent_id: str, partner_id: str, *, steering: bool, repo_dir: str = REPO_DIR_IN_SANDBOX
+    task: str,
+    agent_id: str,
+    partner_id: str,
+    *,
+    steering: bool,
+    repo_dir: str = REPO_DIR_IN_SANDBOX,
 ) -> Prompts:
     cfg = _load("coop.yaml")
     section = steering_section() if steering else ""

@@ -92,7 +92,9 @@ def load_variants(path: Path | str = VARIANTS_FILE) -> dict[str, Variant]:
     if not isinstance(variants, dict) or not variants:
         raise VariantError(f"{path}: needs a non-empty 'variants' mapping")
     defaults = doc.get("defaults", {}) or {}
-    return {name: _build(name, _merge(defaults, spec or {}), path) for name, spec in variants.items()}
+    return {
+        name: _build(name, _merge(defaults, spec or {}), path) for name, spec in variants.items()
+    }
 
 
 def default_variant_name(path: Path | str = VARIANTS_FILE) -> str:

@@ -1,0 +1,214 @@
+"""Two agents on one feature pair, concurrently, each in its own sandbox, messaging through
+Redis; results written atomically in CooperBench's log layout:
+
+    <run>/coop/<repo>/<task_id>/f<a>_f<b>/{agent<fid>_traj.json, agent<fid>.patch,
+                                           conversation.json, result.json, eval.json}
+
+Agents are named by position as CooperBench does (`agent1` plays feature a, `agent2` feature
+b); files by feature id. A pair directory appears only when complete (written to a temp
+directory, then renamed), so a killed run leaves finished pairs intact and a rerun finishes
+only what is missing; pairs recorded as Error are re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from coop_dag.agent import AgentLimits, CoopAgent
+from coop_dag.evaluate import evaluate_pair
+from coop_dag.messaging import MessageBus
+from coop_dag.models import ChatModel
+from coop_dag.prompts import render_prompts
+from coop_dag.sandbox import LocalSandbox, Sandbox
+from coop_dag.tasks import Feature, Pair
+
+# (pair, feature, agent_id, partner_id) -> the model that plays this agent
+ModelFactory = Callable[[Pair, Feature, str, str], ChatModel]
+SandboxFactory = Callable[[Pair, Path], Sandbox]
+
+
+@dataclass
+class EpisodeSettings:
+    run_dir: Path
+    steering: bool = False
+    limits: AgentLimits = field(default_factory=AgentLimits)
+    evaluate: bool = True
+    model_name: str = ""
+    sandbox_root: Path | None = None
+
+
+def pair_dir(run_dir: Path, pair: Pair) -> Path:
+    return (
+        Path(run_dir)
+        / "coop"
+        / pair.repo
+        / str(pair.task_id)
+        / f"f{pair.feature_a}_f{pair.feature_b}"
+    )
+
+
+def pair_is_complete(run_dir: Path, pair: Pair) -> bool:
+    result = pair_dir(run_dir, pair) / "result.json"
+    if not result.is_file():
+        return False
+    try:
+        return json.loads(result.read_text()).get("status") != "Error"
+    except json.JSONDecodeError:
+        return False
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def _default_sandbox(pair: Pair, root: Path) -> Sandbox:
+    return LocalSandbox(pair.task, root)
+
+
+def _conversation(agents: list[CoopAgent]) -> list[dict]:
+    """Sent messages of both agents in send order, timestamps always floats."""
+    sent = [m for a in agents for m in a.bus.sent_messages()]
+    for m in sent:
+        m["timestamp"] = float(m.get("timestamp") or 0.0)
+    return sorted(sent, key=lambda m: m["timestamp"])
+
+
+def run_pair(
+    pair: Pair,
+    make_model: ModelFactory,
+    client: redis.Redis,
+    settings: EpisodeSettings,
+    make_sandbox: SandboxFactory = _default_sandbox,
+) -> dict:
+    """Run one pair to completion and write its logs; returns result.json's content."""
+    final = pair_dir(settings.run_dir, pair)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    started = time.time()
+    prefix = f"coop:{uuid.uuid4().hex[:12]}:"
+    agent_ids = {pair.feature_a: "agent1", pair.feature_b: "agent2"}
+    agents: list[CoopAgent] = []
+    sandboxes: list[Sandbox] = []
+    scratch = Path(tempfile.mkdtemp(prefix="coop-sbx-", dir=settings.sandbox_root))
+    error: str | None = None
+    try:
+        for feature in pair.features:
+            me = agent_ids[feature.feature_id]
+            partner = "agent2" if me == "agent1" else "agent1"
+            sandbox = make_sandbox(pair, scratch / me)
+            sandboxes.append(sandbox)
+            agents.append(
+                CoopAgent(
+                    agent_id=me,
+                    partner_id=partner,
+                    model=make_model(pair, feature, me, partner),
+                    sandbox=sandbox,
+                    bus=MessageBus(client, prefix, me, agents=["agent1", "agent2"]),
+                    prompts=render_prompts(
+                        feature.description, me, partner, steering=settings.steering
+                    ),
+                    limits=settings.limits,
+                )
+            )
+        threads = [
+            threading.Thread(target=a.run, name=f"{pair.pair_id}:{a.agent_id}") for a in agents
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        patches = {}
+        for feature, agent, sandbox in zip(pair.features, agents, sandboxes, strict=True):
+            fid = feature.feature_id
+            patches[fid] = sandbox.diff()
+            (stage / f"agent{fid}.patch").write_text(patches[fid])
+            _write_json(
+                stage / f"agent{fid}_traj.json",
+                agent.trajectory(
+                    repo=pair.repo, task_id=pair.task_id, feature_id=fid, model=settings.model_name
+                ),
+            )
+        _write_json(stage / "conversation.json", _conversation(agents))
+        if settings.evaluate:
+            result_eval = evaluate_pair(
+                pair, patches[pair.feature_a], patches[pair.feature_b], scratch / "eval"
+            )
+            _write_json(stage / "eval.json", result_eval)
+    except Exception as err:  # the pair is recorded as Error; other pairs go on
+        error = f"{type(err).__name__}: {err}"
+    finally:
+        for sandbox in sandboxes:
+            sandbox.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    agent_errors = [a.error for a in agents if a.status == "Error"]
+    result = {
+        "repo": pair.repo,
+        "task_id": pair.task_id,
+        "features": [pair.feature_a, pair.feature_b],
+        "setting": "coop",
+        "model": settings.model_name,
+        "prompt": "steering" if settings.steering else "default",
+        "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
+        "duration_seconds": round(time.time() - started, 3),
+        "status": "Error" if (error or agent_errors) else "Completed",
+        "error": error or (agent_errors[0] if agent_errors else None),
+        "agents": {
+            a.agent_id: {
+                "feature_id": f.feature_id,
+                "status": a.status,
+                "steps": a.steps,
+                "cost": a.cost,
+                "error": a.error,
+            }
+            for a, f in zip(agents, pair.features, strict=False)
+        },
+        "total_steps": sum(a.steps for a in agents),
+        "total_cost": sum(a.cost for a in agents),
+    }
+    _write_json(stage / "result.json", result)
+    # Publish atomically: replace any earlier (errored) attempt in one rename.
+    if final.exists():
+        trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:6]}")
+        os.replace(final, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(stage, final)
+    return result
+
+
+def run_pairs(
+    pairs: Iterable[Pair],
+    make_model: ModelFactory,
+    client: redis.Redis,
+    settings: EpisodeSettings,
+    *,
+    concurrency: int = 2,
+    make_sandbox: SandboxFactory = _default_sandbox,
+    on_progress: Callable[[int, int, Pair, dict], None] | None = None,
+) -> list[dict]:
+    """Run every pair not already complete; returns the results of the pairs run now."""
+    todo = [p for p in pairs if not pair_is_complete(settings.run_dir, p)]
+    results: list[dict] = []
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        futures = {
+            pool.submit(run_pair, p, make_model, client, settings, make_sandbox): p for p in todo
+        }
+        for done, fut in enumerate(as_completed(futures), 1):
+            result = fut.result()
+            results.append(result)
+            if on_progress:
+                on_progress(done, len(todo), futures[fut], result)
+    return results

@@ -1,0 +1,377 @@
+"""CooperBench's coop evaluation of one feature pair, offline, in the local sandbox.
+
+`evaluate_pair` reproduces CooperBench's `test_merged` (cooperbench/eval/sandbox.py) and the
+`eval.json` its `_evaluate_single` writes, key for key:
+
+1. a fresh checkout of the task's base commit;
+2. each agent's patch (test files filtered out, as CooperBench does) committed on its own
+   branch from base — `agent1` for feature_a, `agent2` for feature_b; a patch that does not
+   `git apply` (nor `git apply --3way`) is recorded as `failed`, an empty one as `skipped`;
+3. `git merge` of the two branches (CooperBench's "naive" strategy); on conflicts, a retry
+   with the union merge driver so the tests still have a tree to run on ("union" strategy);
+4. each feature's `tests.patch` run on the merged tree through the task's `runner.sh`,
+   inside the same bubblewrap sandbox agents use (no network, read-only root);
+5. pytest's summary line parsed into `tests_passed` / `tests_failed`.
+
+`merge.status` is `clean`, `conflicts`, `identical` (both branches produce the same tree —
+a merge of nothing into something) or `missing_input` (a patch failed to apply or was
+empty). CooperBench reports an empty patch as `skipped` and still calls the merge clean;
+here an empty patch is `missing_input` too, because a pair where one agent submitted
+nothing is not a merge of the agents' joint work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from coop_dag.sandbox import (
+    DEFAULT_MAX_OUTPUT_BYTES,
+    BwrapRunner,
+    SandboxError,
+    _prepare_home,
+    _to_result,
+)
+from coop_dag.tasks import Pair, TaskError, checkout_base
+
+DEFAULT_TEST_TIMEOUT = 600.0
+MERGE_DIFF_LIMIT = 5000  # CooperBench truncates the stored merged diff to this many chars
+
+# Fixed identity so eval commits never depend on the host's git config.
+_EVAL_GIT_ENV = {
+    "GIT_AUTHOR_NAME": "coop-dag eval",
+    "GIT_AUTHOR_EMAIL": "eval@coop-dag.localhost",
+    "GIT_COMMITTER_NAME": "coop-dag eval",
+    "GIT_COMMITTER_EMAIL": "eval@coop-dag.localhost",
+    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
+    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+# --------------------------------------------------------------------------- patches
+
+
+def is_test_path_header(line: str) -> bool:
+    """CooperBench's rule for which `diff --git` sections are test files."""
+    return any(s in line for s in ("/test_", "/tests/", "_test.py", "/test/", "tests.py"))
+
+
+def filter_test_files(patch: str) -> str:
+    """Drop every file section of `patch` that touches a test file (CooperBench does this
+    before merging: the evaluation's own tests.patch must apply on top)."""
+    if not patch:
+        return patch
+    kept: list[str] = []
+    skipping = False
+    for line in patch.split("\n"):
+        if line.startswith("diff --git"):
+            skipping = is_test_path_header(line)
+        if not skipping:
+            kept.append(line)
+    out = "\n".join(kept)
+    if out.strip() == "":
+        return ""
+    return out if out.endswith("\n") else out + "\n"
+
+
+def normalise_patch(patch: str | None) -> str:
+    """Empty or whitespace-only → ""; otherwise ensure the trailing newline git needs."""
+    if not patch or not patch.strip():
+        return ""
+    return patch if patch.endswith("\n") else patch + "\n"
+
+
+# --------------------------------------------------------------------------- test output
+
+_SUMMARY_LINE = re.compile(
+    r"^=*\s*((?:\d+ (?:passed|failed|errors?|skipped|xfailed|xpassed|warnings?|deselected|"
+    r"rerun)(?:, )?)+)(?: in [\d.]+s.*)?\s*=*\s*$",
+    re.MULTILINE,
+)
+
+
+def parse_pytest_summary(output: str) -> dict[str, int]:
+    """Counts from pytest's final summary line (`3 failed, 10 passed in 0.12s`).
+
+    `failed` includes collection/fixture errors, as CooperBench counts them. The LAST
+    summary-looking line wins, so test names or printed text that happen to contain
+    "N passed" earlier in the output do not confuse it.
+    """
+    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+    matches = list(_SUMMARY_LINE.finditer(output or ""))
+    if not matches:
+        return {"passed": 0, "failed": 0}
+    for n, word in re.findall(r"(\d+) (\w+)", matches[-1].group(1)):
+        key = {"error": "errors", "errors": "errors"}.get(word, word)
+        if key in counts:
+            counts[key] += int(n)
+    return {"passed": counts["passed"], "failed": counts["failed"] + counts["errors"]}
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _feature_result(feature_id: int | None, **kw: Any) -> dict[str, Any]:
+    return {
+        "feature_id": feature_id,
+        "passed": kw.get("passed", False),
+        "exit_code": kw.get("exit_code"),
+        "tests_passed": kw.get("tests_passed", 0),
+        "tests_failed": kw.get("tests_failed", 0),
+        "test_output": kw.get("test_output", ""),
+    }
+
+
+def _result(pair: Pair, **kw: Any) -> dict[str, Any]:
+    f1 = kw.get("feature1") or _feature_result(pair.feature_a)
+    f2 = kw.get("feature2") or _feature_result(pair.feature_b)
+    return {
+        "repo": pair.repo,
+        "task_id": pair.task_id,
+        "features": [pair.feature_a, pair.feature_b],
+        "setting": "coop",
+        "apply_status": kw.get("apply_status", {"agent1": "unknown", "agent2": "unknown"}),
+        "merge": kw.get("merge", {"status": "error", "strategy": None, "diff": ""}),
+        "feature1": f1,
+        "feature2": f2,
+        "both_passed": bool(f1["passed"] and f2["passed"]),
+        "error": kw.get("error"),
+        "evaluated_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def write_eval(path: str | os.PathLike, result: dict[str, Any]) -> Path:
+    """Write `eval.json` atomically: a temp file in the same directory, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=2)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------- evaluation
+
+_SETUP = r"""
+set -u
+cd "$REPO_DIR"
+git checkout -q -B base "$BASE_SHA"
+apply_patch() {
+    local n=$1 file="$PATCH_DIR/patch$1.patch"
+    if [ ! -s "$file" ]; then echo "PATCH${n}_SKIPPED"; return; fi
+    if git apply --whitespace=nowarn "$file" 2>&1; then echo "PATCH${n}_APPLIED"
+    elif git apply --3way --whitespace=nowarn "$file" 2>&1; then echo "PATCH${n}_APPLIED"
+    else git reset -q --hard "$BASE_SHA"; git clean -qfdx; echo "PATCH${n}_FAILED"; fi
+}
+for n in 1 2; do
+    git checkout -q -B "agent$n" "$BASE_SHA" || exit 10
+    apply_patch "$n"
+    git add -A && git commit -q --no-verify --allow-empty -m "agent $n" || exit 11
+done
+echo "TREES $(git rev-parse 'agent1^{tree}') $(git rev-parse 'agent2^{tree}')"
+echo SETUP_COMPLETE
+"""
+
+_MERGE = r"""
+set -u
+cd "$REPO_DIR"
+git checkout -q -B merged agent2 || exit 10
+if git merge --no-ff --no-verify -m "merge agent1 into agent2" agent1 2>&1; then
+    echo MERGE_STATUS=clean
+    exit 0
+fi
+echo MERGE_STATUS=conflicts
+git merge --abort 2>/dev/null || git reset -q --hard agent2
+git checkout -q -B merged agent2
+# CooperBench's fallback: union merge driver, so conflicting hunks keep both sides.
+attrs="$(git rev-parse --git-path info/attributes)"
+mkdir -p "$(dirname "$attrs")"
+echo "* merge=union" > "$attrs"
+if git merge --no-ff --no-verify -m "union merge agent1 into agent2" agent1 2>&1; then
+    rm -f "$attrs"; echo UNION_STATUS=clean; exit 0
+fi
+rm -f "$attrs"
+git merge --abort 2>/dev/null || git reset -q --hard agent2
+echo UNION_STATUS=conflicts
+"""
+
+_TEST = r"""
+set -u
+cd "$REPO_DIR"
+rm -f .git/index.lock
+git checkout -q --force merged && git reset -q --hard merged && git clean -qfdx || exit 12
+bash "$PATCH_DIR/runner.sh" "$TESTS_PATCH"
+"""
+
+
+def evaluate_pair(
+    pair: Pair,
+    patch_a: str | None,
+    patch_b: str | None,
+    work_dir: str | os.PathLike,
+    *,
+    python: str = sys.executable,
+    timeout: float = DEFAULT_TEST_TIMEOUT,
+    mirror_dir: str | os.PathLike | None = None,
+    union_fallback: bool = True,
+    keep: bool = False,
+    allow_unsandboxed: bool = False,
+    max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
+    pytest_plugin_autoload: bool = False,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Merge two agents' patches and run both features' tests on the result.
+
+    `patch_a` is the agent working on `pair.feature_a` (CooperBench's agent1/feature1),
+    `patch_b` on `pair.feature_b`. Work happens in a fresh directory under `work_dir`
+    (removed afterwards unless `keep`). Never raises for bad patches; a missing bwrap
+    raises `SandboxError` unless `allow_unsandboxed`. Returns the eval.json dict.
+
+    Bundled tasks need pytest only, so pytest's entry-point plugins from the interpreter's
+    environment (≈1 s of start-up per run here) are not loaded unless
+    `pytest_plugin_autoload`. `env` adds variables to the test environment.
+    """
+    task = pair.task
+    feat_a, feat_b = pair.features
+    for feat in (feat_a, feat_b):
+        if not feat.tests_patch.is_file():
+            return _result(pair, error=f"Tests patch not found: {feat.tests_patch}")
+    if not task.runner.is_file():
+        return _result(pair, error=f"runner.sh not found: {task.runner}")
+
+    work_root = Path(work_dir)
+    work_root.mkdir(parents=True, exist_ok=True)
+    edir = Path(tempfile.mkdtemp(prefix=f"eval-{pair.repo}-{pair.task_id}-", dir=work_root))
+    try:
+        repo, patches, home = edir / "repo", edir / "patches", edir / "home"
+        patches.mkdir()
+        _prepare_home(home)
+        try:
+            base_sha = checkout_base(task, repo, Path(mirror_dir) if mirror_dir else None)
+        except TaskError as exc:
+            return _result(pair, error=f"base checkout failed: {exc}")
+
+        p1 = filter_test_files(normalise_patch(patch_a))
+        p2 = filter_test_files(normalise_patch(patch_b))
+        (patches / "patch1.patch").write_text(p1, encoding="utf-8")
+        (patches / "patch2.patch").write_text(p2, encoding="utf-8")
+        shutil.copyfile(feat_a.tests_patch, patches / "tests1.patch")
+        shutil.copyfile(feat_b.tests_patch, patches / "tests2.patch")
+        shutil.copyfile(task.runner, patches / "runner.sh")
+
+        runner = BwrapRunner(
+            edir,
+            home,
+            env={
+                **_EVAL_GIT_ENV,
+                "REPO_DIR": str(repo),
+                "PATCH_DIR": str(patches),
+                "PYTHON": python,
+                "BASE_SHA": base_sha,
+                **({} if pytest_plugin_autoload else {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}),
+                **(env or {}),
+            },
+            python=python,
+            allow_unsandboxed=allow_unsandboxed,
+            max_output_bytes=max_output_bytes,
+        )
+
+        setup = runner.run(_SETUP, timeout, chdir=repo)
+        if "SETUP_COMPLETE" not in setup.stdout:
+            return _result(pair, error=f"branch setup failed: {setup.stdout[-4000:]}")
+
+        def status(n: int) -> str:
+            for word in ("APPLIED", "SKIPPED"):
+                if f"PATCH{n}_{word}" in setup.stdout:
+                    return word.lower()
+            return "failed"
+
+        apply_status = {"agent1": status(1), "agent2": status(2)}
+        trees = re.search(r"^TREES (\w+) (\w+)$", setup.stdout, re.MULTILINE)
+
+        merge = runner.run(_MERGE, timeout, chdir=repo)
+        conflict = "MERGE_STATUS=conflicts" in merge.stdout
+        if "MERGE_STATUS=" not in merge.stdout:
+            return _result(
+                pair, apply_status=apply_status, error=f"merge failed: {merge.stdout[-4000:]}"
+            )
+        strategy = "naive"
+        if conflict:
+            if union_fallback and "UNION_STATUS=clean" in merge.stdout:
+                strategy = "union"
+            else:
+                why = "union merge still has conflicts" if union_fallback else "no fallback"
+                return _result(
+                    pair,
+                    apply_status=apply_status,
+                    merge={"status": "conflicts", "strategy": None, "diff": ""},
+                    error=f"Both naive and union merge strategies failed: {why}",
+                )
+
+        if "failed" in apply_status.values() or "skipped" in apply_status.values():
+            merge_status = "missing_input"
+        elif conflict:
+            merge_status = "conflicts"
+        elif trees and trees.group(1) == trees.group(2):
+            merge_status = "identical"
+        else:
+            merge_status = "clean"
+
+        merged_diff = runner.run(
+            f"git diff --binary {base_sha} merged", 120.0, chdir=repo, merge_stderr=False
+        ).stdout
+
+        feats = []
+        for n, feat in ((1, feat_a), (2, feat_b)):
+            proc = runner.run(f"TESTS_PATCH=tests{n}.patch\n{_TEST}", timeout, chdir=repo)
+            run = _to_result(proc, timeout)  # on timeout the output says so
+            counts = parse_pytest_summary(run.output)
+            feats.append(
+                _feature_result(
+                    feat.feature_id,
+                    passed=run.returncode == 0 and counts["passed"] > 0,
+                    exit_code=run.returncode,
+                    tests_passed=counts["passed"],
+                    tests_failed=counts["failed"],
+                    test_output=run.output,
+                )
+            )
+
+        return _result(
+            pair,
+            apply_status=apply_status,
+            merge={
+                "status": merge_status,
+                "strategy": strategy,
+                "diff": merged_diff[:MERGE_DIFF_LIMIT],
+            },
+            feature1=feats[0],
+            feature2=feats[1],
+            error=None,
+        )
+    except SandboxError:
+        raise
+    except Exception as exc:  # CooperBench records errors instead of crashing the batch
+        return _result(pair, error=f"{type(exc).__name__}: {exc}")
+    finally:
+        if not keep:
+            shutil.rmtree(edir, ignore_errors=True)

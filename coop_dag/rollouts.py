@@ -1,0 +1,92 @@
+"""Roll out a model over many feature pairs: the shared driver of teacher and student rollouts."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from coop_dag.agent import AgentLimits
+from coop_dag.episode import EpisodeSettings, ModelFactory, pair_dir, run_pairs
+from coop_dag.redis_server import connect, redis_for
+from coop_dag.tasks import Pair, discover_pairs
+
+
+def select_pairs(dataset_dir: Path, pair_ids: list[str], subset: str | None = None) -> list[Pair]:
+    """The `Pair` objects for `pair_ids` (as listed by `task_pool`), in that order."""
+    by_id = {p.pair_id: p for p in discover_pairs(dataset_dir, subset=subset)}
+    missing = [pid for pid in pair_ids if pid not in by_id]
+    if missing:
+        raise ValueError(f"pairs not found in {dataset_dir}: {', '.join(missing[:5])}")
+    return [by_id[pid] for pid in pair_ids]
+
+
+def limits_from(rollout: dict) -> AgentLimits:
+    return AgentLimits(
+        max_steps=int(rollout.get("max_steps", 30)),
+        max_context_tokens=rollout.get("max_context_tokens"),
+        command_timeout=float(rollout.get("command_timeout", 60)),
+        wait_timeout=float(rollout.get("wait_timeout", 60)),
+    )
+
+
+def rollout_pairs(
+    pairs: list[Pair],
+    make_model: ModelFactory,
+    run_dir: Path,
+    *,
+    steering: bool,
+    limits: AgentLimits,
+    model_name: str,
+    redis_url: str | None = None,
+    concurrency: int = 2,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run every missing pair (resumable) and summarise the whole run directory."""
+    started = time.time()
+    settings = EpisodeSettings(
+        run_dir=Path(run_dir), steering=steering, limits=limits, model_name=model_name
+    )
+
+    def progress(done: int, total: int, pair: Pair, result: dict) -> None:
+        log(f"[{done}/{total}] {pair.pair_id}: {result['status']} ({result['total_steps']} steps)")
+
+    with redis_for(redis_url) as url:
+        client = connect(url)
+        todo = run_pairs(
+            pairs, make_model, client, settings, concurrency=concurrency, on_progress=progress
+        )
+    return summarise_run(pairs, Path(run_dir)) | {
+        "ran_now": len(todo),
+        "wall_time_s": round(time.time() - started, 1),
+    }
+
+
+def summarise_run(pairs: list[Pair], run_dir: Path) -> dict:
+    import json
+
+    statuses: Counter[str] = Counter()
+    steps: list[int] = []
+    both = n_eval = 0
+    for pair in pairs:
+        d = pair_dir(run_dir, pair)
+        result_file = d / "result.json"
+        if not result_file.is_file():
+            statuses["missing"] += 1
+            continue
+        result = json.loads(result_file.read_text())
+        statuses[result["status"]] += 1
+        steps.extend(a.get("steps", 0) for a in result.get("agents", {}).values())
+        if (d / "eval.json").is_file():
+            n_eval += 1
+            both += bool(json.loads((d / "eval.json").read_text()).get("both_passed"))
+    return {
+        "run_dir": str(run_dir),
+        "n_pairs": len(pairs),
+        "statuses": dict(statuses),
+        "mean_steps": round(statistics.mean(steps), 2) if steps else 0.0,
+        "both_passed_rate": round(both / n_eval, 4) if n_eval else None,
+        "pair_ids": [p.pair_id for p in pairs],
+    }

@@ -1,0 +1,892 @@
+"""Where an agent's bash commands run: one interface, two backends.
+
+- `LocalSandbox` (embedded default): a per-agent checkout of the task's base commit; every
+  command runs through bubblewrap with a read-only root, only the agent's own workspace and
+  home writable, a private `/tmp`, fresh `/dev` and `/proc`, no network, its own PID
+  namespace, and a per-command timeout that kills everything the command started.
+- `DockerSandbox` (cluster): CooperBench's per-task images (`akhatua/cooperbench-...:task<N>`),
+  one long-lived container per agent, `docker exec <container> bash -lc <command>` per command
+  in `/workspace/repo`, as CooperBench's mini-swe-agent Docker environment does.
+
+Both give CooperBench's command semantics: `bash -lc`, stdout and stderr merged, a fresh
+subshell per command (a `cd` or `export` does not carry over), the working directory reset
+to the repository every time. `format_observation` renders a result the way CooperBench's
+coop config does (JSON-ish, head + tail past 10 000 characters).
+
+The argv builders (`bwrap_argv`, `docker_run_argv`, `docker_exec_argv`, `image_for`) are pure
+functions so the isolation a command gets can be asserted without running it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from coop_dag.tasks import Task, TaskError, checkout_base
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 180.0
+"""Seconds a single agent command may run before its process tree is killed."""
+
+DEFAULT_OBSERVATION_LIMIT = 10_000
+"""CooperBench's coop config switches to head + tail at this many characters."""
+
+DEFAULT_MAX_OUTPUT_BYTES = 2_000_000
+"""Raw output kept per command (first half + last half); protects memory from `yes`."""
+
+# CooperBench's coop config sets these in the agent's environment.
+DEFAULT_ENV: dict[str, str] = {
+    "PAGER": "cat",
+    "MANPAGER": "cat",
+    "LESS": "-R",
+    "PIP_PROGRESS_BAR": "off",
+    "TQDM_DISABLE": "1",
+}
+
+# Paths never included in a submitted patch: CooperBench's prompt tells agents to write their
+# patch to `patch.txt` at the repo root (both agents doing so would make every pair conflict),
+# and bytecode / pytest caches are artefacts of running the tests, not changes.
+DEFAULT_DIFF_EXCLUDES: tuple[str, ...] = (
+    ":(exclude,top)patch.txt",
+    ":(exclude,glob)**/__pycache__/**",
+    ":(exclude,glob)**/*.pyc",
+    ":(exclude,glob)**/.pytest_cache/**",
+)
+
+# Directories hidden behind an empty tmpfs in every local sandbox: `/run` holds unix sockets
+# (a read-only bind does not stop connect(), and e.g. docker.sock would be a way out).
+DEFAULT_HIDDEN_PATHS: tuple[str, ...] = ("/run",)
+
+DOCKER_REGISTRY = "akhatua"
+DOCKER_IMAGE_PREFIX = "cooperbench"
+DOCKER_WORKDIR = "/workspace/repo"
+
+_BASH_PROFILE = """\
+# Written by coop_dag.sandbox. A login shell's /etc/profile resets PATH; restore the sandbox's.
+if [ -n "${COOP_DAG_SANDBOX_PATH:-}" ]; then export PATH="$COOP_DAG_SANDBOX_PATH"; fi
+"""
+
+_GITCONFIG = """\
+[user]
+\tname = coop-dag agent
+\temail = agent@coop-dag.localhost
+[safe]
+\tdirectory = *
+[init]
+\tdefaultBranch = main
+"""
+
+
+_UNSET = object()
+
+
+def _pick(default: int | None, override: int | None | object) -> int | None:
+    return default if override is _UNSET else override  # type: ignore[return-value]
+
+
+class SandboxError(RuntimeError):
+    """The sandbox cannot be created or used (missing bwrap, broken workspace, docker failure)."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    output: str  # stdout and stderr, merged in arrival order
+    returncode: int  # -1 when the command was killed at its timeout (CooperBench's convention)
+    timed_out: bool
+    duration: float  # wall-clock seconds
+
+    def observation(self, limit: int = DEFAULT_OBSERVATION_LIMIT) -> str:
+        return format_observation(self.output, self.returncode, limit)
+
+
+# --------------------------------------------------------------------------- observations
+
+
+def _tojson(value: object) -> str:
+    """Jinja2's `tojson` filter, byte for byte (sorted keys, HTML-safe escapes)."""
+    return (
+        json.dumps(value, sort_keys=True)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("'", "\\u0027")
+    )
+
+
+def format_observation(
+    output: str,
+    returncode: int,
+    limit: int = DEFAULT_OBSERVATION_LIMIT,
+    exception_info: str | None = None,
+) -> str:
+    """Render a command result as the agent sees it, as CooperBench's coop config does.
+
+    Under `limit` characters the whole output is shown; otherwise the first and last
+    `limit // 2` characters with the number of elided characters and a warning in between.
+    The text equals what the coop config's Jinja `observation_template` renders.
+    """
+    extra = f', "exception_info": {_tojson(exception_info)}' if exception_info else ""
+    if len(output) < limit:
+        return f'{{\n  "returncode": {returncode},\n  "output": {_tojson(output)}{extra}\n}}'
+    half = limit // 2
+    return (
+        f'{{\n  "returncode": {returncode},\n'
+        f'  "output_head": {_tojson(output[:half])},\n'
+        f'  "output_tail": {_tojson(output[-half:] if half else "")},\n'
+        f'  "elided_chars": {len(output) - limit},\n'
+        f'  "warning": "Output too long."{extra}\n}}'
+    )
+
+
+# --------------------------------------------------------------------------- process runner
+
+
+class _Capture:
+    """Reads a pipe to EOF in a thread, keeping at most `max_bytes` (half head, half tail)."""
+
+    def __init__(self, stream, max_bytes: int | None):
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.dropped = 0
+        self._stream = stream
+        self._half = None if max_bytes is None else max(max_bytes // 2, 1)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            while chunk := self._stream.read1(65536):
+                if self._half is None or len(self.head) + len(chunk) <= self._half:
+                    self.head += chunk
+                    continue
+                room = self._half - len(self.head)
+                if room > 0:
+                    self.head += chunk[:room]
+                    chunk = chunk[room:]
+                self.tail += chunk
+                if len(self.tail) > self._half:
+                    cut = len(self.tail) - self._half
+                    self.dropped += cut
+                    del self.tail[:cut]
+        except (OSError, ValueError):
+            pass
+
+    def join(self, timeout: float | None) -> None:
+        self._thread.join(timeout)
+
+    def text(self) -> str:
+        if not self.dropped:
+            return (self.head + self.tail).decode("utf-8", errors="replace")
+        return (
+            self.head.decode("utf-8", errors="replace")
+            + f"\n[... {self.dropped} bytes of output dropped ...]\n"
+            + self.tail.decode("utf-8", errors="replace")
+        )
+
+
+@dataclass(frozen=True)
+class _Proc:
+    stdout: str
+    stderr: str
+    returncode: int
+    timed_out: bool
+    duration: float
+
+
+def _timeout_notice(timeout: float) -> str:
+    return f"[coop-dag] command timed out after {timeout:g} seconds; its process group was killed"
+
+
+def _run_process(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str | os.PathLike | None,
+    timeout: float | None,
+    merge_stderr: bool = True,
+    max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
+) -> _Proc:
+    """Run argv in its own session; on timeout SIGKILL its whole process group.
+
+    Output is read by threads so a command that floods stdout cannot block, and a
+    grandchild that escaped the group and keeps the pipe open cannot hang the caller.
+    """
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise SandboxError(f"cannot start {argv[0]!r}: {exc}") from exc
+    out = _Capture(proc.stdout, max_output_bytes)
+    err = None if merge_stderr else _Capture(proc.stderr, max_output_bytes)
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_group(proc)
+        proc.wait()
+    except BaseException:  # KeyboardInterrupt etc.: never leave the tree running
+        _kill_group(proc)
+        proc.wait()
+        raise
+    finally:
+        # The group is gone or exited; remaining writers (if any escaped) get a short grace.
+        out.join(5.0 if not timed_out else 2.0)
+        if err is not None:
+            err.join(2.0)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+    duration = time.monotonic() - start
+    return _Proc(
+        stdout=out.text(),
+        stderr=err.text() if err is not None else "",
+        returncode=-1 if timed_out else proc.returncode,
+        timed_out=timed_out,
+        duration=duration,
+    )
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+
+
+def _to_result(p: _Proc, timeout: float | None) -> CommandResult:
+    output = p.stdout
+    if p.timed_out and timeout is not None:
+        sep = "" if not output or output.endswith("\n") else "\n"
+        output = f"{output}{sep}{_timeout_notice(timeout)}\n"
+    return CommandResult(output, p.returncode, p.timed_out, p.duration)
+
+
+# --------------------------------------------------------------------------- bubblewrap
+
+
+def bwrap_argv(
+    workspace: str | os.PathLike,
+    command: str,
+    *,
+    writable: Iterable[str | os.PathLike] = (),
+    ro_binds: Iterable[str | os.PathLike | tuple[str | os.PathLike, str | os.PathLike]] = (),
+    hidden: Iterable[str | os.PathLike] = DEFAULT_HIDDEN_PATHS,
+    chdir: str | os.PathLike | None = None,
+    bwrap: str = "bwrap",
+    shell: Sequence[str] = ("bash", "-lc"),
+) -> list[str]:
+    """The bubblewrap argv that runs `command` confined to `workspace`.
+
+    Mount order (later mounts shadow earlier ones): the host root read-only, fresh /dev and
+    /proc, a private tmpfs /tmp, empty tmpfs over each `hidden` path (e.g. the directory
+    holding other agents' workspaces), then `ro_binds` (a path, or a (source, dest) pair),
+    then `workspace` and `writable` bound read-write at their own paths; finally each hidden
+    tmpfs is remounted read-only, so the only writable places are the workspace, `writable`
+    and the private /tmp.
+    The command runs in `chdir` (default: the workspace) with no network, its own PID
+    namespace and session, and dies if the caller dies.
+    """
+    ws = os.fspath(workspace)
+    hidden = [os.fspath(path) for path in hidden]
+    argv = [
+        bwrap,
+        "--ro-bind", "/", "/",
+        "--dev", "/dev",
+        "--proc", "/proc",
+        "--tmpfs", "/tmp",
+    ]  # fmt: skip
+    for path in hidden:
+        argv += ["--tmpfs", path]
+    for bind in ro_binds:
+        src, dst = bind if isinstance(bind, tuple) else (bind, bind)
+        argv += ["--ro-bind", os.fspath(src), os.fspath(dst)]
+    for path in (ws, *writable):
+        argv += ["--bind", os.fspath(path), os.fspath(path)]
+    for path in hidden:  # the empty tmpfs stays read-only (binds inside it stay writable)
+        argv += ["--remount-ro", path]
+    argv += [
+        "--unshare-net",
+        "--unshare-pid",
+        "--die-with-parent",
+        "--new-session",
+        "--chdir", os.fspath(chdir) if chdir is not None else ws,
+        "--",
+        *shell,
+        command,
+    ]  # fmt: skip
+    return argv
+
+
+@lru_cache(maxsize=4)
+def bwrap_status(bwrap: str = "bwrap") -> tuple[bool, str]:
+    """(usable, reason): bwrap is on PATH and can create the namespaces we ask for."""
+    exe = shutil.which(bwrap)
+    if exe is None:
+        return False, f"{bwrap!r} not found on PATH (install bubblewrap)"
+    probe = [
+        exe, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+        "--unshare-net", "--unshare-pid", "--die-with-parent", "--new-session", "--", "true",
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"bubblewrap probe failed: {exc}"
+    if proc.returncode != 0:
+        return False, f"bubblewrap cannot create a sandbox here: {proc.stderr.strip()}"
+    return True, exe
+
+
+def sandbox_env(
+    home: str | os.PathLike,
+    *,
+    path: str,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The whole environment a sandboxed command gets: nothing inherited from the host
+    (no API keys), CooperBench's pager settings, HOME, locale, and `env` on top.
+
+    `path` is exported twice: as PATH and as COOP_DAG_SANDBOX_PATH, which the sandbox home's
+    `.bash_profile` restores after /etc/profile resets PATH in the login shell.
+    """
+    full = {
+        "HOME": os.fspath(home),
+        "USER": os.environ.get("USER", "root"),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TERM": "dumb",
+        "SHELL": "/bin/bash",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+        **DEFAULT_ENV,
+        **(env or {}),
+    }
+    full["PATH"] = path
+    full["COOP_DAG_SANDBOX_PATH"] = path
+    return full
+
+
+def sandbox_path(
+    python: str | os.PathLike | None = None, extra_path: Iterable[str | os.PathLike] = ()
+) -> str:
+    """PATH inside the sandbox: `extra_path` dirs, then the interpreter's bin dir (so `python`
+    and `pytest` are the ones with the task's test dependencies), then the host PATH."""
+    parts = [os.fspath(p) for p in extra_path]
+    if python:
+        parts.append(os.path.dirname(os.path.abspath(os.fspath(python))))
+    parts += os.environ.get("PATH", os.defpath).split(os.pathsep)
+    seen: dict[str, None] = {}
+    for part in parts:
+        if part:
+            seen.setdefault(part, None)
+    return os.pathsep.join(seen)
+
+
+def _prepare_home(home: Path) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".bash_profile").write_text(_BASH_PROFILE)
+    (home / ".gitconfig").write_text(_GITCONFIG)
+
+
+class BwrapRunner:
+    """Runs commands confined to one workspace; shared by `LocalSandbox` and evaluation."""
+
+    def __init__(
+        self,
+        workspace: str | os.PathLike,
+        home: str | os.PathLike,
+        *,
+        env: Mapping[str, str] | None = None,
+        python: str | os.PathLike | None = sys.executable,
+        extra_path: Iterable[str | os.PathLike] = (),
+        ro_binds: Iterable[str | os.PathLike | tuple] = (),
+        writable: Iterable[str | os.PathLike] = (),
+        hidden: Iterable[str | os.PathLike] = DEFAULT_HIDDEN_PATHS,
+        allow_unsandboxed: bool = False,
+        bwrap: str = "bwrap",
+        max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
+    ):
+        self.workspace = Path(workspace)
+        self.home = Path(home)
+        self.ro_binds = list(ro_binds)
+        if python:  # an interpreter living under /tmp would be hidden by the private /tmp
+            exe = Path(os.path.abspath(os.fspath(python)))
+            for root in {exe.parent.parent, Path(os.path.realpath(exe)).parent.parent}:
+                if Path("/tmp") in root.parents:
+                    self.ro_binds.append(root)
+        self.writable = [Path(w) for w in writable]
+        self.hidden = [Path(h) for h in hidden if Path(h).exists() or Path(h).is_symlink()]
+        self.max_output_bytes = max_output_bytes
+        self.env = sandbox_env(self.home, path=sandbox_path(python, extra_path), env=env)
+        ok, info = bwrap_status(bwrap)
+        if ok:
+            self.bwrap: str | None = info
+        elif allow_unsandboxed:
+            self.bwrap = None
+            warnings.warn(
+                f"running agent commands WITHOUT a sandbox: {info}", RuntimeWarning, stacklevel=3
+            )
+            log.warning("running agent commands without a sandbox: %s", info)
+        else:
+            raise SandboxError(
+                f"{info}. Commands must run in bubblewrap; pass allow_unsandboxed=True to run "
+                "them as plain bash on this machine (no isolation)."
+            )
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.bwrap is not None
+
+    def argv(self, command: str, chdir: str | os.PathLike | None = None) -> list[str]:
+        if self.bwrap is None:
+            return ["bash", "-lc", command]
+        return bwrap_argv(
+            self.workspace,
+            command,
+            writable=[self.home, *self.writable],
+            ro_binds=self.ro_binds,
+            hidden=self.hidden,
+            chdir=chdir,
+            bwrap=self.bwrap,
+        )
+
+    def run(
+        self,
+        command: str,
+        timeout: float | None,
+        *,
+        chdir: str | os.PathLike | None = None,
+        merge_stderr: bool = True,
+        max_output_bytes: int | None | object = _UNSET,
+    ) -> _Proc:
+        cwd = os.fspath(chdir if chdir is not None else self.workspace)
+        return _run_process(
+            self.argv(command, chdir=chdir),
+            env=self.env,
+            cwd=cwd,
+            timeout=timeout,
+            merge_stderr=merge_stderr,
+            max_output_bytes=_pick(self.max_output_bytes, max_output_bytes),
+        )
+
+
+# --------------------------------------------------------------------------- the interface
+
+
+def diff_script(base_sha: str, excludes: Sequence[str] = DEFAULT_DIFF_EXCLUDES) -> str:
+    """Shell that prints the work tree's full diff against `base_sha` on stdout.
+
+    Committed, staged, unstaged and untracked (not ignored) changes all count. The agent's
+    own index is left alone: its copy goes into a temporary index file, `git add -A` there.
+    """
+    specs = " ".join(shlex.quote(s) for s in (".", *excludes))
+    return (
+        "set -eu\n"
+        'idx="$(mktemp "${TMPDIR:-/tmp}/coop-dag-index.XXXXXX")"\n'
+        "trap 'rm -f \"$idx\"' EXIT\n"
+        'gitdir="$(git rev-parse --git-dir)"\n'
+        'if [ -f "$gitdir/index" ]; then cp "$gitdir/index" "$idx"; else rm -f "$idx"; fi\n'
+        'export GIT_INDEX_FILE="$idx"\n'
+        f"git -c core.fsmonitor=false add -A -- {specs}\n"
+        "git -c core.quotepath=off -c core.fsmonitor=false diff --cached --binary --no-color "
+        f"--no-ext-diff --no-textconv {shlex.quote(base_sha)} -- {specs}\n"
+    )
+
+
+class Sandbox:
+    """One agent's place to run commands. Subclasses: `LocalSandbox`, `DockerSandbox`."""
+
+    workdir: str  # the repository path as the agent sees it
+    base_sha: str
+    timeout: float
+
+    def run(self, command: str, timeout: float | None = None) -> CommandResult:
+        raise NotImplementedError
+
+    def observe(
+        self, command: str, timeout: float | None = None, limit: int = DEFAULT_OBSERVATION_LIMIT
+    ) -> tuple[CommandResult, str]:
+        """Run and render: the result and the observation text the agent is shown."""
+        result = self.run(command, timeout)
+        return result, result.observation(limit)
+
+    def diff(self) -> str:
+        """The agent's submitted patch: everything it changed relative to the base commit."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class LocalSandbox(Sandbox):
+    """A per-agent checkout under `root_dir`, every command confined by bubblewrap.
+
+    Layout: `<root_dir>/<prefix>XXXX/{repo,home}`; `workdir` is the `repo` path (the agent
+    sees host paths). `root_dir` itself is hidden inside the sandbox so agents sharing it
+    cannot see each other's workspaces. `env` adds variables, `extra_path` directories go
+    first on PATH (and are bound read-only), `ro_binds` expose host paths read-only (needed
+    for anything under /tmp, which is private inside), `rw_binds` expose them writable (e.g.
+    a messaging unix socket's directory: the sandbox has no network, loopback included).
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        root_dir: str | os.PathLike,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        allow_unsandboxed: bool = False,
+        env: Mapping[str, str] | None = None,
+        extra_path: str | os.PathLike | Iterable[str | os.PathLike] | None = None,
+        ro_binds: Iterable[str | os.PathLike | tuple] = (),
+        rw_binds: Iterable[str | os.PathLike] = (),
+        python: str | os.PathLike | None = sys.executable,
+        mirror_dir: str | os.PathLike | None = None,
+        prefix: str = "agent-",
+        keep: bool = False,
+        max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
+        bwrap: str = "bwrap",
+    ):
+        self.task = task
+        self.timeout = timeout
+        self.keep = keep
+        self.root_dir = Path(root_dir).resolve()
+        self.root_dir.mkdir(parents=True, exist_ok=True)
+        if isinstance(extra_path, (str, os.PathLike)):
+            extra_path = [extra_path]
+        extra_path = [Path(p).resolve() for p in (extra_path or ())]
+        # PATH dirs must be visible inside: bind them read-only (anything under /tmp is not).
+        ro_binds = [*ro_binds, *(p for p in extra_path if p.exists())]
+        self.dir = Path(tempfile.mkdtemp(prefix=prefix, dir=self.root_dir))
+        self._closed = False
+        try:
+            repo = self.dir / "repo"
+            home = self.dir / "home"
+            self.base_sha = checkout_base(task, repo, Path(mirror_dir) if mirror_dir else None)
+            _prepare_home(home)
+            self.workdir = str(repo)
+            self._runner = BwrapRunner(
+                repo,
+                home,
+                env=env,
+                python=python,
+                extra_path=extra_path,
+                ro_binds=ro_binds,
+                writable=rw_binds,
+                hidden=[*DEFAULT_HIDDEN_PATHS, *self._hideable(self.root_dir)],
+                allow_unsandboxed=allow_unsandboxed,
+                bwrap=bwrap,
+                max_output_bytes=max_output_bytes,
+            )
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+
+    @staticmethod
+    def _hideable(root: Path) -> list[Path]:
+        """`root` can be hidden unless it contains the interpreter or system directories."""
+        if root == Path("/"):
+            return []
+        protected = [Path(sys.prefix).resolve(), Path(sys.executable).resolve(), Path("/usr")]
+        if any(p == root or root in p.parents for p in protected):
+            log.warning("not hiding %s inside sandboxes: it contains the interpreter", root)
+            return []
+        return [root]
+
+    @property
+    def sandboxed(self) -> bool:
+        return self._runner.sandboxed
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(self._runner.env)
+
+    def argv(self, command: str) -> list[str]:
+        """The exact argv `run(command)` executes (for logs and tests)."""
+        return self._runner.argv(command)
+
+    def run(self, command: str, timeout: float | None = None) -> CommandResult:
+        if self._closed:
+            raise SandboxError("sandbox is closed")
+        t = self.timeout if timeout is None else timeout
+        return _to_result(self._runner.run(command, t), t)
+
+    def diff(self, excludes: Sequence[str] = DEFAULT_DIFF_EXCLUDES) -> str:
+        if self._closed:
+            raise SandboxError("sandbox is closed")
+        p = self._runner.run(
+            diff_script(self.base_sha, excludes),
+            max(self.timeout, 60.0),
+            merge_stderr=False,
+            max_output_bytes=None,
+        )
+        if p.returncode != 0:
+            raise SandboxError(
+                f"cannot compute the diff of {self.workdir} against {self.base_sha}: "
+                f"{'timed out' if p.timed_out else p.stderr.strip()}"
+            )
+        return p.stdout
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- docker
+
+
+def image_for(task: Task | str, task_id: int | None = None) -> str:
+    """CooperBench's Docker Hub image for a task: `akhatua/cooperbench-<repo>:task<N>`, the
+    repo name without `_task` and with `_` → `-` (e.g. pallets_click_task/2068 →
+    `akhatua/cooperbench-pallets-click:task2068`)."""
+    if isinstance(task, Task):
+        repo, tid = task.repo, task.task_id
+    else:
+        if task_id is None:
+            raise TaskError("image_for(repo_name, task_id): task_id is required")
+        repo, tid = task, task_id
+    clean = repo.replace("_task", "").replace("_", "-")
+    return f"{DOCKER_REGISTRY}/{DOCKER_IMAGE_PREFIX}-{clean}:task{tid}"
+
+
+def docker_run_argv(
+    image: str,
+    container_name: str,
+    *,
+    workdir: str = DOCKER_WORKDIR,
+    network: str | None = None,
+    volumes: Iterable[tuple[str, str, str]] = (),
+    run_args: Sequence[str] = ("--rm",),
+    container_timeout: str = "2h",
+    executable: str = "docker",
+) -> list[str]:
+    """Start a detached container that just sleeps. The entrypoint is overridden because
+    CooperBench's images use runner.sh as theirs. `volumes` are (host, container, mode)."""
+    argv = [
+        executable, "run", "-d",
+        "--name", container_name,
+        "-w", workdir,
+        "--entrypoint", "/bin/bash",
+    ]  # fmt: skip
+    if network:
+        argv += ["--network", network]
+    for host, container, mode in volumes:
+        argv += ["-v", f"{host}:{container}:{mode}"]
+    argv += [*run_args, image, "-c", f"sleep {container_timeout}"]
+    return argv
+
+
+def docker_exec_argv(
+    container: str,
+    command: str,
+    *,
+    workdir: str = DOCKER_WORKDIR,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    extra_path: Sequence[str] = (),
+    executable: str = "docker",
+) -> list[str]:
+    """`docker exec -w <workdir> -e K=V... <container> bash -lc <command>`.
+
+    With `timeout`, the shell runs under coreutils `timeout -s KILL`, which signals its own
+    process group, so the command's whole tree dies inside the container (killing the
+    `docker exec` client alone would leave it running). `extra_path` dirs (paths inside
+    the container) are prepended to PATH after the login shell has set it.
+    """
+    argv = [executable, "exec", "-w", workdir]
+    for key, value in (env or {}).items():
+        argv += ["-e", f"{key}={value}"]
+    argv.append(container)
+    if timeout is not None:
+        argv += ["timeout", "-s", "KILL", f"{timeout:g}"]
+    if extra_path:
+        prefix = ":".join(extra_path)
+        command = f'export PATH={shlex.quote(prefix)}:"$PATH"\n{command}'
+    argv += ["bash", "-lc", command]
+    return argv
+
+
+def docker_rm_argv(container: str, executable: str = "docker") -> list[str]:
+    return [executable, "rm", "-f", container]
+
+
+class DockerSandbox(Sandbox):
+    """An agent's container from CooperBench's task image; commands via `docker exec`."""
+
+    KILL_GRACE = 30.0  # host-side backstop past the in-container timeout
+
+    def __init__(
+        self,
+        task: Task,
+        image: str | None = None,
+        container_name: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        env: Mapping[str, str] | None = None,
+        extra_path: Sequence[str] = (),
+        network: str | None = None,
+        volumes: Iterable[tuple[str, str, str]] = (),
+        run_args: Sequence[str] = ("--rm",),
+        container_timeout: str = "2h",
+        pull_timeout: float = 600.0,
+        workdir: str = DOCKER_WORKDIR,
+        executable: str = "docker",
+        max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
+        start: bool = True,
+    ):
+        self.task = task
+        self.image = image or image_for(task)
+        self.container_name = container_name or f"coop-dag-{uuid.uuid4().hex[:8]}"
+        self.timeout = timeout
+        self.env = {**DEFAULT_ENV, **(env or {})}
+        self.extra_path = list(extra_path)
+        self.network = network
+        self.volumes = list(volumes)
+        self.run_args = list(run_args)
+        self.container_timeout = container_timeout
+        self.pull_timeout = pull_timeout
+        self.workdir = workdir
+        self.executable = executable
+        self.max_output_bytes = max_output_bytes
+        self.container_id: str | None = None
+        self.base_sha = ""
+        if start:
+            self.start()
+
+    def _host_env(self) -> dict[str, str]:
+        return dict(os.environ)  # the docker CLI needs DOCKER_HOST etc.; the container does not
+
+    def start(self) -> None:
+        argv = docker_run_argv(
+            self.image,
+            self.container_name,
+            workdir=self.workdir,
+            network=self.network,
+            volumes=self.volumes,
+            run_args=self.run_args,
+            container_timeout=self.container_timeout,
+            executable=self.executable,
+        )
+        p = _run_process(
+            argv, env=self._host_env(), cwd=None, timeout=self.pull_timeout, merge_stderr=False
+        )
+        if p.returncode != 0:
+            raise SandboxError(
+                f"docker run {self.image} failed ({'timed out' if p.timed_out else p.returncode})"
+                f": {p.stderr.strip()}"
+            )
+        lines = p.stdout.strip().splitlines()
+        self.container_id = lines[-1] if lines else self.container_name
+        try:
+            sha = self._exec("git rev-parse HEAD", 60.0, merge_stderr=False)
+            if sha.returncode != 0 or not sha.stdout.strip():
+                raise SandboxError(
+                    f"no git repository at {self.workdir} in {self.image}: {sha.stderr.strip()}"
+                )
+            self.base_sha = sha.stdout.strip()
+        except BaseException:
+            self.close()
+            raise
+
+    def _exec(
+        self,
+        command: str,
+        timeout: float,
+        *,
+        merge_stderr: bool = True,
+        max_output_bytes: int | None | object = _UNSET,
+    ) -> _Proc:
+        if self.container_id is None:
+            raise SandboxError("container is not running")
+        argv = docker_exec_argv(
+            self.container_id,
+            command,
+            workdir=self.workdir,
+            env=self.env,
+            timeout=timeout,
+            extra_path=self.extra_path,
+            executable=self.executable,
+        )
+        p = _run_process(
+            argv,
+            env=self._host_env(),
+            cwd=None,
+            timeout=timeout + self.KILL_GRACE,
+            merge_stderr=merge_stderr,
+            max_output_bytes=_pick(self.max_output_bytes, max_output_bytes),
+        )
+        # `timeout -s KILL` exits 137 once the deadline passes.
+        if not p.timed_out and p.returncode == 137 and p.duration >= timeout * 0.98:
+            p = _Proc(p.stdout, p.stderr, -1, True, p.duration)
+        return p
+
+    def run(self, command: str, timeout: float | None = None) -> CommandResult:
+        t = self.timeout if timeout is None else timeout
+        return _to_result(self._exec(command, t), t)
+
+    def diff(self, excludes: Sequence[str] = DEFAULT_DIFF_EXCLUDES) -> str:
+        p = self._exec(
+            diff_script(self.base_sha, excludes),
+            max(self.timeout, 60.0),
+            merge_stderr=False,
+            max_output_bytes=None,
+        )
+        if p.returncode != 0:
+            raise SandboxError(
+                f"cannot compute the diff in {self.container_name}: "
+                f"{'timed out' if p.timed_out else p.stderr.strip()}"
+            )
+        return p.stdout
+
+    def close(self) -> None:
+        if self.container_id is None:
+            return
+        self.container_id = None
+        try:
+            _run_process(
+                docker_rm_argv(self.container_name, self.executable),
+                env=self._host_env(),
+                cwd=None,
+                timeout=60.0,
+            )
+        except SandboxError as exc:
+            log.warning("could not remove container %s: %s", self.container_name, exc)

@@ -1,0 +1,30 @@
+"""Where and how coop episodes run: run directory, Redis, sandbox backend."""
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from coop_dag import REPO_ROOT
+
+
+class RolloutResource(dg.ConfigurableResource):
+    """Episode runtime settings. Empty `redis_url` starts an embedded Redis-protocol server on
+    loopback for the duration of a materialisation (the embedded default)."""
+
+    runs_dir: str = ""
+    redis_url: str = ""
+    allow_unsandboxed: bool = False  # only where bubblewrap is missing and you accept the risk
+    concurrency: int = 0  # 0: the variant's rollout.concurrency
+
+    @property
+    def root(self) -> Path:
+        value = self.runs_dir or os.environ.get("COOP_DAG_RUNS_DIR") or str(REPO_ROOT / "runs")
+        return Path(value)
+
+    @property
+    def redis(self) -> str | None:
+        return self.redis_url or os.environ.get("COOP_DAG_REDIS_URL") or None
+
+    def run_dir(self, variant: str, stage: str) -> Path:
+        return self.root / variant / stage

@@ -1,0 +1,49 @@
+import pytest
+
+from coop_dag.variants import VariantError, default_variant_name, get_variant, load_variants
+
+
+def test_shipped_variants_load_with_defaults_merged():
+    variants = load_variants()
+    assert default_variant_name() == "templated"
+    assert variants["templated"].upweight == 12
+    assert variants["templated-up1"].upweight == 1
+    assert variants["templated"].teacher_kind == "templated"
+    assert variants["gemini-api"].teacher["api_key_env"] == "GEMINI_API_KEY"
+    # nested defaults merge key by key
+    assert variants["templated"].rollout["max_steps"] >= 10
+    assert variants["templated"].strip == {"think": True, "steering": True}
+
+
+def _write(tmp_path, body):
+    path = tmp_path / "variants.yaml"
+    path.write_text(body)
+    return path
+
+
+def test_unknown_variant_names_it_and_the_known_ones():
+    with pytest.raises(VariantError, match=r"unknown variant 'nope'.*templated"):
+        get_variant("nope")
+
+
+def test_unknown_teacher_kind_is_named(tmp_path):
+    path = _write(tmp_path, "variants:\n  x:\n    student: s\n    teacher: {kind: oracle}\n")
+    with pytest.raises(VariantError, match=r"variant 'x'.*unknown teacher kind 'oracle'"):
+        load_variants(path)
+
+
+def test_api_teacher_needs_a_model(tmp_path):
+    path = _write(tmp_path, "variants:\n  x:\n    student: s\n    teacher: {kind: litellm}\n")
+    with pytest.raises(VariantError, match="needs field 'model'"):
+        load_variants(path)
+
+
+def test_bad_upweight_and_missing_file(tmp_path):
+    path = _write(
+        tmp_path,
+        "variants:\n  x:\n    student: s\n    upweight: 0\n    teacher: {kind: templated}\n",
+    )
+    with pytest.raises(VariantError, match="upweight"):
+        load_variants(path)
+    with pytest.raises(VariantError, match="not found"):
+        load_variants(tmp_path / "missing.yaml")
