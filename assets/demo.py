@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from definitions import defs
 
     graph = defs.resolve_asset_graph()
-    assets = list(defs.assets or [])
+    assets = [*(defs.assets or []), *(defs.asset_checks or [])]
     unpartitioned = [k for k in graph.get_all_asset_keys() if graph.get(k).partitions_def is None]
     partitioned = [k for k in graph.get_all_asset_keys() if graph.get(k).partitions_def is not None]
     instance = dg.DagsterInstance.get()

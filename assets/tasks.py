@@ -19,7 +19,7 @@ def task_pool(context: dg.AssetExecutionContext, dataset: DatasetResource) -> di
     """Every feature pair of the dataset, split train / held-out by repository (never by task),
     with the file paths each feature.md names (the same regex the behaviour metrics use)."""
     summary = task_pool_summary(
-        dataset.root, held_out_repos=dataset.held_out_repos, subset=dataset.subset or None
+        dataset.root, held_out_repos=dataset.held_out, subset=dataset.subset_name
     )
     n_train = sum(1 for p in summary["pairs"] if p["split"] == "train")
     context.log.info(

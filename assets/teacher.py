@@ -6,8 +6,9 @@ from pathlib import Path
 import dagster as dg
 
 from assets.partitions import VARIANTS, variant_partitions
-from coop_dag.metrics import score_run
+from coop_dag.metrics import score_pairs
 from coop_dag.rollouts import limits_from, rollout_pairs, select_pairs
+from coop_dag.runlogs import iter_pairs
 from coop_dag.teachers import make_teacher_factory
 from resources.dataset import DatasetResource
 from resources.rollout import RolloutResource
@@ -29,7 +30,7 @@ def teacher_rollouts(
     variant = VARIANTS[context.partition_key]
     make_model = make_teacher_factory(variant)  # fails here, before any rollout, on bad creds
     pair_ids = [p["pair_id"] for p in task_pool["pairs"] if p["split"] == "train"]
-    pairs = select_pairs(dataset.root, pair_ids, dataset.subset or None)
+    pairs = select_pairs(dataset.root, pair_ids, dataset.subset_name)
     run_dir = rollout.run_dir(variant.name, "teacher")
     context.log.info(f"teacher_rollouts[{variant.name}]: {len(pairs)} pairs into {run_dir}")
     summary = rollout_pairs(
@@ -40,7 +41,9 @@ def teacher_rollouts(
         limits=limits_from(variant.rollout),
         model_name=variant.teacher.get("model", variant.teacher["kind"]),
         redis_url=rollout.redis,
-        concurrency=rollout.concurrency or int(variant.rollout.get("concurrency", 2)),
+        concurrency=rollout.workers(int(variant.rollout.get("concurrency", 2))),
+        mirror_dir=dataset.mirror,
+        allow_unsandboxed=rollout.allow_unsandboxed,
         log=context.log.info,
     )
     context.add_output_metadata(
@@ -61,43 +64,49 @@ def teacher_rollouts(
     return summary
 
 
-@dg.asset(partitions_def=variant_partitions, group_name="teacher", code_version="1")
-def teacher_validation(context: dg.AssetExecutionContext, teacher_rollouts: dict) -> dict:
-    """The three behaviour metrics on the teacher's own rollouts, plus CooperBench success."""
-    metrics = score_run(Path(teacher_rollouts["run_dir"]))
-    wanted = set(teacher_rollouts["pair_ids"])
-    metrics["per_pair"] = [r for r in metrics["per_pair"] if r["pair_id"] in wanted]
+def score_pair_ids(run_dir: str, pair_ids: list[str]) -> dict:
+    """Metrics over exactly `pair_ids` of a run directory (it may hold other pairs too)."""
+    wanted = set(pair_ids)
+    return score_pairs([p for p in iter_pairs(Path(run_dir)) if p.pair_id in wanted])
+
+
+def metrics_table(s: dict) -> str:
+    return "| metric | rate | 95% CI |\n|---|---|---|\n" + "\n".join(
+        f"| {m} | {_pct(s[f'{m}_rate'])} | {_pct(s[f'{m}_ci95'][0])}–{_pct(s[f'{m}_ci95'][1])} |"
+        for m in ("plan_first", "plan_content", "follow_through")
+    )
+
+
+@dg.asset(
+    partitions_def=variant_partitions,
+    group_name="teacher",
+    code_version="1",
+    check_specs=[dg.AssetCheckSpec("teacher_follow_through_ceiling", asset="teacher_validation")],
+)
+def teacher_validation(context: dg.AssetExecutionContext, teacher_rollouts: dict):
+    """The three behaviour metrics on the teacher's own rollouts, plus CooperBench success:
+    the ceiling distillation is bounded by."""
+    metrics = score_pair_ids(teacher_rollouts["run_dir"], teacher_rollouts["pair_ids"])
     s = metrics["summary"]
-    context.add_output_metadata(
-        {
+    yield dg.Output(
+        metrics,
+        metadata={
             "n_pairs": s["n_pairs"],
             "plan_first_rate": s["plan_first_rate"],
             "plan_content_rate": s["plan_content_rate"],
             "follow_through_rate": s["follow_through_rate"],
             "both_passed_rate": s.get("both_passed_rate") or 0.0,
-            "table": dg.MetadataValue.md(
-                "| metric | rate | 95% CI |\n|---|---|---|\n"
-                + "\n".join(
-                    f"| {m} | {_pct(s[f'{m}_rate'])} | "
-                    f"{_pct(s[f'{m}_ci95'][0])}–{_pct(s[f'{m}_ci95'][1])} |"
-                    for m in ("plan_first", "plan_content", "follow_through")
-                )
-            ),
-        }
+            "table": dg.MetadataValue.md(metrics_table(s)),
+        },
     )
-    return metrics
-
-
-@dg.asset_check(asset=teacher_validation, blocking=False)
-def teacher_follow_through_ceiling(teacher_validation: dict) -> dg.AssetCheckResult:
-    """Warn when the teacher's follow-through is under the seed's 60 % bar: the student will be
-    bounded by it (the seed's Qwen3-8B teacher: 13 % -> student 0 %)."""
-    rate = teacher_validation["summary"]["follow_through_rate"]
-    return dg.AssetCheckResult(
+    # The student is bounded by the teacher (seed: Qwen3-8B 13 % -> student 0 %): warn early.
+    rate = s["follow_through_rate"]
+    yield dg.AssetCheckResult(
+        check_name="teacher_follow_through_ceiling",
         passed=rate >= 0.6,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"follow_through_rate": rate},
-        description=f"teacher follow_through {_pct(rate)} (student is bounded by it)",
+        description=f"teacher follow_through {_pct(rate)} (the student is bounded by it)",
     )
 
 
@@ -106,11 +115,18 @@ def passes_all(row: dict) -> bool:
     return bool(row["plan_first"] and row["plan_content"] and agents and all(agents.values()))
 
 
-@dg.asset(partitions_def=variant_partitions, group_name="teacher", code_version="1")
+@dg.asset(
+    partitions_def=variant_partitions,
+    group_name="teacher",
+    code_version="1",
+    check_specs=[
+        dg.AssetCheckSpec("some_pairs_survive", asset="rejection_sampled_pairs", blocking=True)
+    ],
+)
 def rejection_sampled_pairs(
     context: dg.AssetExecutionContext, teacher_rollouts: dict, teacher_validation: dict
-) -> dict:
-    """Pairs scoring 100/100/100 (and, if the variant asks, `both_passed`)."""
+):
+    """Pairs scoring 100/100/100 (and, if the variant sets `require_both_passed`, both_passed)."""
     variant = VARIANTS[context.partition_key]
     need_pass = bool(variant.raw.get("require_both_passed", False))
     kept = [
@@ -119,24 +135,20 @@ def rejection_sampled_pairs(
         if passes_all(r) and (not need_pass or (r.get("eval") or {}).get("both_passed"))
     ]
     total = len(teacher_validation["per_pair"])
-    context.add_output_metadata(
-        {
+    yield dg.Output(
+        {"run_dir": teacher_rollouts["run_dir"], "pair_ids": kept, "of": total},
+        metadata={
             "kept": len(kept),
             "of": total,
             "require_both_passed": need_pass,
             "keep_rate": round(len(kept) / total, 4) if total else 0.0,
-        }
+        },
     )
-    return {"run_dir": teacher_rollouts["run_dir"], "pair_ids": kept, "of": total}
-
-
-@dg.asset_check(asset=rejection_sampled_pairs, blocking=True)
-def some_pairs_survive(rejection_sampled_pairs: dict) -> dg.AssetCheckResult:
-    kept = len(rejection_sampled_pairs["pair_ids"])
-    return dg.AssetCheckResult(
-        passed=kept > 0,
-        metadata={"kept": kept},
-        description="no teacher pair scored 100/100/100; nothing to distil"
-        if not kept
-        else f"{kept} pairs kept",
+    yield dg.AssetCheckResult(
+        check_name="some_pairs_survive",
+        passed=bool(kept),
+        metadata={"kept": len(kept)},
+        description=f"{len(kept)} of {total} pairs kept"
+        if kept
+        else "no teacher pair scored 100/100/100: nothing to distil",
     )

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from coop_dag.actions import BASH_TOOL, parse_actions
+from coop_dag.actions import BASH_TOOL, diagnose_format_error, parse_actions
 from coop_dag.messaging import (
     MessageBus,
     MessagingError,
@@ -95,7 +95,7 @@ class CoopAgent:
         commands = parse_actions(response.content, response.tool_calls)
         turn["extra"]["actions"] = commands
         if not commands:
-            self._format_error()
+            self._format_error(diagnose_format_error(response.content, response.tool_calls))
             return
         self._format_errors = 0
         call_ids = [c.get("id") for c in response.tool_calls or []]
@@ -173,12 +173,12 @@ class CoopAgent:
         else:  # action came from inline XML in content: no call id to answer
             self.messages.append({"role": "user", "content": output, "extra": extra})
 
-    def _format_error(self) -> None:
+    def _format_error(self, reason: str) -> None:
         self._format_errors += 1
         self.messages.append(
             {
                 "role": "user",
-                "content": format_error("No bash tool call was found in your response."),
+                "content": format_error(reason),
                 "extra": {"timestamp": time.time(), "format_error": True},
             }
         )

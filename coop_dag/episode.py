@@ -30,7 +30,7 @@ import redis
 
 from coop_dag.agent import AgentLimits, CoopAgent
 from coop_dag.evaluate import evaluate_pair
-from coop_dag.messaging import MessageBus
+from coop_dag.messaging import MessageBus, conversation_records
 from coop_dag.models import ChatModel
 from coop_dag.prompts import render_prompts
 from coop_dag.sandbox import LocalSandbox, Sandbox
@@ -38,7 +38,8 @@ from coop_dag.tasks import Feature, Pair
 
 # (pair, feature, agent_id, partner_id) -> the model that plays this agent
 ModelFactory = Callable[[Pair, Feature, str, str], ChatModel]
-SandboxFactory = Callable[[Pair, Path], Sandbox]
+# (pair, shared scratch root, settings, agent_id) -> that agent's sandbox
+SandboxFactory = Callable[[Pair, Path, "EpisodeSettings", str], Sandbox]
 
 
 @dataclass
@@ -49,6 +50,8 @@ class EpisodeSettings:
     evaluate: bool = True
     model_name: str = ""
     sandbox_root: Path | None = None
+    mirror_dir: Path | None = None  # local git mirrors for real CooperBench tasks
+    allow_unsandboxed: bool = False  # only where bubblewrap is missing, by explicit choice
 
 
 def pair_dir(run_dir: Path, pair: Pair) -> Path:
@@ -75,16 +78,16 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
-def _default_sandbox(pair: Pair, root: Path) -> Sandbox:
-    return LocalSandbox(pair.task, root)
-
-
-def _conversation(agents: list[CoopAgent]) -> list[dict]:
-    """Sent messages of both agents in send order, timestamps always floats."""
-    sent = [m for a in agents for m in a.bus.sent_messages()]
-    for m in sent:
-        m["timestamp"] = float(m.get("timestamp") or 0.0)
-    return sorted(sent, key=lambda m: m["timestamp"])
+def local_sandbox(pair: Pair, root: Path, settings: EpisodeSettings, agent_id: str) -> Sandbox:
+    # One shared root: each sandbox hides the root, so agents cannot see each other's checkout.
+    return LocalSandbox(
+        pair.task,
+        root,
+        prefix=f"{agent_id}-",
+        timeout=settings.limits.command_timeout,
+        allow_unsandboxed=settings.allow_unsandboxed,
+        mirror_dir=settings.mirror_dir,
+    )
 
 
 def run_pair(
@@ -92,11 +95,13 @@ def run_pair(
     make_model: ModelFactory,
     client: redis.Redis,
     settings: EpisodeSettings,
-    make_sandbox: SandboxFactory = _default_sandbox,
+    make_sandbox: SandboxFactory = local_sandbox,
 ) -> dict:
     """Run one pair to completion and write its logs; returns result.json's content."""
     final = pair_dir(settings.run_dir, pair)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.*"):  # a killed earlier attempt's staging
+        shutil.rmtree(stale, ignore_errors=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     started = time.time()
     prefix = f"coop:{uuid.uuid4().hex[:12]}:"
@@ -109,7 +114,7 @@ def run_pair(
         for feature in pair.features:
             me = agent_ids[feature.feature_id]
             partner = "agent2" if me == "agent1" else "agent1"
-            sandbox = make_sandbox(pair, scratch / me)
+            sandbox = make_sandbox(pair, scratch, settings, me)
             sandboxes.append(sandbox)
             agents.append(
                 CoopAgent(
@@ -142,10 +147,17 @@ def run_pair(
                     repo=pair.repo, task_id=pair.task_id, feature_id=fid, model=settings.model_name
                 ),
             )
-        _write_json(stage / "conversation.json", _conversation(agents))
+        sent = [m for a in agents for m in a.bus.sent_messages()]
+        ids = {a.agent_id: f.feature_id for a, f in zip(agents, pair.features, strict=True)}
+        _write_json(stage / "conversation.json", conversation_records(sent, ids))
         if settings.evaluate:
             result_eval = evaluate_pair(
-                pair, patches[pair.feature_a], patches[pair.feature_b], scratch / "eval"
+                pair,
+                patches[pair.feature_a],
+                patches[pair.feature_b],
+                scratch / "eval",
+                mirror_dir=settings.mirror_dir,
+                allow_unsandboxed=settings.allow_unsandboxed,
             )
             _write_json(stage / "eval.json", result_eval)
     except Exception as err:  # the pair is recorded as Error; other pairs go on
@@ -196,7 +208,7 @@ def run_pairs(
     settings: EpisodeSettings,
     *,
     concurrency: int = 2,
-    make_sandbox: SandboxFactory = _default_sandbox,
+    make_sandbox: SandboxFactory = local_sandbox,
     on_progress: Callable[[int, int, Pair, dict], None] | None = None,
 ) -> list[dict]:
     """Run every pair not already complete; returns the results of the pairs run now."""

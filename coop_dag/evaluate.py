@@ -33,11 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from coop_dag.sandbox import (
+    DEFAULT_HIDDEN_PATHS,
     DEFAULT_MAX_OUTPUT_BYTES,
     BwrapRunner,
     SandboxError,
     _prepare_home,
     _to_result,
+    hideable,
 )
 from coop_dag.tasks import Pair, TaskError, checkout_base
 
@@ -278,9 +280,13 @@ def evaluate_pair(
         shutil.copyfile(feat_b.tests_patch, patches / "tests2.patch")
         shutil.copyfile(task.runner, patches / "runner.sh")
 
+        # Only the checkout and a scratch HOME are writable: code under test cannot rewrite
+        # the other feature's tests.patch or the runner between the two runs.
         runner = BwrapRunner(
-            edir,
+            repo,
             home,
+            ro_binds=[patches],
+            hidden=[*DEFAULT_HIDDEN_PATHS, *hideable(work_root.resolve())],
             env={
                 **_EVAL_GIT_ENV,
                 "REPO_DIR": str(repo),

@@ -1039,10 +1039,11 @@ def parse_send_message(command: str) -> ParsedCommand:
             elif prev_binary:
                 pieces.append((_skip_blanks_back(command, before.start), before.end))
                 trailing = not has_next and after is not None and after.op in (";", "&")
-                if trailing or (
-                    next_op and "\n" in command[segs[i - 1].end : segs[j + 1].start]
-                ):
-                    pieces.append((after.start, _skip_blanks(command, after.end)))
+                continued = next_op is not None and any(
+                    "\n" in command[segs[k].end : segs[k + 1].start] for k in range(i - 1, j + 1)
+                )
+                if trailing or continued:
+                    pieces.append((after.start, after.end))
             elif after is not None and after.op in (";", "&") and (has_next or not has_prev):
                 pieces.append((after.start, _skip_blanks(command, after.end)))
             elif after is not None and after.op in (";", "&"):

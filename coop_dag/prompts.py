@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import jinja2
 import yaml
@@ -12,7 +11,6 @@ import yaml
 from coop_dag import CONFIG_DIR
 
 PROMPT_DIR = CONFIG_DIR / "prompts"
-REPO_DIR_IN_SANDBOX = "/workspace/repo"
 
 
 @dataclass(frozen=True)
@@ -41,7 +39,6 @@ def render_prompts(
     partner_id: str,
     *,
     steering: bool,
-    repo_dir: str = REPO_DIR_IN_SANDBOX,
 ) -> Prompts:
     cfg = _load("coop.yaml")
     section = steering_section() if steering else ""
@@ -50,7 +47,6 @@ def render_prompts(
         task=task.strip(),
         agent_id=agent_id,
         partner_id=partner_id,
-        repo_dir=repo_dir,
         steering_section=section,
     )
     return Prompts(_render(cfg["system_template"]), instance, "steering" if steering else "default")

@@ -42,12 +42,19 @@ def rollout_pairs(
     model_name: str,
     redis_url: str | None = None,
     concurrency: int = 2,
+    mirror_dir: Path | None = None,
+    allow_unsandboxed: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Run every missing pair (resumable) and summarise the whole run directory."""
     started = time.time()
     settings = EpisodeSettings(
-        run_dir=Path(run_dir), steering=steering, limits=limits, model_name=model_name
+        run_dir=Path(run_dir),
+        steering=steering,
+        limits=limits,
+        model_name=model_name,
+        mirror_dir=mirror_dir,
+        allow_unsandboxed=allow_unsandboxed,
     )
 
     def progress(done: int, total: int, pair: Pair, result: dict) -> None:

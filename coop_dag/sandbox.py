@@ -190,6 +190,16 @@ class _Capture:
     def join(self, timeout: float | None) -> None:
         self._thread.join(timeout)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        except OSError:
+            pass
+
     def text(self) -> str:
         if not self.dropped:
             return (self.head + self.tail).decode("utf-8", errors="replace")
@@ -258,12 +268,11 @@ def _run_process(
         out.join(5.0 if not timed_out else 2.0)
         if err is not None:
             err.join(2.0)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                try:
-                    stream.close()
-                except OSError:
-                    pass
+        for cap in (out, err):
+            # A reader still blocked (an escaped grandchild holds the pipe; only possible
+            # unsandboxed) keeps its pipe: closing it under the reader would block here.
+            if cap is not None and not cap.alive:
+                cap.close()
     duration = time.monotonic() - start
     return _Proc(
         stdout=out.text(),
@@ -410,6 +419,21 @@ def sandbox_path(
         if part:
             seen.setdefault(part, None)
     return os.pathsep.join(seen)
+
+
+def hideable(root: Path, python: str | os.PathLike | None = sys.executable) -> list[Path]:
+    """`[root]` if it can be hidden inside sandboxes (an empty read-only tmpfs over it), `[]`
+    when it is `/` or contains the interpreter or system directories."""
+    root = Path(root)
+    if root == Path("/"):
+        return []
+    protected = [Path(sys.prefix).resolve(), Path("/usr"), Path("/bin")]
+    if python:
+        protected += [Path(os.path.abspath(python)), Path(os.path.realpath(python))]
+    if any(p == root or root in p.parents for p in protected):
+        log.warning("not hiding %s inside sandboxes: it contains the interpreter", root)
+        return []
+    return [root]
 
 
 def _prepare_home(home: Path) -> None:
@@ -609,7 +633,7 @@ class LocalSandbox(Sandbox):
                 extra_path=extra_path,
                 ro_binds=ro_binds,
                 writable=rw_binds,
-                hidden=[*DEFAULT_HIDDEN_PATHS, *self._hideable(self.root_dir)],
+                hidden=[*DEFAULT_HIDDEN_PATHS, *hideable(self.root_dir, python)],
                 allow_unsandboxed=allow_unsandboxed,
                 bwrap=bwrap,
                 max_output_bytes=max_output_bytes,
@@ -617,17 +641,6 @@ class LocalSandbox(Sandbox):
         except BaseException:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise
-
-    @staticmethod
-    def _hideable(root: Path) -> list[Path]:
-        """`root` can be hidden unless it contains the interpreter or system directories."""
-        if root == Path("/"):
-            return []
-        protected = [Path(sys.prefix).resolve(), Path(sys.executable).resolve(), Path("/usr")]
-        if any(p == root or root in p.parents for p in protected):
-            log.warning("not hiding %s inside sandboxes: it contains the interpreter", root)
-            return []
-        return [root]
 
     @property
     def sandboxed(self) -> bool:

@@ -26,5 +26,9 @@ class RolloutResource(dg.ConfigurableResource):
     def redis(self) -> str | None:
         return self.redis_url or os.environ.get("COOP_DAG_REDIS_URL") or None
 
+    def workers(self, variant_default: int) -> int:
+        env = os.environ.get("COOP_DAG_ROLLOUT_CONCURRENCY")
+        return self.concurrency or (int(env) if env else variant_default)
+
     def run_dir(self, variant: str, stage: str) -> Path:
         return self.root / variant / stage

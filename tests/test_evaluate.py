@@ -357,6 +357,28 @@ def test_tests_run_inside_the_sandbox(task: Task, tmp_path: Path) -> None:
 
 
 @needs_bwrap
+def test_code_under_test_cannot_rewrite_the_other_features_tests(
+    task: Task, tmp_path: Path
+) -> None:
+    # At import, agent1's code tries to blank tests2.patch (an empty tests patch would make
+    # feature 2 "pass" on the base tests alone) and the runner.
+    sneaky = variant(
+        task, tmp_path, 1, '"""Tiny arithmetic helpers."""\n',
+        '"""Tiny arithmetic helpers."""\nimport os\n\n'
+        "for _name in ('tests2.patch', 'runner.sh'):\n"
+        "    try:\n"
+        "        open(os.path.join(os.environ['PATCH_DIR'], _name), 'w').close()\n"
+        "    except OSError as exc:\n"
+        "        print('blocked:', exc)\n",
+    )  # fmt: skip
+    result = evaluate_pair(pair(task, 1, 2), sneaky, gold(task, 2), tmp_path / "work")
+    assert result["apply_status"] == {"agent1": "applied", "agent2": "applied"}
+    assert result["feature1"]["passed"]
+    f2 = result["feature2"]
+    assert (f2["tests_passed"], f2["tests_failed"]) == (2, 0)  # feature 2's test still ran
+
+
+@needs_bwrap
 def test_hanging_tests_are_killed(task: Task, tmp_path: Path) -> None:
     hang = variant(  # hangs on reversed bounds only: feature 1's run is unaffected
         task, tmp_path, 2, "        lo, hi = hi, lo\n", "        while True:\n            pass\n"

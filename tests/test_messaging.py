@@ -441,6 +441,11 @@ def test_multiple_sends_and_remainder_preserved():
     ("send_message agent2 \\\n  'continued line'\nls", "ls"),
     ("cat > f <<'EOF' && send_message agent2 'x'\nbody\nEOF\nls", "cat > f <<'EOF'\nbody\nEOF\nls"),
     ("cat > f <<'EOF'\nbody\nEOF\nsend_message agent2 'x'\nls", "cat > f <<'EOF'\nbody\nEOF\nls"),
+    ("ls; send_message agent2 'x';\npwd", "ls;\npwd"),
+    ("a && send_message agent2 'x'; # note\nb", "a # note\nb"),
+    ("a &&\n  send_message agent2 'x'; b", "a\n   b"),
+    ("a && send_message agent2 'multi\nline'; b", "a; b"),
+    ("a; send_message agent2 'x' &&\n  b", "a; \n  b"),
 ])
 def test_remainder(command, remainder):
     assert parse_send_message(command).remainder == remainder
@@ -520,6 +525,8 @@ def _bash(script: str, tmp_path) -> tuple[str, list[tuple[str, str, bool]]]:
     "cat <<'EOF' && send_message agent2 'it'\"'\"'s'\nsend_message agent2 not-a-call\nEOF\necho z",
     "echo a || echo b\nsend_message agent2 $'x\\ty'\nprintf '%s\\n' send_message",
     "send_message agent2 <<-T\n\tline one\n\tT\nsend_message agent2 two words; echo done",
+    "echo a &&\n  send_message agent2 'x'; echo b\necho c && send_message agent2 'y'; # c\necho d",
+    "cat <<E && send_message a 'x' &&\nbody\nE\nsend_message b 'y'; echo after",
 ])
 def test_parser_agrees_with_bash(command, tmp_path):
     """Running the command in bash with a stub `send_message` gives the same messages, and the
