@@ -3,7 +3,7 @@
 import dagster as dg
 
 from assets import tasks, teacher
-from resources import DatasetResource, RolloutResource
+from resources import DatasetResource, LineageResource, RolloutResource
 
 _modules = [tasks, teacher]
 
@@ -13,6 +13,7 @@ defs = dg.Definitions(
     resources={
         "dataset": DatasetResource(),
         "rollout": RolloutResource(),
+        "lineage": LineageResource(),
         # Outputs persist under $DAGSTER_HOME/storage, so the UI, the demo and later runs
         # all read the same materialisations.
         "io_manager": dg.FilesystemIOManager(),

@@ -6,11 +6,13 @@ from pathlib import Path
 import dagster as dg
 
 from assets.partitions import VARIANTS, variant_partitions
+from coop_dag.lineage import content_version
 from coop_dag.metrics import score_pairs
 from coop_dag.rollouts import limits_from, rollout_pairs, select_pairs
 from coop_dag.runlogs import iter_pairs
-from coop_dag.teachers import make_teacher_factory
+from coop_dag.teachers import make_teacher_factory, teacher_facts
 from resources.dataset import DatasetResource
+from resources.lineage import LineageResource
 from resources.rollout import RolloutResource
 
 
@@ -24,7 +26,8 @@ def teacher_rollouts(
     task_pool: dict,
     dataset: DatasetResource,
     rollout: RolloutResource,
-) -> dict:
+    lineage: LineageResource,
+) -> dg.Output[dict]:
     """Two teacher agents per training pair, concurrently, messaging through Redis, with the
     steering prompt when the variant asks for it. Resumable: finished pairs are kept."""
     variant = VARIANTS[context.partition_key]
@@ -46,8 +49,18 @@ def teacher_rollouts(
         allow_unsandboxed=rollout.allow_unsandboxed,
         log=context.log.info,
     )
+    stable = ("run_dir", "statuses", "pair_ids", "mean_steps", "both_passed_rate")
+    summary["data_version"] = content_version({k: summary[k] for k in stable})
+    facts = {
+        **teacher_facts(variant),
+        "held_out_repos": task_pool["held_out_repos"],
+        "dataset_dir": str(dataset.root),
+    }
+    summary["facts"] = facts
+    lineage.record(context, summary["data_version"], facts=facts)
     context.add_output_metadata(
         {
+            **{k: dg.MetadataValue.text(str(v)) for k, v in facts.items() if v is not None},
             "run_dir": dg.MetadataValue.path(summary["run_dir"]),
             "pairs_done": summary["n_pairs"] - summary["statuses"].get("missing", 0),
             "pairs_run_now": summary["ran_now"],
@@ -55,13 +68,9 @@ def teacher_rollouts(
             "mean_steps": summary["mean_steps"],
             "both_passed_rate": summary["both_passed_rate"] or 0.0,
             "wall_time_s": summary["wall_time_s"],
-            "teacher": dg.MetadataValue.json(
-                {k: v for k, v in variant.teacher.items() if "key" not in k}
-            ),
-            "steering": variant.steering,
         }
     )
-    return summary
+    return dg.Output(summary, data_version=dg.DataVersion(summary["data_version"]))
 
 
 def score_pair_ids(run_dir: str, pair_ids: list[str]) -> dict:
@@ -83,13 +92,25 @@ def metrics_table(s: dict) -> str:
     code_version="1",
     check_specs=[dg.AssetCheckSpec("teacher_follow_through_ceiling", asset="teacher_validation")],
 )
-def teacher_validation(context: dg.AssetExecutionContext, teacher_rollouts: dict):
+def teacher_validation(
+    context: dg.AssetExecutionContext, teacher_rollouts: dict, lineage: LineageResource
+):
     """The three behaviour metrics on the teacher's own rollouts, plus CooperBench success:
     the ceiling distillation is bounded by."""
     metrics = score_pair_ids(teacher_rollouts["run_dir"], teacher_rollouts["pair_ids"])
     s = metrics["summary"]
+    metrics["data_version"] = content_version(metrics["per_pair"])
+    metrics["facts"] = teacher_rollouts.get("facts", {})
+    lineage.record(
+        context,
+        metrics["data_version"],
+        upstream={"teacher_rollouts": teacher_rollouts["data_version"]},
+        facts=metrics["facts"],
+        metrics=s,
+    )
     yield dg.Output(
         metrics,
+        data_version=dg.DataVersion(metrics["data_version"]),
         metadata={
             "n_pairs": s["n_pairs"],
             "plan_first_rate": s["plan_first_rate"],
@@ -124,7 +145,10 @@ def passes_all(row: dict) -> bool:
     ],
 )
 def rejection_sampled_pairs(
-    context: dg.AssetExecutionContext, teacher_rollouts: dict, teacher_validation: dict
+    context: dg.AssetExecutionContext,
+    teacher_rollouts: dict,
+    teacher_validation: dict,
+    lineage: LineageResource,
 ):
     """Pairs scoring 100/100/100 (and, if the variant sets `require_both_passed`, both_passed)."""
     variant = VARIANTS[context.partition_key]
@@ -135,8 +159,22 @@ def rejection_sampled_pairs(
         if passes_all(r) and (not need_pass or (r.get("eval") or {}).get("both_passed"))
     ]
     total = len(teacher_validation["per_pair"])
+    out = {
+        "run_dir": teacher_rollouts["run_dir"],
+        "pair_ids": kept,
+        "of": total,
+        "facts": teacher_rollouts.get("facts", {}),
+    }
+    out["data_version"] = content_version({"run": teacher_rollouts["data_version"], "kept": kept})
+    lineage.record(
+        context,
+        out["data_version"],
+        upstream={"teacher_validation": teacher_validation["data_version"]},
+        facts={"require_both_passed": need_pass, "kept": len(kept)},
+    )
     yield dg.Output(
-        {"run_dir": teacher_rollouts["run_dir"], "pair_ids": kept, "of": total},
+        out,
+        data_version=dg.DataVersion(out["data_version"]),
         metadata={
             "kept": len(kept),
             "of": total,

@@ -31,6 +31,14 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lineage(args: argparse.Namespace) -> int:
+    from coop_dag.lineage import LineageStore, default_store_path, format_chain
+
+    store = LineageStore(Path(args.db) if args.db else default_store_path())
+    print(format_chain(store.metric(args.metric, args.variant, args.asset)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coop-dag",
@@ -52,6 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="directory containing coop/<repo>/<task>/f<a>_f<b>/")
     p.add_argument("--out", help="write the full metrics JSON here")
     p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser(
+        "lineage", help="print the chain (teacher, tokenizer, upweight, adapter...) behind a metric"
+    )
+    p.add_argument(
+        "--metric",
+        default="follow_through",
+        help="plan_first | plan_content | follow_through | both_passed | merge_clean",
+    )
+    p.add_argument("--variant", required=True, help="variant name from configs/variants.yaml")
+    p.add_argument(
+        "--asset",
+        default="behaviour_metrics",
+        help="asset that computed the metric (behaviour_metrics, teacher_validation, "
+        "base_student_metrics)",
+    )
+    p.add_argument(
+        "--db", help="lineage DuckDB file (default: $COOP_DAG_LINEAGE_DB or runs/lineage.duckdb)"
+    )
+    p.set_defaults(func=_cmd_lineage)
     return parser
 
 
@@ -59,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"coop-dag {args.command}: error: {err}", file=sys.stderr)
         return 2
 

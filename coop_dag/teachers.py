@@ -47,7 +47,7 @@ ACKS = (
     "reading my files.",
 )
 THOUGHTS = {
-    "read": "Our plan is settled. I'll read the files I claimed before editing them.",
+    "read": "Our plan is settled. I'll look at the outline of the files I claimed.",
     "edit": "I'll apply my change to the files from my plan.",
     "test": "Now I'll run the test suite to check my change.",
     "submit": "The change is in and the tests ran. Submitting.",
@@ -149,7 +149,8 @@ class TemplatedTeacher:
                 f"send_message --wait {self.partner_id} <<'MSG'\n{body}\nMSG",
             )
         if step == 1:
-            return THOUGHTS["read"], " && ".join(f"cat {p}" for p in mine)
+            # An outline, not the whole file: keeps prompts short enough for a small student.
+            return THOUGHTS["read"], "grep -n 'def \\|class ' " + " ".join(mine)
         if step == 2:
             patch = self.feature.feature_patch.read_text()
             patch += "" if patch.endswith("\n") else "\n"  # trailing blank context lines matter
@@ -163,6 +164,21 @@ class TemplatedTeacher:
 
 class TeacherError(ValueError):
     """A teacher that cannot run; raised before any rollout starts."""
+
+
+def teacher_facts(variant: Variant) -> dict[str, Any]:
+    """Lineage facts about a variant's teacher: never a key's value, only its variable name."""
+    t = variant.teacher
+    return {
+        "variant": variant.name,
+        "teacher_kind": t["kind"],
+        "teacher_model": t.get("model", "templated"),
+        "teacher_endpoint": t.get("api_base"),
+        "teacher_api_key_env": t.get("api_key_env"),
+        "capture_token_ids": bool(t.get("capture_token_ids", False)),
+        "steering": variant.steering,
+        "seed": variant.seed,
+    }
 
 
 def make_teacher_factory(variant: Variant):

@@ -408,6 +408,7 @@ class VllmServer:
         on_log: LogFn | None = None,
         name: str | None = None,
         startup_timeout: float = 1800.0,
+        poll_interval: float = 2.0,
         tail: int = 80,
     ):
         self.config = config
@@ -415,6 +416,7 @@ class VllmServer:
         self.command = serve_command(config, launcher, name=name)
         self.on_log = on_log
         self.startup_timeout = startup_timeout
+        self.poll_interval = poll_interval
         self.engine = VllmEngine(config.url)
         self._tail: collections.deque[str] = collections.deque(maxlen=tail)
         self._proc: subprocess.Popen | None = None
@@ -467,7 +469,9 @@ class VllmServer:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         try:
-            self.engine.wait_until_healthy(self.startup_timeout, alive=self.running)
+            self.engine.wait_until_healthy(
+                self.startup_timeout, interval=self.poll_interval, alive=self.running
+            )
         except BaseException as exc:
             self.stop()
             shown = "\n".join(self._tail) or "(no output)"

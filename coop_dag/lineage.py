@@ -1,0 +1,276 @@
+"""The lineage store: one DuckDB file linking every output (and every metric) to the facts that
+produced it — variant, teacher, tokenizer and chat-template hashes, upweight, strip options,
+parquet data version, adapter, base model, held-out repos, seed and code version.
+
+Each materialisation appends one row to `materialisations` with its own data version and the
+data versions of the inputs it read, so the chain behind any metric is a walk up `upstream`.
+Connections are short-lived (DuckDB allows one writer process at a time), with retries when
+another process holds the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from coop_dag import REPO_ROOT
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS materialisations (
+    asset TEXT NOT NULL,
+    variant TEXT,
+    data_version TEXT NOT NULL,
+    upstream JSON,          -- {asset: data_version} of the inputs read
+    facts JSON,             -- teacher, tokenizer_sha256, chat_template_sha256, upweight, ...
+    run_id TEXT,
+    code_version TEXT,
+    recorded_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    asset TEXT NOT NULL,
+    variant TEXT,
+    data_version TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value DOUBLE,
+    n INTEGER,
+    ci_low DOUBLE,
+    ci_high DOUBLE,
+    recorded_at TIMESTAMP NOT NULL
+);
+"""
+
+
+def default_store_path() -> Path:
+    import os
+
+    return Path(os.environ.get("COOP_DAG_LINEAGE_DB") or REPO_ROOT / "runs" / "lineage.duckdb")
+
+
+RATE_METRICS = ("plan_first", "plan_content", "follow_through", "both_passed", "merge_clean")
+
+
+class LineageError(RuntimeError):
+    """The lineage store cannot be opened or has no such record."""
+
+
+def content_version(obj: Any) -> str:
+    """A data version for JSON-able content: sha256 of its canonical JSON, 16 hex chars."""
+    blob = json.dumps(obj, sort_keys=True, default=str, ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_version(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def code_version() -> str:
+    """The git commit of the code that ran (with `+dirty` when the work tree differs)."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@dataclass
+class LineageStore:
+    path: Path
+    retries: int = 50
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(self.retries):
+            try:
+                con = duckdb.connect(str(self.path))
+                break
+            except duckdb.IOException as err:  # another process holds the write lock
+                if attempt == self.retries - 1:
+                    raise LineageError(f"lineage store {self.path} is locked: {err}") from err
+                time.sleep(0.1 + 0.05 * attempt)
+        try:
+            con.execute(SCHEMA)
+            yield con
+        finally:
+            con.close()
+
+    def record(
+        self,
+        asset: str,
+        variant: str | None,
+        data_version: str,
+        *,
+        upstream: dict[str, str] | None = None,
+        facts: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        """Append one materialisation (and its metric rows, from a metrics summary dict)."""
+        now = datetime.now(UTC).replace(tzinfo=None)
+        with self.connect() as con:
+            con.execute(
+                "INSERT INTO materialisations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    asset,
+                    variant,
+                    data_version,
+                    json.dumps(upstream or {}),
+                    json.dumps(facts or {}, default=str),
+                    run_id,
+                    code_version(),
+                    now,
+                ],
+            )
+            for name, value, n, lo, hi in metric_rows(metrics or {}):
+                con.execute(
+                    "INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [asset, variant, data_version, name, value, n, lo, hi, now],
+                )
+
+    def latest(self, asset: str, variant: str | None) -> dict | None:
+        with self.connect() as con:
+            row = con.execute(
+                "SELECT asset, variant, data_version, upstream, facts, run_id, code_version, "
+                "recorded_at FROM materialisations WHERE asset = ? AND variant IS NOT DISTINCT "
+                "FROM ? ORDER BY recorded_at DESC LIMIT 1",
+                [asset, variant],
+            ).fetchone()
+        return _row(row) if row else None
+
+    def find(self, asset: str, data_version: str) -> dict | None:
+        with self.connect() as con:
+            row = con.execute(
+                "SELECT asset, variant, data_version, upstream, facts, run_id, code_version, "
+                "recorded_at FROM materialisations WHERE asset = ? AND data_version = ? "
+                "ORDER BY recorded_at DESC LIMIT 1",
+                [asset, data_version],
+            ).fetchone()
+        return _row(row) if row else None
+
+    def chain(self, asset: str, variant: str | None, data_version: str | None = None) -> list[dict]:
+        """The materialisation behind (asset, variant) and, recursively, everything it read."""
+        start = self.find(asset, data_version) if data_version else self.latest(asset, variant)
+        if start is None:
+            raise LineageError(f"no lineage recorded for {asset} (variant {variant})")
+        out, todo, seen = [], [start], set()
+        while todo:
+            node = todo.pop(0)
+            key = (node["asset"], node["data_version"])
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append(node)
+            for up_asset, up_version in node["upstream"].items():
+                found = self.find(up_asset, up_version)
+                if found:
+                    todo.append(found)
+        return out
+
+    def metric(self, metric: str, variant: str, asset: str = "behaviour_metrics") -> dict:
+        with self.connect() as con:
+            row = con.execute(
+                "SELECT value, n, ci_low, ci_high, data_version FROM metrics WHERE metric = ? "
+                "AND asset = ? AND variant = ? ORDER BY recorded_at DESC LIMIT 1",
+                [metric, asset, variant],
+            ).fetchone()
+        if row is None:
+            raise LineageError(f"no metric {metric} recorded for {asset} (variant {variant})")
+        value, n, lo, hi, version = row
+        return {
+            "metric": metric,
+            "asset": asset,
+            "variant": variant,
+            "value": value,
+            "n": n,
+            "ci95": [lo, hi],
+            "data_version": version,
+            "chain": self.chain(asset, variant, version),
+        }
+
+    def latest_metrics(self, asset: str) -> dict[str, dict[str, float]]:
+        """{variant: {metric: value}} from each variant's latest materialisation of `asset`."""
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT m.variant, m.metric, m.value FROM metrics m JOIN ("
+                " SELECT variant, max(recorded_at) AS at FROM metrics WHERE asset = ?"
+                " GROUP BY variant) l ON m.variant = l.variant AND m.recorded_at = l.at"
+                " WHERE m.asset = ?",
+                [asset, asset],
+            ).fetchall()
+        out: dict[str, dict[str, float]] = {}
+        for variant, metric, value in rows:
+            out.setdefault(variant, {})[metric] = value
+        return out
+
+
+def metric_rows(
+    summary: dict,
+) -> list[tuple[str, float | None, int | None, float | None, float | None]]:
+    """(metric, value, n, ci_low, ci_high) rows from a metrics summary (see coop_dag.metrics)."""
+    rows = []
+    n_agents, n_pairs = summary.get("n_agents"), summary.get("n_pairs")
+    for name in RATE_METRICS:
+        if f"{name}_rate" not in summary:
+            continue
+        ci = summary.get(f"{name}_ci95") or [None, None]
+        n = n_agents if name == "follow_through" else n_pairs
+        rows.append((name, summary[f"{name}_rate"], n, ci[0], ci[1]))
+    return rows
+
+
+def _row(row: tuple) -> dict:
+    asset, variant, version, upstream, facts, run_id, code, at = row
+    return {
+        "asset": asset,
+        "variant": variant,
+        "data_version": version,
+        "upstream": json.loads(upstream or "{}"),
+        "facts": json.loads(facts or "{}"),
+        "run_id": run_id,
+        "code_version": code,
+        "recorded_at": str(at),
+    }
+
+
+def format_chain(result: dict) -> str:
+    """Human-readable chain for `coop-dag lineage`."""
+    lines = [
+        f"{result['metric']} = {result['value']:.3f} (n={result['n']}, 95% CI "
+        f"{result['ci95'][0]:.3f}-{result['ci95'][1]:.3f}) from {result['asset']}"
+        f"[{result['variant']}] {result['data_version']}"
+    ]
+    for node in result["chain"]:
+        facts = ", ".join(f"{k}={v}" for k, v in sorted(node["facts"].items()))
+        lines.append(
+            f"  <- {node['asset']} {node['data_version']} (code {node['code_version']}, "
+            f"{node['recorded_at']}){': ' + facts if facts else ''}"
+        )
+    return "\n".join(lines)

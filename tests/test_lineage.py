@@ -1,0 +1,92 @@
+import threading
+
+import pytest
+
+from coop_dag.cli import main
+from coop_dag.lineage import LineageError, LineageStore, content_version
+
+SUMMARY = {
+    "n_pairs": 12,
+    "n_agents": 24,
+    "plan_first_rate": 0.75,
+    "plan_first_ci95": [0.47, 0.91],
+    "plan_content_rate": 0.5,
+    "plan_content_ci95": [0.25, 0.75],
+    "follow_through_rate": 0.625,
+    "follow_through_ci95": [0.43, 0.79],
+}
+
+
+def _build(store: LineageStore) -> None:
+    store.record("teacher_rollouts", "templated", "t1", facts={"teacher_kind": "templated"})
+    store.record(
+        "tito_parquet",
+        "templated",
+        "p1",
+        upstream={"teacher_rollouts": "t1"},
+        facts={"tokenizer_sha256": "abc", "upweight": 12},
+    )
+    store.record(
+        "lora_checkpoint",
+        "templated",
+        "a1",
+        upstream={"tito_parquet": "p1"},
+        facts={"adapter_name": "student-0123456789ab", "base_model": "smollm2-135m"},
+    )
+    store.record(
+        "behaviour_metrics", "templated", "m1", upstream={"lora_checkpoint": "a1"}, metrics=SUMMARY
+    )
+
+
+def test_metric_chain_walks_back_to_the_teacher(tmp_path):
+    store = LineageStore(tmp_path / "lineage.duckdb")
+    _build(store)
+    result = store.metric("follow_through", "templated")
+    assert result["value"] == 0.625 and result["n"] == 24 and result["ci95"] == [0.43, 0.79]
+    assets = [node["asset"] for node in result["chain"]]
+    assert assets == ["behaviour_metrics", "lora_checkpoint", "tito_parquet", "teacher_rollouts"]
+    facts = {k: v for node in result["chain"] for k, v in node["facts"].items()}
+    assert facts["tokenizer_sha256"] == "abc" and facts["upweight"] == 12
+    assert facts["adapter_name"] == "student-0123456789ab"
+
+
+def test_latest_wins_and_older_versions_stay_reachable(tmp_path):
+    store = LineageStore(tmp_path / "l.duckdb")
+    _build(store)
+    store.record(
+        "behaviour_metrics",
+        "templated",
+        "m2",
+        upstream={"lora_checkpoint": "a1"},
+        metrics={**SUMMARY, "plan_first_rate": 1.0},
+    )
+    assert store.metric("plan_first", "templated")["value"] == 1.0
+    assert store.latest_metrics("behaviour_metrics")["templated"]["plan_first"] == 1.0
+    assert store.chain("behaviour_metrics", "templated", "m1")[0]["data_version"] == "m1"
+
+
+def test_unknown_metric_and_concurrent_writers(tmp_path):
+    store = LineageStore(tmp_path / "l.duckdb")
+    with pytest.raises(LineageError, match="no metric"):
+        store.metric("plan_first", "nope")
+    threads = [threading.Thread(target=store.record, args=("x", f"v{i}", str(i))) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(store.latest("x", f"v{i}") for i in range(8))
+
+
+def test_content_version_is_stable_and_sensitive():
+    assert content_version({"a": 1, "b": [1, 2]}) == content_version({"b": [1, 2], "a": 1})
+    assert content_version({"a": 1}) != content_version({"a": 2})
+
+
+def test_cli_prints_the_chain(tmp_path, capsys):
+    store = LineageStore(tmp_path / "l.duckdb")
+    _build(store)
+    assert main(["lineage", "--variant", "templated", "--db", str(store.path)]) == 0
+    out = capsys.readouterr().out
+    assert "follow_through = 0.625" in out and "teacher_rollouts t1" in out
+    assert "student-0123456789ab" in out
+    assert main(["lineage", "--variant", "other", "--db", str(store.path)]) == 2
