@@ -49,13 +49,19 @@ def _captured_turns(trajs) -> tuple[int, int]:
     return turns, captured
 
 
-def _best(fn, repeat: int):
-    times, result = [], None
+def _measure(variants: dict, repeat: int) -> dict:
+    """Run each variant ``repeat`` times, interleaved (so load from other processes hits all
+    of them alike); keep the best wall time and the best CPU time (``process_time``: what the
+    build itself cost, robust to a busy machine) and the last result."""
+    best: dict = {name: {"wall": float("inf"), "cpu": float("inf")} for name in variants}
     for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
+        for name, fn in variants.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            result = fn()
+            wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+            b = best[name]
+            b["wall"], b["cpu"], b["result"] = min(b["wall"], wall), min(b["cpu"], cpu), result
+    return best
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -69,36 +75,49 @@ def main(argv: list[str] | None = None) -> dict:
     sha = tokenizer_sha256(tok)
     trajs = trajectories_from_run(args.run_dir)
     turns, captured = _captured_turns(trajs)
-    print(f"run: {args.run_dir}: {len(trajs)} trajectories, {turns} assistant turns, "
-          f"{captured} with token capture")
+    print(
+        f"run: {args.run_dir}: {len(trajs)} trajectories, {turns} assistant turns, "
+        f"{captured} with token capture"
+    )
     synth_s = 0.0
     if captured < turns:
         start = time.perf_counter()
         trajs = [synthesise_token_capture(t, tok) for t in trajs]
         synth_s = time.perf_counter() - start
-        print(f"synthesised Qwen3 token captures for every turn in {synth_s:.2f}s (not timed below)")
+        print(
+            f"synthesised Qwen3 token captures for every turn in {synth_s:.2f}s (not timed below)"
+        )
 
     # -- 1. rows/s: native vs re-rendering every turn -------------------------------------
     per_turn = TitoConfig(pack=False, upweight=1, val_fraction=0.0)
-    t_native, native = _best(
-        lambda: build_tito(trajs, tok, per_turn, teacher_tokenizer_sha256=sha), args.repeat)
-    t_rerender, rerender = _best(
-        lambda: build_tito(trajs, tok, per_turn, teacher_tokenizer_sha256=None), args.repeat)
     literal = TitoConfig(pack=False, upweight=1, val_fraction=0.0, native_prompt="render")
-    t_literal, _ = _best(
-        lambda: build_tito(trajs, tok, literal, teacher_tokenizer_sha256=sha), args.repeat)
+    timed = _measure(
+        {
+            "native": lambda: build_tito(trajs, tok, per_turn, teacher_tokenizer_sha256=sha),
+            "rerender": lambda: build_tito(trajs, tok, per_turn, teacher_tokenizer_sha256=None),
+            "native_literal": lambda: build_tito(trajs, tok, literal, teacher_tokenizer_sha256=sha),
+        },
+        args.repeat,
+    )
+    native, rerender = timed["native"]["result"], timed["rerender"]["result"]
     rows_native, rows_rerender = len(native.train), len(rerender.train)
     assert native.stats.turns_native == rows_native, native.stats
     assert rerender.stats.turns_retokenised == rows_rerender, rerender.stats
-    rps_native = rows_native / t_native
-    rps_rerender = rows_rerender / t_rerender
-    rps_literal = rows_native / t_literal
+    rate = {
+        name: {k: len(v["result"].train) / v[k] for k in ("wall", "cpu")}
+        for name, v in timed.items()
+    }
 
     # -- 2. training tokens per epoch: packed vs per-turn rows ------------------------------
     tokens = {}
-    for name, teacher_sha in (("native", sha), ("retokenised", None)):
-        packed = build_tito(trajs, tok, TitoConfig(pack=True), teacher_tokenizer_sha256=teacher_sha)
-        flat = build_tito(trajs, tok, TitoConfig(pack=False), teacher_tokenizer_sha256=teacher_sha)
+    cases = [("native", sha, None), ("retokenised", None, None)]
+    student_template = REPO / "configs" / "chat_templates" / "smollm2_tools.jinja"
+    if student_template.is_file():  # the default student's framing (Qwen XML tool calls)
+        cases.append(("retok+xml-tmpl", None, student_template.read_text()))
+    for name, teacher_sha, template in cases:
+        kw = {"teacher_tokenizer_sha256": teacher_sha, "chat_template": template}
+        packed = build_tito(trajs, tok, TitoConfig(pack=True), **kw)
+        flat = build_tito(trajs, tok, TitoConfig(pack=False), **kw)
         assert packed.stats.trained_tokens_train == flat.stats.trained_tokens_train
         tokens[name] = {
             "packed_rows": len(packed.train),
@@ -111,36 +130,53 @@ def main(argv: list[str] | None = None) -> dict:
         }
 
     print()
-    print("1. TITO build throughput (one row per turn, same rollouts, best of "
-          f"{args.repeat})")
-    print(f"   native path (captured ids, drift check on last turn, spliced prompt): "
-          f"{rows_native} rows in {t_native:.3f}s = {rps_native:,.0f} rows/s")
-    print(f"   re-rendering every turn through the chat template (re-tokenised): "
-          f"{rows_rerender} rows in {t_rerender:.3f}s = {rps_rerender:,.0f} rows/s")
-    print(f"   native, literal re-render of every default prompt (native_prompt=render): "
-          f"{rows_native} rows in {t_literal:.3f}s = {rps_literal:,.0f} rows/s")
-    print(f"   ratio native / re-render = {rps_native / rps_rerender:.2f}x "
-          f"(literal-render native / re-render = {rps_literal / rps_rerender:.2f}x)")
+    print(f"1. TITO build throughput, one row per turn, same rollouts (best of {args.repeat})")
+    labels = {
+        "native": "native path (captured ids, drift check on last turn, spliced prompt)",
+        "rerender": "re-rendering every turn through the chat template (re-tokenised)",
+        "native_literal": "native, every default prompt re-rendered (native_prompt=render)",
+    }
+    for name, label in labels.items():
+        t = timed[name]
+        print(
+            f"   {label}: {len(t['result'].train)} rows, {rate[name]['cpu']:,.0f} rows/CPU-s "
+            f"({t['cpu']:.3f} CPU-s), {rate[name]['wall']:,.0f} rows/s wall ({t['wall']:.3f}s)"
+        )
+    ratio_cpu = rate["native"]["cpu"] / rate["rerender"]["cpu"]
+    ratio_wall = rate["native"]["wall"] / rate["rerender"]["wall"]
+    print(
+        f"   ratio native / re-render = {ratio_cpu:.2f}x by CPU time, {ratio_wall:.2f}x by wall "
+        f"time (literal-render native / re-render = "
+        f"{rate['native_literal']['cpu'] / rate['rerender']['cpu']:.2f}x by CPU time)"
+    )
     print()
     print("2. training tokens per epoch (train split, default recipe: x12 turns 0-2 duplicated)")
     for name, v in tokens.items():
-        print(f"   {name:12s} per-turn rows: {v['per_turn_rows']:5d} rows, "
-              f"{v['per_turn_tokens']:,} tokens | packed: {v['packed_rows']:5d} rows, "
-              f"{v['packed_tokens']:,} tokens | trained tokens {v['trained_tokens']:,} (equal) | "
-              f"ratio per-turn / packed = {v['ratio']:.2f}x ({v['turns_merged']} turns merged)")
+        print(
+            f"   {name:12s} per-turn rows: {v['per_turn_rows']:5d} rows, "
+            f"{v['per_turn_tokens']:,} tokens | packed: {v['packed_rows']:5d} rows, "
+            f"{v['packed_tokens']:,} tokens | trained tokens {v['trained_tokens']:,} (equal) | "
+            f"ratio per-turn / packed = {v['ratio']:.2f}x ({v['turns_merged']} turns merged)"
+        )
     if tokens["retokenised"]["turns_merged"] == 0:
-        print("   (re-tokenised rows do not pack under the Qwen3 template: it renders history "
-              "tool calls as hermes JSON while the target is Qwen inline XML)")
+        print(
+            "   (re-tokenised rows do not pack under the Qwen3 template: it renders history "
+            "tool calls as hermes JSON while the target is Qwen inline XML)"
+        )
+    if "retok+xml-tmpl" in tokens:
+        print(
+            "   (retok+xml-tmpl: re-tokenised through configs/chat_templates/smollm2_tools.jinja, "
+            "the default student's template, with the Qwen3 tokenizer)"
+        )
     out = {
         "run_dir": args.run_dir,
         "trajectories": len(trajs),
         "turns": turns,
         "captured_turns": captured,
         "synthesise_seconds": synth_s,
-        "native_rows_per_s": rps_native,
-        "rerender_rows_per_s": rps_rerender,
-        "native_literal_render_rows_per_s": rps_literal,
-        "ratio_native_vs_rerender": rps_native / rps_rerender,
+        "rows_per_s": rate,
+        "ratio_native_vs_rerender_cpu": ratio_cpu,
+        "ratio_native_vs_rerender_wall": ratio_wall,
         "tokens_per_epoch": tokens,
     }
     if args.json:

@@ -42,6 +42,7 @@ __all__ = [
     "repair_adapter",
     "validate_adapter",
     "write_lineage",
+    "main",
 ]
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -430,3 +431,47 @@ def read_lineage(path: str | os.PathLike, *, required: bool = True) -> dict[str,
                 f"{actual!r} (lineage belongs to other weights)"
             )
     return facts
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m coop_dag.adapters validate|repair|name DIR``: check an adapter before
+    dropping it into the adapters directory, fix a verl 0.7.1 export, print its served name."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m coop_dag.adapters", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("validate", help="check a PEFT adapter directory (and its lineage)")
+    check.add_argument("dir")
+    check.add_argument("--base", help="the base model it must name")
+    fix = sub.add_parser("repair", help="fix verl 0.7.1's export in place")
+    fix.add_argument("dir")
+    fix.add_argument("--lora-alpha", type=float, help="the training recipe's lora_alpha")
+    fix.add_argument("--base", help="set base_model_name_or_path when missing")
+    name = sub.add_parser("name", help="print student-<sha12>")
+    name.add_argument("dir")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "validate":
+            info = validate_adapter(args.dir, expected_base=args.base)
+            lineage = read_lineage(args.dir, required=False)
+            out = {**info.as_metadata(), "lineage": lineage or None}
+            print(json.dumps(out, indent=2, sort_keys=True))
+            if not lineage:
+                print(f"warning: no {LINEAGE_FILE}; the sensor needs one", file=sys.stderr)
+        elif args.command == "repair":
+            changes = repair_adapter(args.dir, lora_alpha=args.lora_alpha, base_model=args.base)
+            print("\n".join(changes) if changes else "nothing to repair")
+        else:
+            print(adapter_name(args.dir))
+    except AdapterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

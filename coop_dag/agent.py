@@ -39,6 +39,20 @@ class AgentLimits:
     max_format_errors: int = 3
 
 
+def _actions(response: ModelResponse) -> list[tuple[str, str | None]]:
+    """(command, tool_call_id) per action: each valid bash tool call keeps its own id (an
+    invalid call beside it must not shift the ids); inline XML actions have no id."""
+    paired = []
+    for tc in response.tool_calls or []:
+        commands = parse_actions(None, [tc])
+        if commands:
+            call_id = tc.get("id") if isinstance(tc, dict) else getattr(tc, "id", None)
+            paired.append((commands[0], call_id))
+    if paired:
+        return paired
+    return [(command, None) for command in parse_actions(response.content, None)]
+
+
 def approx_tokens(messages: list[dict]) -> int:
     """Cheap context estimate (~4 chars a token) used when no token ids were captured."""
     return len(json.dumps(messages, ensure_ascii=False)) // 4
@@ -92,16 +106,15 @@ class CoopAgent:
         self.steps += 1
         self.cost += response.cost or 0.0
         turn = self._record_assistant(response)
-        commands = parse_actions(response.content, response.tool_calls)
-        turn["extra"]["actions"] = commands
-        if not commands:
+        actions = _actions(response)
+        turn["extra"]["actions"] = [command for command, _ in actions]
+        if not actions:
             self._format_error(diagnose_format_error(response.content, response.tool_calls))
             return
         self._format_errors = 0
-        call_ids = [c.get("id") for c in response.tool_calls or []]
-        for i, command in enumerate(commands):
+        for command, call_id in actions:
             output, returncode = self.execute(command)
-            self._record_observation(output, returncode, call_ids[i] if i < len(call_ids) else None)
+            self._record_observation(output, returncode, call_id)
             if self.status != "Running":
                 break
 

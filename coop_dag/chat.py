@@ -24,6 +24,7 @@ import copy
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from coop_dag.actions import split_content_and_calls, to_qwen_xml
@@ -44,9 +45,7 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # OpenAI multi-part content
-        return "".join(
-            p.get("text", "") if isinstance(p, dict) else str(p) for p in content
-        )
+        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
     return str(content)
 
 
@@ -114,6 +113,15 @@ def render_text(
     )
 
 
+def encode_rendered(tokenizer: Any, text: str) -> list[int]:
+    """Ids of a rendered prompt text, as ``apply_chat_template(tokenize=True)`` makes them
+    (the template writes the special tokens itself: none are added)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if ids and isinstance(ids[0], list):  # defensive: a batched return
+        ids = ids[0]
+    return [int(i) for i in ids]
+
+
 def render_ids(
     tokenizer: Any,
     messages: Sequence[dict],
@@ -125,36 +133,43 @@ def render_ids(
 ) -> list[int]:
     """Prompt token ids of ``messages`` under ``tokenizer``'s chat template (or
     ``chat_template``). ``template_kwargs`` (e.g. ``enable_thinking=False``) go to the
-    template. This is the one renderer TITO, the serving layer and the probes share."""
-    ids = tokenizer.apply_chat_template(
-        template_messages(messages),
-        tools=list(tools) if tools else None,
-        chat_template=chat_template,
+    template. This is the one renderer TITO, the serving layer and the probes share; it is
+    :func:`render_text` then :func:`encode_rendered` (callers that need the text too use the
+    two halves and get the same ids)."""
+    text = render_text(
+        tokenizer,
+        messages,
+        tools,
         add_generation_prompt=add_generation_prompt,
-        tokenize=True,
-        return_dict=False,
+        chat_template=chat_template,
         **template_kwargs,
     )
-    if ids and isinstance(ids[0], list):  # defensive: a batched return
-        ids = ids[0]
-    return [int(i) for i in ids]
+    return encode_rendered(tokenizer, text)
 
 
 def assistant_target_text(content: str | None, commands: Sequence[str]) -> str:
     """The assistant turn the student must emit for a teacher turn.
 
-    ``content`` is the teacher's text (reasoning / prose; any tool call it already wrote
-    inline -- Qwen XML or hermes JSON -- and the text after it are dropped, as vLLM's tool
-    parsers do, so calls are never duplicated); ``commands`` are the bash commands the turn
-    executed, each rendered with :func:`coop_dag.actions.to_qwen_xml`. Parts are stripped
-    of surrounding blank space and joined by one newline. A ``<think>`` span in ``content``
-    is kept here; TITO strips it at token level.
+    ``content`` is the teacher's text (reasoning / prose). A tool call it already wrote
+    inline (Qwen XML or hermes JSON) and the text after it are dropped, as vLLM's tool
+    parsers do, so calls are never duplicated; leading blank space is dropped. Then each
+    executed command in ``commands`` as :func:`coop_dag.actions.to_qwen_xml`: one newline
+    between the prose and the first call (none added when the prose already ends with one)
+    and between calls -- the framing of the students' tools-aware templates
+    (``configs/chat_templates/smollm2_tools.jinja``), so a history turn re-renders as exactly
+    this text. A ``<think>`` span in ``content`` is kept here; TITO strips it at token level.
     """
     text = _content_text(content)
     prose, inline_calls = split_content_and_calls(text)
-    reasoning = (prose or "").strip() if inline_calls else text.strip()
-    parts = ([reasoning] if reasoning else []) + [to_qwen_xml(c) for c in commands]
-    return "\n".join(parts)
+    prose = (prose or "") if inline_calls else text
+    prose = prose.lstrip()
+    if not prose.strip():
+        prose = ""
+    calls = "\n".join(to_qwen_xml(c) for c in commands)
+    if not calls:
+        return prose
+    separator = "\n" if prose and not prose.endswith("\n") else ""
+    return prose + separator + calls
 
 
 def chat_template_text(tokenizer: Any, chat_template: str | None = None) -> str:
@@ -175,9 +190,12 @@ def chat_template_sha256(tokenizer: Any, chat_template: str | None = None) -> st
 
 
 def tokenizer_sha256(tokenizer: Any) -> str:
-    """A fingerprint of a tokenizer's token<->id mapping and pre/post-processing: sha256 of
-    the fast tokenizer's serialised definition, or of the vocabulary for slow tokenizers.
-    Two tokenizers with the same fingerprint turn the same text into the same ids."""
+    """A tokenizer's content fingerprint: the sha256 of its ``tokenizer.json`` bytes when it
+    was loaded from a directory holding one (the identity ``coop_dag.students`` records),
+    else of the fast tokenizer's serialised definition, else of its vocabulary."""
+    source = Path(str(getattr(tokenizer, "name_or_path", "") or "")) / "tokenizer.json"
+    if source.is_file():
+        return hashlib.sha256(source.read_bytes()).hexdigest()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         return sha256_text(backend.to_str())

@@ -129,13 +129,24 @@ def run_pair(
                     limits=settings.limits,
                 )
             )
+        aborts: list[BaseException] = []
+
+        def play(agent: CoopAgent) -> None:
+            try:
+                agent.run()
+            except BaseException as err:  # KeyboardInterrupt, SystemExit: re-raised below
+                aborts.append(err)
+
         threads = [
-            threading.Thread(target=a.run, name=f"{pair.pair_id}:{a.agent_id}") for a in agents
+            threading.Thread(target=play, args=(a,), name=f"{pair.pair_id}:{a.agent_id}")
+            for a in agents
         ]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        if aborts:  # an agent was aborted, not finished: the pair must not be published
+            raise aborts[0]
         patches = {}
         for feature, agent, sandbox in zip(pair.features, agents, sandboxes, strict=True):
             fid = feature.feature_id
@@ -162,6 +173,9 @@ def run_pair(
             _write_json(stage / "eval.json", result_eval)
     except Exception as err:  # the pair is recorded as Error; other pairs go on
         error = f"{type(err).__name__}: {err}"
+    except BaseException:  # aborted: publish nothing, leave no staging behind
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     finally:
         for sandbox in sandboxes:
             sandbox.close()
@@ -214,13 +228,29 @@ def run_pairs(
     """Run every pair not already complete; returns the results of the pairs run now."""
     todo = [p for p in pairs if not pair_is_complete(settings.run_dir, p)]
     results: list[dict] = []
+    stop = threading.Event()
+
+    def attempt(pair: Pair) -> dict | None:
+        if stop.is_set():
+            return None  # the run was aborted: this pair is not started
+        try:
+            return run_pair(pair, make_model, client, settings, make_sandbox)
+        except BaseException:  # KeyboardInterrupt, SystemExit: stop starting pairs
+            stop.set()
+            raise
+
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        futures = {
-            pool.submit(run_pair, p, make_model, client, settings, make_sandbox): p for p in todo
-        }
-        for done, fut in enumerate(as_completed(futures), 1):
-            result = fut.result()
-            results.append(result)
-            if on_progress:
-                on_progress(done, len(todo), futures[fut], result)
+        futures = {pool.submit(attempt, p): p for p in todo}
+        try:
+            for done, fut in enumerate(as_completed(futures), 1):
+                result = fut.result()
+                if result is None:
+                    continue
+                results.append(result)
+                if on_progress:
+                    on_progress(done, len(todo), futures[fut], result)
+        except BaseException:  # an abort stops the run: queued pairs do not start
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     return results

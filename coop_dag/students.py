@@ -41,7 +41,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -478,14 +478,36 @@ def materialize(final: Path, build: Callable[[Path], dict], *, label: str) -> tu
             manifest = dict(build(tmp))
             manifest.setdefault("cache_key", final.name)
             manifest["build_seconds"] = round(time.monotonic() - started, 2)
-            manifest["built_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            manifest["built_at"] = datetime.now(UTC).isoformat(timespec="seconds")
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            _make_readable(tmp)
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         BUILDS[label] += 1
         return final, manifest
+
+
+def _current_umask() -> int:
+    """The process umask, read without setting it (os.umask would race with other threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
+
+
+def _make_readable(root: Path) -> None:
+    """mkdtemp (0700) and some writers (0600) are private; a cache dir is read by other
+    users too (a serving container mounting it), so use the umask's ordinary modes."""
+    umask = _current_umask()
+    os.chmod(root, 0o777 & ~umask)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o777 & ~umask)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o666 & ~umask)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

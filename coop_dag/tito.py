@@ -74,7 +74,9 @@ from coop_dag.actions import BASH_TOOL, parse_actions
 from coop_dag.chat import (
     assistant_target_text,
     chat_template_sha256,
+    encode_rendered,
     render_ids,
+    render_text,
     tokenizer_sha256,
 )
 from coop_dag.messaging import OutgoingMessage
@@ -272,7 +274,9 @@ class TitoConfig:
         if not isinstance(self.upweight, int) or self.upweight < 1:
             raise TitoError(f"upweight must be an integer >= 1, got {self.upweight!r}")
         if self.upweight_mode not in UPWEIGHT_MODES:
-            raise TitoError(f"upweight_mode must be one of {UPWEIGHT_MODES}: {self.upweight_mode!r}")
+            raise TitoError(
+                f"upweight_mode must be one of {UPWEIGHT_MODES}: {self.upweight_mode!r}"
+            )
         if self.truncation not in TRUNCATION_MODES:
             raise TitoError(f"truncation must be one of {TRUNCATION_MODES}: {self.truncation!r}")
         if self.max_length is not None and self.max_length < 2:
@@ -319,7 +323,7 @@ class TitoStats:
     eot_appended: int = 0  # native outputs that lacked the end-of-turn id
     eot_trailing_cut: int = 0
     drift_checked_turns: int = 0
-    native_prompt_spliced: int = 0
+    native_prompt_from_capture: int = 0  # default-prompt ids spliced from (or = ) the capture
     native_prompt_rendered: int = 0
     packed_rows: int = 0  # rows holding more than one turn
     turns_merged: int = 0  # turns that joined an earlier row
@@ -355,7 +359,9 @@ class TitoResult:
         meta = {**self.metadata, **(metadata or {})}
         out = Path(out_dir)
         return {
-            "train": write_parquet(self.train, out / "train.parquet", {**meta, "split_name": "train"}),
+            "train": write_parquet(
+                self.train, out / "train.parquet", {**meta, "split_name": "train"}
+            ),
             "val": write_parquet(self.val, out / "val.parquet", {**meta, "split_name": "val"}),
         }
 
@@ -460,7 +466,7 @@ def strip_think_ids(
     if first < len(out) and out[first] == t_open:
         return (cut(), "open_tag") if close > first else ([], "unterminated")
     if close == -1:
-        return (([], "unterminated") if state == "open" else (out, None))
+        return ([], "unterminated") if state == "open" else (out, None)
     if state is not None:
         return cut(), "prompt_think"
     if vocab.tool_call_id is None or vocab.tool_call_id not in out[:close]:
@@ -511,8 +517,8 @@ def _capture(message: dict) -> dict | None:
         return None
     try:
         return {
-            "prompt_token_ids": [int(i) for i in prompt],
-            "output_token_ids": [int(i) for i in output],
+            "prompt_token_ids": list(map(int, prompt)),
+            "output_token_ids": list(map(int, output)),
         }
     except (TypeError, ValueError):
         return None
@@ -569,6 +575,17 @@ class _Builder:
             **self.cfg.template_kwargs,
         )
 
+    def text(self, messages: Sequence[dict], generation: bool = True) -> str:
+        """The first half of :meth:`render` (``render == encode_rendered(text)``)."""
+        return render_text(
+            self.tok,
+            messages,
+            self.cfg.tools,
+            add_generation_prompt=generation,
+            chat_template=self.template,
+            **self.cfg.template_kwargs,
+        )
+
     # -- output normalisation -------------------------------------------------------------
     def _finish_output(
         self, out: list[int], think_prompt: Sequence[int], native: bool
@@ -579,16 +596,22 @@ class _Builder:
                 self.stats.dropped_unterminated_think += 1
                 return None
             if shape is not None:
-                setattr(self.stats, f"think_stripped_{shape}", getattr(self.stats, f"think_stripped_{shape}") + 1)
+                setattr(
+                    self.stats,
+                    f"think_stripped_{shape}",
+                    getattr(self.stats, f"think_stripped_{shape}") + 1,
+                )
         eot = self.vocab.eot_id
-        if eot in out:
+        if not native:  # a re-tokenised target is the turn's text: its end is appended
+            return out + [eot]
+        if eot in out:  # the engine stops at the first end-of-turn id
             end = out.index(eot) + 1
             if end != len(out):
                 self.stats.eot_trailing_cut += 1
                 out = out[:end]
         else:
             out = out + [eot]
-            self.stats.eot_appended += int(native)  # a re-tokenised target never has it
+            self.stats.eot_appended += 1
         return out
 
     # -- one trajectory -------------------------------------------------------------------
@@ -664,9 +687,11 @@ class _Builder:
             checked = native[:1]
         else:
             checked = native[-1:]
+        steer_texts: dict[int, str] = {}
         for t in checked:
             assert t.capture is not None
-            rendered = self.render(msgs[: t.index])
+            steer_texts[t.index] = self.text(msgs[: t.index])
+            rendered = encode_rendered(self.tok, steer_texts[t.index])
             captured = t.capture["prompt_token_ids"]
             self.stats.drift_checked_turns += 1
             if rendered != captured:
@@ -676,29 +701,74 @@ class _Builder:
         head = next((i for i, m in enumerate(msgs) if m.get("role") == "user"), None)
         changed = head is not None and default_msgs[head] is not msgs[head]
         result: dict[int, list[int]] = {}
-        if not changed:  # no steering in the prompt: the captured prompt is the default one
+        splice = self.cfg.native_prompt == "splice"
+        if not changed and splice:  # no steering in the prompt: the capture is the default one
             for t in native:
                 assert t.capture is not None
                 result[t.index] = list(t.capture["prompt_token_ids"])
-            self.stats.native_prompt_spliced += len(native)
+            self.stats.native_prompt_from_capture += len(native)
             return result
-        spliced_ok = False
-        if self.cfg.native_prompt == "splice":
-            steer_head = self.render(msgs[: head + 1], generation=False)
-            default_head = self.render(default_msgs[: head + 1], generation=False)
-            n = len(steer_head)
-            if all(t.capture["prompt_token_ids"][:n] == steer_head for t in native):  # type: ignore[index]
-                for t in native:
-                    result[t.index] = default_head + t.capture["prompt_token_ids"][n:]  # type: ignore[index]
-                probe = checked[-1]
-                spliced_ok = result[probe.index] == self.render(default_msgs[: probe.index])
-        if spliced_ok:
-            self.stats.native_prompt_spliced += len(native)
+        if (
+            splice
+            and head is not None
+            and self._splice(native, steer_texts, msgs, default_msgs, head, result)
+        ):
+            self.stats.native_prompt_from_capture += len(native)
             return result
+        result.clear()
         for t in native:
             result[t.index] = self.render(default_msgs[: t.index])
         self.stats.native_prompt_rendered += len(native)
         return result
+
+    def _splice(
+        self,
+        native: list[_Turn],
+        steer_texts: dict[int, str],
+        msgs: Sequence[dict],
+        default_msgs: Sequence[dict],
+        head: int,
+        result: dict[int, list[int]],
+    ) -> bool:
+        """Fill ``result`` with default-prompt ids made from the captured prompts by swapping
+        the rendered head (messages up to the instance message) for its default rendering.
+
+        Valid when (all verified here, else False and the caller renders every turn):
+        every captured prompt starts with the rendered steered head; on the first native
+        turn a full default re-render ends with the captured ids after that head (the
+        head/rest token boundary; the default head's ids are what precedes them); and on
+        the drift-checked turn (``steer_texts``: its steered text, whose ids the drift check
+        proved equal to the capture) the rendered *text* after the head is the same with and
+        without steering (the template renders the rest independently of the instance
+        message). That last check renders text only, so each long prompt is tokenised once,
+        by the drift check."""
+        steer_h = self.text(msgs[: head + 1], generation=False)
+        default_h = self.text(default_msgs[: head + 1], generation=False)
+        steer_head = encode_rendered(self.tok, steer_h)
+        n = len(steer_head)
+        if any(t.capture["prompt_token_ids"][:n] != steer_head for t in native):  # type: ignore[index]
+            return False
+        # the first native turn, fully re-rendered with the default prompt, must end with
+        # exactly the ids its capture has after the head: what precedes them is the default
+        # head's ids, for every turn
+        first = native[0]
+        default_first = self.render(default_msgs[: first.index])
+        tail = first.capture["prompt_token_ids"][n:]  # type: ignore[index]
+        cut = len(default_first) - len(tail)
+        if cut < 0 or default_first[cut:] != tail:
+            return False
+        default_head = default_first[:cut]
+        for t in native:
+            result[t.index] = default_head + t.capture["prompt_token_ids"][n:]  # type: ignore[index]
+        for index, steer_full in steer_texts.items():
+            default_full = self.text(default_msgs[:index])
+            if not (
+                steer_full.startswith(steer_h)
+                and default_full.startswith(default_h)
+                and steer_full[len(steer_h) :] == default_full[len(default_h) :]
+            ):
+                return False
+        return True
 
 
 # --------------------------------------------------------------------------------------
@@ -729,8 +799,8 @@ def pack_examples(
     max_length: int | None = None,
 ) -> list[_Row]:
     """Rows from per-turn examples (in trajectory order). With ``pack``, a turn whose prompt
-    starts with the current row's ids exactly (same trajectory, same weight, and the merged
-    row within ``max_length``) joins that row as one more loss span."""
+    starts with the current row's ids exactly (same trajectory, weight and source, and the
+    merged row within ``max_length``) joins that row as one more loss span."""
     rows: list[_Row] = []
     cur: _Row | None = None
     for ex, w in zip(examples, weights, strict=True):
@@ -740,6 +810,7 @@ def pack_examples(
             and cur is not None
             and cur.traj is ex.traj
             and cur.weight == w
+            and cur.sources[-1] == ex.source
             and (max_length is None or merged_len <= max_length)
             and _starts_with(ex.prompt_ids, cur.ids)
         ):
@@ -798,7 +869,6 @@ def split_pairs(pair_ids: Iterable[str], val_fraction: float = 0.1, seed: int = 
 
 def _row_dict(row: _Row, weight: float, upweight: int) -> dict:
     last = row.spans[-1][0]
-    sources = set(row.sources)
     return {
         "input_ids": row.ids[:last],
         "output_ids": row.ids[last:],
@@ -810,7 +880,7 @@ def _row_dict(row: _Row, weight: float, upweight: int) -> dict:
         "turn_index": row.turns[0],
         "weight": float(weight),
         "upweight": int(upweight),
-        "source": row.sources[0] if len(sources) == 1 else "mixed",
+        "source": row.sources[0],
         "loss_spans": [list(s) for s in row.spans],
         "span_turns": list(row.turns),
         "span_actions": list(row.actions),
@@ -875,7 +945,11 @@ def build_tito(
                     f"{len(row.ids)} tokens > max_length {cfg.max_length} (truncation=error)"
                 )
             ids, spans, idx = truncate_row(row.ids, row.spans, cfg.max_length, cfg.truncation)
-            setattr(stats, f"truncated_{cfg.truncation}", getattr(stats, f"truncated_{cfg.truncation}") + 1)
+            setattr(
+                stats,
+                f"truncated_{cfg.truncation}",
+                getattr(stats, f"truncated_{cfg.truncation}") + 1,
+            )
             if not spans:
                 stats.dropped_truncated += 1
                 continue
@@ -923,7 +997,11 @@ def build_tito(
         "tools": [t.get("function", {}).get("name") for t in (cfg.tools or [])],
         "eot": {"token": vocab.eot_token, "id": vocab.eot_id},
         "strip": {"think": cfg.strip_think, "steering": cfg.strip_steering},
-        "upweight": {"factor": cfg.upweight, "turns": cfg.upweight_turns, "mode": cfg.upweight_mode},
+        "upweight": {
+            "factor": cfg.upweight,
+            "turns": cfg.upweight_turns,
+            "mode": cfg.upweight_mode,
+        },
         "packing": {"enabled": cfg.pack, "representation": PACKING_DOC},
         "max_length": cfg.max_length,
         "truncation": cfg.truncation,
@@ -1041,6 +1119,28 @@ def _rows(rows: Any) -> list[dict]:
     return list(rows)
 
 
+def _distinct(rows: Any) -> list[dict]:
+    """Rows with exact duplicates (upweight copies) removed: decode-heavy checks run once per
+    distinct row."""
+    seen: set[int] = set()
+    out = []
+    for row in _rows(rows):
+        key = hash(
+            (
+                tuple(row["input_ids"]),
+                tuple(row["output_ids"]),
+                str(row.get("loss_spans")),
+                str(row.get("span_actions")),
+                row.get("traj_id"),
+                row.get("turn_index"),
+            )
+        )
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out
+
+
 def _where(row: dict) -> str:
     return f"{row.get('traj_id')} turn {row.get('turn_index')}"
 
@@ -1054,14 +1154,16 @@ def check_rows_decode(rows: Any, tokenizer: Any) -> list[str]:
     loss spans in order, inside the row, the last one exactly the output region."""
     problems = []
     vocab_size = len(tokenizer)
-    for row in _rows(rows):
+    for row in _distinct(rows):
         ids = _ids(row)
         if not row["output_ids"]:
             problems.append(f"{_where(row)}: empty output_ids")
             continue
         bad = [i for i in ids if not 0 <= int(i) < vocab_size]
         if bad:
-            problems.append(f"{_where(row)}: ids outside the vocabulary (size {vocab_size}): {bad[:5]}")
+            problems.append(
+                f"{_where(row)}: ids outside the vocabulary (size {vocab_size}): {bad[:5]}"
+            )
             continue
         try:
             tokenizer.decode(row["input_ids"])
@@ -1078,7 +1180,9 @@ def check_rows_decode(rows: Any, tokenizer: Any) -> list[str]:
             prev = e
         else:
             if spans[-1] != (len(row["input_ids"]), len(ids)):
-                problems.append(f"{_where(row)}: last loss span {spans[-1]} is not the output region")
+                problems.append(
+                    f"{_where(row)}: last loss span {spans[-1]} is not the output region"
+                )
     return problems
 
 
@@ -1087,7 +1191,7 @@ def check_no_steering(rows: Any, tokenizer: Any, section: str | None = None) -> 
     section = (section if section is not None else steering_section()).strip()
     markers = [m for m in {section, section.splitlines()[0].strip()} if m]
     problems = []
-    for row in _rows(rows):
+    for row in _distinct(rows):
         text = tokenizer.decode(_ids(row))
         hit = next((m for m in markers if m in text), None)
         if hit:
@@ -1097,9 +1201,13 @@ def check_no_steering(rows: Any, tokenizer: Any, section: str | None = None) -> 
 
 def check_no_think(rows: Any, tokenizer: Any) -> list[str]:
     """No trained span holds a ``<think>``/``</think>`` token (or text)."""
-    think_ids = {i for i in (single_token_id(tokenizer, THINK_OPEN), single_token_id(tokenizer, THINK_CLOSE)) if i is not None}
+    think_ids = {
+        i
+        for i in (single_token_id(tokenizer, THINK_OPEN), single_token_id(tokenizer, THINK_CLOSE))
+        if i is not None
+    }
     problems = []
-    for row in _rows(rows):
+    for row in _distinct(rows):
         ids = _ids(row)
         for s, e in row_loss_spans(row):
             span = ids[s:e]
@@ -1118,7 +1226,9 @@ def check_ends_with_eot(rows: Any, eot_id: int) -> list[str]:
         ids = _ids(row)
         for s, e in row_loss_spans(row):
             if not 0 <= s < e <= len(ids) or ids[e - 1] != eot_id:
-                problems.append(f"{_where(row)}: output span [{s}, {e}) does not end with id {eot_id}")
+                problems.append(
+                    f"{_where(row)}: output span [{s}, {e}) does not end with id {eot_id}"
+                )
                 break
     return problems
 
@@ -1127,7 +1237,7 @@ def check_tool_call_form(rows: Any, tokenizer: Any) -> list[str]:
     """Every turn that executed a command carries a parseable tool call (Qwen inline XML or
     hermes JSON) in its output -- not a markdown block, not narration."""
     problems = []
-    for row in _rows(rows):
+    for row in _distinct(rows):
         ids = _ids(row)
         spans = row_loss_spans(row)
         actions = list(row.get("span_actions") or [])
@@ -1136,9 +1246,10 @@ def check_tool_call_form(rows: Any, tokenizer: Any) -> list[str]:
             if j < len(actions) and actions[j] > 0:
                 text = tokenizer.decode(ids[s:e], skip_special_tokens=False)
                 if not parse_actions(text, None):
+                    turn = turns[j] if j < len(turns) else "?"
                     problems.append(
-                        f"{row.get('traj_id')} turn {turns[j] if j < len(turns) else '?'}: executed "
-                        f"{actions[j]} command(s) but its output has no tool call"
+                        f"{row.get('traj_id')} turn {turn}: executed {actions[j]} command(s) "
+                        "but its output has no tool call"
                     )
     return problems
 

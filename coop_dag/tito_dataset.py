@@ -113,7 +113,18 @@ class TitoSFTDataset(torch.utils.data.Dataset):
             missing = {"input_ids", "output_ids"} - set(table.column_names)
             if missing:
                 raise ValueError(f"{path}: not a TITO parquet (missing {sorted(missing)})")
-            keep = [c for c in ("input_ids", "output_ids", "loss_spans", "weight", "traj_id", "turn_index") if c in table.column_names]
+            keep = [
+                c
+                for c in (
+                    "input_ids",
+                    "output_ids",
+                    "loss_spans",
+                    "weight",
+                    "traj_id",
+                    "turn_index",
+                )
+                if c in table.column_names
+            ]
             tables.append(table.select(keep).replace_schema_metadata(None))
         table = pa.concat_tables(tables, promote_options="default")
 
@@ -129,14 +140,20 @@ class TitoSFTDataset(torch.utils.data.Dataset):
 
         self._input = _ListColumn(table.column("input_ids"))
         self._output = _ListColumn(table.column("output_ids"))
-        self._spans = table.column("loss_spans").to_pylist() if "loss_spans" in table.column_names else None
+        self._spans = (
+            table.column("loss_spans").to_pylist() if "loss_spans" in table.column_names else None
+        )
         self._weight = (
             np.asarray(table.column("weight").to_numpy(zero_copy_only=False), dtype=np.float32)
             if "weight" in table.column_names
             else np.ones(table.num_rows, dtype=np.float32)
         )
-        self._traj = table.column("traj_id").to_pylist() if "traj_id" in table.column_names else None
-        self._turn = table.column("turn_index").to_pylist() if "turn_index" in table.column_names else None
+        self._traj = (
+            table.column("traj_id").to_pylist() if "traj_id" in table.column_names else None
+        )
+        self._turn = (
+            table.column("turn_index").to_pylist() if "turn_index" in table.column_names else None
+        )
         self._n = table.num_rows
 
         vocab = len(tokenizer)
@@ -186,7 +203,11 @@ class TitoSFTDataset(torch.utils.data.Dataset):
                     f"{self._where(i)}: sequence_length={n} is larger than "
                     f"max_length={self.max_length} (truncation=error)"
                 )
-            keep = slice(n - self.max_length, n) if self.truncation == "left" else slice(0, self.max_length)
+            keep = (
+                slice(n - self.max_length, n)
+                if self.truncation == "left"
+                else slice(0, self.max_length)
+            )
             ids, mask = ids[keep], mask[keep]
             n = self.max_length
 
@@ -199,7 +220,9 @@ class TitoSFTDataset(torch.utils.data.Dataset):
             pad = self.max_length - n
             attention_mask = torch.ones(n, dtype=torch.long)
             if pad > 0:
-                item["input_ids"] = torch.cat([input_ids, torch.full((pad,), self.pad_token_id, dtype=torch.long)])
+                item["input_ids"] = torch.cat(
+                    [input_ids, torch.full((pad,), self.pad_token_id, dtype=torch.long)]
+                )
                 attention_mask = torch.cat([attention_mask, torch.zeros(pad, dtype=torch.long)])
                 item["loss_mask"] = torch.cat([loss_mask, torch.zeros(pad, dtype=torch.long)])
                 item["position_ids"] = torch.cat([position_ids, torch.zeros(pad, dtype=torch.long)])

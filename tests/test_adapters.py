@@ -318,3 +318,22 @@ def test_lineage_refusals(tmp_path):
     shutil.copy(d / LINEAGE_FILE, other / LINEAGE_FILE)
     with pytest.raises(AdapterError, match="belongs to other weights"):
         read_lineage(other)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_command_line(tmp_path, capsys):
+    from coop_dag.adapters import main
+
+    d = verl_071_export(tmp_path / "a")
+    assert main(["validate", str(d)]) == 1
+    assert "lora_alpha is 0" in capsys.readouterr().err
+    assert main(["repair", str(d), "--lora-alpha", "16", "--base", BASE]) == 0
+    assert "lora_alpha: 0 -> 16" in capsys.readouterr().out
+    assert main(["validate", str(d), "--base", BASE]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["adapter_name"] == adapter_name(d)
+    assert "no lineage.json" in captured.err
+    assert main(["name", str(d)]) == 0
+    assert capsys.readouterr().out.strip() == adapter_name(d)

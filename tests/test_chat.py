@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from coop_dag import CONFIG_DIR
 from coop_dag.actions import BASH_TOOL, parse_actions, to_qwen_xml
 from coop_dag.chat import (
     assistant_target_text,
@@ -59,8 +60,13 @@ def test_template_messages_drops_extra_and_parses_arguments():
 
 def test_template_messages_edge_cases():
     msgs = [
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"type": "function", "function": {"name": "bash", "arguments": "{not json"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"type": "function", "function": {"name": "bash", "arguments": "{not json"}}
+            ],
+        },
         {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
         {"role": "assistant", "content": "x", "tool_calls": []},
     ]
@@ -75,6 +81,14 @@ def test_render_ids_is_the_template_tokenised(tok):
     ids = render_ids(tok, MESSAGES, [BASH_TOOL])
     text = render_text(tok, MESSAGES, [BASH_TOOL])
     assert ids == tok.encode(text, add_special_tokens=False)
+    direct = tok.apply_chat_template(
+        template_messages(MESSAGES),
+        tools=[BASH_TOOL],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+    )
+    assert ids == direct  # the same ids HF's own tokenize=True path makes
     assert "# Tools" in text and '"name": "bash"' in text  # the tool reaches the prompt
     assert "token_capture" not in text and "timestamp" not in text
     assert text.endswith("<|im_start|>assistant\n")
@@ -99,6 +113,23 @@ def test_assistant_target_text():
     assert parse_actions(text, None) == ["ls -la", "cat a.py"]
     assert assistant_target_text(None, ["ls"]) == to_qwen_xml("ls")
     assert assistant_target_text("", []) == ""
+
+
+@pytest.mark.parametrize("content", ["I'll look first.", "I'll look first.\n", "", "  Spaced.  "])
+@pytest.mark.parametrize("commands", [["ls -la"], ["ls", "cat 'a b.py' | head -3"]])
+def test_assistant_target_text_is_how_the_student_template_renders_history(tok, content, commands):
+    path = CONFIG_DIR / "chat_templates" / "smollm2_tools.jinja"
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    msg = {
+        "role": "assistant",
+        "content": content.lstrip(),
+        "tool_calls": [_call(c, f"call_{i}") for i, c in enumerate(commands)],
+    }
+    text = render_text(tok, [msg], add_generation_prompt=False, chat_template=path.read_text())
+    body = text.split("<|im_start|>assistant\n", 1)[1]
+    assert body.endswith("<|im_end|>\n")
+    assert body[: -len("<|im_end|>\n")] == assistant_target_text(content, commands)
 
 
 def test_assistant_target_text_does_not_duplicate_inline_calls():

@@ -37,7 +37,7 @@ def test_task_pool_materialises_with_split_by_repo():
     assert held == {"webroute_task", "mdrender_task"}
     for pair in summary["pairs"]:
         assert (pair["split"] == "held_out") == (pair["repo"] in held)
-    meta = result.get_asset_materialization_events()[0].asset_materialization.metadata
+    meta = result.get_asset_materialization_events()[0].event_specific_data.materialization.metadata
     assert meta["n_pairs"].value == len(summary["pairs"])
     assert meta["n_held_out_pairs"].value >= 12
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from coop_dag import CONFIG_DIR
 from coop_dag.actions import BASH_TOOL
 from coop_dag.chat import assistant_target_text, render_ids, render_text, tokenizer_sha256
 from coop_dag.prompts import render_prompts, steering_section
@@ -62,14 +63,15 @@ XML_TEMPLATE = (
     "{%- if tools %}{{- '\\n\\n# Tools\\n' }}{%- for t in tools %}{{- t | tojson }}{{- '\\n' }}"
     "{%- endfor %}{%- endif %}{{- '<|im_end|>\\n' }}{%- endif %}"
     "{%- for m in messages %}"
-    "{%- if m.role == 'assistant' %}{%- set text = m.content | trim %}"
-    "{{- '<|im_start|>assistant\\n' + text }}"
-    "{%- for tc in (m.tool_calls or []) %}{%- if text or not loop.first %}{{- '\\n' }}{%- endif %}"
+    "{%- if m.role == 'assistant' %}{{- '<|im_start|>assistant\\n' + m.content }}"
+    "{%- if m.content and not m.content.endswith('\\n') and m.tool_calls %}{{- '\\n' }}{%- endif %}"
+    "{%- for tc in (m.tool_calls or []) %}{%- if not loop.first %}{{- '\\n' }}{%- endif %}"
     "{{- '<tool_call>\\n<function=' + tc.function.name + '>\\n<parameter=command>\\n'"
     " + tc.function.arguments.command + '\\n</parameter>\\n</function>\\n</tool_call>' }}"
     "{%- endfor %}{{- '<|im_end|>\\n' }}"
     "{%- elif m.role == 'tool' %}"
-    "{{- '<|im_start|>user\\n<tool_response>\\n' + m.content + '\\n</tool_response><|im_end|>\\n' }}"
+    "{{- '<|im_start|>user\\n<tool_response>\\n' + m.content"
+    " + '\\n</tool_response><|im_end|>\\n' }}"
     "{%- elif m.role == 'user' %}{{- '<|im_start|>user\\n' + m.content + '<|im_end|>\\n' }}"
     "{%- endif %}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
@@ -245,7 +247,11 @@ def test_retokenised_rows_render_default_prompt_and_target(tok, vocab):
         assert "Plan-First Coordination Protocol" not in text  # steering stripped
         assert '"name": "bash"' in text  # the bash tool is in the rendered system prompt
         assert (row["traj_id"], row["repo"], row["task_id"], row["agent_id"]) == (
-            "demo_task/7/f1_f2/agent1", "demo_task", "7", "agent1")
+            "demo_task/7/f1_f2/agent1",
+            "demo_task",
+            "7",
+            "agent1",
+        )
     assert res.stats.turns_retokenised == 5 and res.stats.turns_native == 0
     assert all(not v for v in run_checks(res.train, res.val, tok, vocab.eot_id).values())
 
@@ -270,7 +276,11 @@ def test_strip_steering_off_keeps_it_and_the_check_fires(tok):
 def test_actionless_turn_is_skipped_and_counted(tok):
     traj = make_traj()
     i = assistant_indices(traj)[3]
-    traj.messages[i] = {"role": "assistant", "content": "```bash\nls\n```", "extra": {"actions": []}}
+    traj.messages[i] = {
+        "role": "assistant",
+        "content": "```bash\nls\n```",
+        "extra": {"actions": []},
+    }
     res = build_tito([traj], tok, flat())
     assert res.stats.skipped_actionless_turns == 1
     assert [r["turn_index"] for r in res.train] == [0, 1, 2, 4]
@@ -318,12 +328,34 @@ def test_native_rows_use_captured_output_and_default_prompt(tok, sha, vocab, nat
 def test_native_splice_equals_full_render(tok, sha, native_traj):
     spliced = build_tito([native_traj], tok, flat(), teacher_tokenizer_sha256=sha)
     rendered = build_tito(
-        [native_traj], tok, flat(native_prompt="render", drift_check="all"),
+        [native_traj],
+        tok,
+        flat(native_prompt="render", drift_check="all"),
         teacher_tokenizer_sha256=sha,
     )
     assert spliced.train == rendered.train
-    assert spliced.stats.native_prompt_spliced == 5 and spliced.stats.native_prompt_rendered == 0
+    assert (
+        spliced.stats.native_prompt_from_capture == 5 and spliced.stats.native_prompt_rendered == 0
+    )
     assert rendered.stats.native_prompt_rendered == 5 and rendered.stats.drift_checked_turns == 5
+
+
+def test_native_splice_falls_back_when_the_template_is_not_local(tok, sha):
+    # a template whose tool messages depend on the instance message's length: the captured
+    # prompts of later turns are not "default head + the same rest", so the splice must not
+    # be used; every default prompt is rendered instead
+    template = XML_TEMPLATE.replace(
+        "'<|im_start|>user\\n<tool_response>\\n' + m.content",
+        "'<|im_start|>user\\n<tool_response>\\n' + (messages[1].content | length | string)"
+        " + m.content",
+    )
+    assert template != XML_TEMPLATE
+    traj = synthesise_token_capture(make_traj(), tok, chat_template=template)
+    res = build_tito([traj], tok, flat(), chat_template=template, teacher_tokenizer_sha256=sha)
+    assert res.stats.native_prompt_rendered == 5 and res.stats.native_prompt_from_capture == 0
+    default = default_prompt_messages(traj.messages)
+    for row, i in zip(res.train, assistant_indices(traj), strict=True):
+        assert row["input_ids"] == render_ids(tok, default[:i], [BASH_TOOL], chat_template=template)
 
 
 def test_native_without_steering_uses_captured_prompt(tok, sha):
@@ -342,13 +374,23 @@ def test_other_teacher_tokenizer_is_retokenised_and_counted(tok, native_traj):
 
 
 def test_missing_token_ids_fall_back_per_turn_and_are_counted(tok, sha, native_traj):
-    traj = Trajectory(**{**native_traj.__dict__, "messages": json.loads(json.dumps(native_traj.messages))})
+    traj = Trajectory(
+        **{**native_traj.__dict__, "messages": json.loads(json.dumps(native_traj.messages))}
+    )
     idx = assistant_indices(traj)
     del traj.messages[idx[1]]["extra"]["token_capture"]
-    traj.messages[idx[3]]["extra"]["token_capture"] = {"prompt_token_ids": [], "output_token_ids": []}
+    traj.messages[idx[3]]["extra"]["token_capture"] = {
+        "prompt_token_ids": [],
+        "output_token_ids": [],
+    }
     res = build_tito([traj], tok, flat(), teacher_tokenizer_sha256=sha)
     assert [r["source"] for r in res.train] == [
-        "native", "retokenised", "native", "retokenised", "native"]
+        "native",
+        "retokenised",
+        "native",
+        "retokenised",
+        "native",
+    ]
     assert res.stats.fallback_missing_capture_turns == 2
     assert res.stats.fallback_missing_capture_trajectories == 1
     # the fallback rows are exactly what the re-tokenised path makes
@@ -357,7 +399,9 @@ def test_missing_token_ids_fall_back_per_turn_and_are_counted(tok, sha, native_t
 
 
 def test_template_drift_raises_naming_trajectory_turn_and_position(tok, sha, native_traj):
-    traj = Trajectory(**{**native_traj.__dict__, "messages": json.loads(json.dumps(native_traj.messages))})
+    traj = Trajectory(
+        **{**native_traj.__dict__, "messages": json.loads(json.dumps(native_traj.messages))}
+    )
     last = assistant_indices(traj)[-1]
     cap = traj.messages[last]["extra"]["token_capture"]["prompt_token_ids"]
     cap[57] = (cap[57] + 1) % 1000
@@ -381,7 +425,9 @@ def test_template_drift_from_other_template_kwargs(tok, sha):
 
 
 def test_drift_check_first_and_all(tok, sha, native_traj):
-    traj = Trajectory(**{**native_traj.__dict__, "messages": json.loads(json.dumps(native_traj.messages))})
+    traj = Trajectory(
+        **{**native_traj.__dict__, "messages": json.loads(json.dumps(native_traj.messages))}
+    )
     first = assistant_indices(traj)[0]
     traj.messages[first]["extra"]["token_capture"]["prompt_token_ids"][-1] += 1
     with pytest.raises(TemplateDriftError, match="turn 0"):
@@ -430,7 +476,9 @@ def test_strip_think_prompt_ends_in_empty_think_block(tok, vocab):
 
 
 def test_strip_think_prompt_ends_in_opened_think_block(tok, vocab):
-    prompt = render_ids(tok, _msgs(), [BASH_TOOL]) + tok.encode("<think>\n", add_special_tokens=False)
+    prompt = render_ids(tok, _msgs(), [BASH_TOOL]) + tok.encode(
+        "<think>\n", add_special_tokens=False
+    )
     assert prompt_think_state(prompt, vocab) == "open"
     answer = tok.encode(ANSWER, add_special_tokens=False) + [vocab.eot_id]
     out = tok.encode(f"{REASONING}</think>\n\n{ANSWER}", add_special_tokens=False) + [vocab.eot_id]
@@ -461,11 +509,17 @@ def _with_reasoning(traj: Trajectory, tok, vocab, *, thinking: bool) -> Trajecto
     for i in assistant_indices(out):
         cap = out.messages[i]["extra"]["token_capture"]
         prompt = cap["prompt_token_ids"]
-        full = render_ids(tok, out.messages[: i + 1], [BASH_TOOL], add_generation_prompt=False, **kwargs)
-        answer_text = tok.decode(full[len(prompt):]).split("</think>")[-1].lstrip("\n")
+        full = render_ids(
+            tok, out.messages[: i + 1], [BASH_TOOL], add_generation_prompt=False, **kwargs
+        )
+        answer_text = tok.decode(full[len(prompt) :]).split("</think>")[-1].lstrip("\n")
         answer_text = answer_text[: answer_text.index("<|im_end|>")]
-        reasoning = f"<think>\n{REASONING}\n</think>\n\n" if thinking else f"{REASONING}\n</think>\n\n"
-        cap["output_token_ids"] = tok.encode(reasoning + answer_text, add_special_tokens=False) + [vocab.eot_id]
+        reasoning = (
+            f"<think>\n{REASONING}\n</think>\n\n" if thinking else f"{REASONING}\n</think>\n\n"
+        )
+        cap["output_token_ids"] = tok.encode(reasoning + answer_text, add_special_tokens=False) + [
+            vocab.eot_id
+        ]
     return out
 
 
@@ -485,17 +539,22 @@ def test_native_strip_think_end_to_end(tok, sha, vocab, thinking):
 
 
 def test_unterminated_reasoning_turn_is_dropped(tok, sha, vocab, native_traj):
-    traj = Trajectory(**{**native_traj.__dict__, "messages": json.loads(json.dumps(native_traj.messages))})
+    traj = Trajectory(
+        **{**native_traj.__dict__, "messages": json.loads(json.dumps(native_traj.messages))}
+    )
     i = assistant_indices(traj)[2]
     traj.messages[i]["extra"]["token_capture"]["output_token_ids"] = tok.encode(
-        f"<think>\n{REASONING}", add_special_tokens=False)
+        f"<think>\n{REASONING}", add_special_tokens=False
+    )
     res = build_tito([traj], tok, flat(), teacher_tokenizer_sha256=sha)
     assert res.stats.dropped_unterminated_think == 1
     assert [r["turn_index"] for r in res.train] == [0, 1, 3, 4]
 
 
 def test_native_output_gets_eot_and_loses_trailing_ids(tok, sha, vocab, native_traj):
-    traj = Trajectory(**{**native_traj.__dict__, "messages": json.loads(json.dumps(native_traj.messages))})
+    traj = Trajectory(
+        **{**native_traj.__dict__, "messages": json.loads(json.dumps(native_traj.messages))}
+    )
     idx = assistant_indices(traj)
     cap0 = traj.messages[idx[0]]["extra"]["token_capture"]
     cap0["output_token_ids"] = cap0["output_token_ids"][:-1]  # engine did not return the stop id
@@ -523,10 +582,17 @@ def test_upweight_duplicate_mode(tok):
 
 def test_upweight_weight_mode_and_factor(tok):
     res = build_tito(
-        [make_traj()], tok, TitoConfig(pack=False, val_fraction=0.0, upweight=4, upweight_mode="weight")
+        [make_traj()],
+        tok,
+        TitoConfig(pack=False, val_fraction=0.0, upweight=4, upweight_mode="weight"),
     )
     assert [(r["turn_index"], r["weight"]) for r in res.train] == [
-        (0, 4.0), (1, 4.0), (2, 4.0), (3, 1.0), (4, 1.0)]
+        (0, 4.0),
+        (1, 4.0),
+        (2, 4.0),
+        (3, 1.0),
+        (4, 1.0),
+    ]
     one = build_tito([make_traj()], tok, TitoConfig(pack=False, val_fraction=0.0, upweight=1))
     assert len(one.train) == 5
 
@@ -569,7 +635,10 @@ def test_native_packing_same_loss_targets(tok, sha, mode):
     assert packed.stats.trained_tokens_train == unpacked.stats.trained_tokens_train
     assert packed.stats.total_tokens_train < unpacked.stats.total_tokens_train
     for r in packed.train:  # last span is the output region; spans end with the eot
-        assert row_loss_spans(r)[-1] == (len(r["input_ids"]), len(r["input_ids"]) + len(r["output_ids"]))
+        assert row_loss_spans(r)[-1] == (
+            len(r["input_ids"]),
+            len(r["input_ids"]) + len(r["output_ids"]),
+        )
     vocab = TokenVocab(tok)
     assert all(not v for v in run_checks(packed.train, packed.val, tok, vocab.eot_id).values())
 
@@ -583,6 +652,19 @@ def test_retokenised_packing_with_xml_template(tok):
     assert span_targets(packed.train) == span_targets(unpacked.train)
     text = render_text(tok, trajs[0].messages[:4], [BASH_TOOL], chat_template=XML_TEMPLATE)
     assert "<function=bash>" in text  # history renders as the student's XML
+
+
+def test_retokenised_packing_with_the_smollm2_student_template(tok):
+    path = CONFIG_DIR / "chat_templates" / "smollm2_tools.jinja"
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    template = path.read_text()
+    trajs = make_pairs(1)
+    cfg = dict(val_fraction=0.0, upweight=1)
+    packed = build_tito(trajs, tok, TitoConfig(pack=True, **cfg), chat_template=template)
+    unpacked = build_tito(trajs, tok, TitoConfig(pack=False, **cfg), chat_template=template)
+    assert [r["span_turns"] for r in packed.train] == [[0, 1, 2, 3, 4]] * 2
+    assert span_targets(packed.train) == span_targets(unpacked.train)
 
 
 def test_retokenised_qwen3_template_does_not_pack(tok):
@@ -604,24 +686,34 @@ def test_truncation_modes(tok, sha, native_traj):
     over = sum(1 for n in lengths if n > limit)
     with pytest.raises(TitoLengthError, match="max_length"):
         build_tito([native_traj], tok, flat(max_length=limit), teacher_tokenizer_sha256=sha)
-    left = build_tito([native_traj], tok, flat(max_length=limit, truncation="left"), teacher_tokenizer_sha256=sha)
+    left = build_tito(
+        [native_traj], tok, flat(max_length=limit, truncation="left"), teacher_tokenizer_sha256=sha
+    )
     assert left.stats.truncated_left == over
     for row, orig in zip(left.train, base.train, strict=True):
         assert len(row["input_ids"]) + len(row["output_ids"]) <= limit
         assert row["output_ids"] == orig["output_ids"]  # outputs kept whole, prompt cut on the left
-        assert row["input_ids"] == orig["input_ids"][len(orig["input_ids"]) - len(row["input_ids"]):]
-    right = build_tito([native_traj], tok, flat(max_length=limit, truncation="right"), teacher_tokenizer_sha256=sha)
+        assert (
+            row["input_ids"] == orig["input_ids"][len(orig["input_ids"]) - len(row["input_ids"]) :]
+        )
+    right = build_tito(
+        [native_traj], tok, flat(max_length=limit, truncation="right"), teacher_tokenizer_sha256=sha
+    )
     assert right.stats.truncated_right == over
     assert all(len(r["input_ids"]) + len(r["output_ids"]) <= limit for r in right.train)
     assert len(right.train) + right.stats.dropped_truncated == 5
 
 
 def test_packing_respects_max_length(tok, sha, native_traj):
-    packed = build_tito([native_traj], tok, TitoConfig(upweight=1, val_fraction=0.0), teacher_tokenizer_sha256=sha)
+    packed = build_tito(
+        [native_traj], tok, TitoConfig(upweight=1, val_fraction=0.0), teacher_tokenizer_sha256=sha
+    )
     assert len(packed.train) == 1
     n = len(packed.train[0]["input_ids"]) + len(packed.train[0]["output_ids"])
     limited = build_tito(
-        [native_traj], tok, TitoConfig(upweight=1, val_fraction=0.0, max_length=n - 1, truncation="left"),
+        [native_traj],
+        tok,
+        TitoConfig(upweight=1, val_fraction=0.0, max_length=n - 1, truncation="left"),
         teacher_tokenizer_sha256=sha,
     )
     assert len(limited.train) >= 2
@@ -662,8 +754,14 @@ def test_tokenizer_dir_not_found_names_model_and_path(tmp_path):
 
 
 def test_config_validation():
-    for bad in ({"upweight": 0}, {"upweight_mode": "x"}, {"truncation": "middle"},
-                {"val_fraction": 1.0}, {"drift_check": "x"}, {"native_prompt": "x"}):
+    for bad in (
+        {"upweight": 0},
+        {"upweight_mode": "x"},
+        {"truncation": "middle"},
+        {"val_fraction": 1.0},
+        {"drift_check": "x"},
+        {"native_prompt": "x"},
+    ):
         with pytest.raises(TitoError):
             TitoConfig(**bad)
 
@@ -679,8 +777,11 @@ def test_trajectories_from_run(tmp_path):
             (pair / f"agent{fid}_traj.json").write_text(json.dumps(d))
     trajs = trajectories_from_run(run)
     assert [t.traj_id for t in trajs] == [
-        "demo_task/7/f1_f2/agent1", "demo_task/7/f1_f2/agent2",
-        "demo_task/8/f1_f2/agent1", "demo_task/8/f1_f2/agent2"]
+        "demo_task/7/f1_f2/agent1",
+        "demo_task/7/f1_f2/agent2",
+        "demo_task/8/f1_f2/agent1",
+        "demo_task/8/f1_f2/agent2",
+    ]
     assert trajs[0].prompt == "steering" and trajs[0].task_id == "7"
     only = trajectories_from_run(run, ["demo_task/8/f1_f2"])
     assert {t.pair_id for t in only} == {"demo_task/8/f1_f2"}
@@ -696,15 +797,23 @@ def test_trajectories_from_run(tmp_path):
 def test_parquet_roundtrip_schema_and_metadata(tok, sha, native_traj, tmp_path):
     trajs = [native_traj, synthesise_token_capture(make_traj("demo_task/8/f1_f2"), tok)]
     res, paths = build_tito_parquet(
-        trajs, tok, tmp_path / "out", TitoConfig(val_fraction=0.5),
-        teacher_tokenizer_sha256=sha, tokenizer_name="Qwen3", variant="vllm-native",
+        trajs,
+        tok,
+        tmp_path / "out",
+        TitoConfig(val_fraction=0.5),
+        teacher_tokenizer_sha256=sha,
+        tokenizer_name="Qwen3",
+        variant="vllm-native",
         metadata={"run": "r1"},
     )
     table, meta = read_tito_parquet(paths["train"])
     assert table.schema.field("input_ids").type == pa.list_(pa.int32())
     assert table.schema.field("output_ids").type == pa.list_(pa.int32())
     assert table.schema.field("loss_spans").type == pa.list_(pa.list_(pa.int32()))
-    assert table.num_rows == len(res.train) and table.to_pylist()[0]["input_ids"] == res.train[0]["input_ids"]
+    assert (
+        table.num_rows == len(res.train)
+        and table.to_pylist()[0]["input_ids"] == res.train[0]["input_ids"]
+    )
     assert meta["tokenizer"] == {"name": "Qwen3", "sha256": sha}
     assert meta["chat_template_sha256"] and meta["variant"] == "vllm-native"
     assert meta["strip"] == {"think": True, "steering": True}
@@ -720,7 +829,7 @@ def test_write_parquet_is_atomic(tmp_path):
     path = tmp_path / "x.parquet"
     write_parquet([], path, {"a": 1})
     assert read_tito_parquet(path)[1] == {"a": 1}
-    with pytest.raises(Exception):
+    with pytest.raises((pa.ArrowException, TypeError, ValueError)):
         write_parquet([{"input_ids": "not a list"}], path, {"a": 2})
     assert read_tito_parquet(path)[1] == {"a": 1}  # the old file survives a failed write
     assert [p.name for p in tmp_path.iterdir()] == ["x.parquet"]  # no temp file left
@@ -759,7 +868,9 @@ def test_check_rows_decode_fires(tok, good_rows):
 
 def test_check_no_steering_fires(tok, good_rows):
     leak = tok.encode("\n\n" + steering_section(), add_special_tokens=False)
-    bad = _broken(good_rows, input_ids=good_rows[0]["input_ids"][:-5] + leak + good_rows[0]["input_ids"][-5:])
+    bad = _broken(
+        good_rows, input_ids=good_rows[0]["input_ids"][:-5] + leak + good_rows[0]["input_ids"][-5:]
+    )
     problems = check_no_steering(bad, tok)
     assert len(problems) == 1 and "turn 0" in problems[0]
 
@@ -779,14 +890,20 @@ def test_check_ends_with_eot_fires(vocab, good_rows):
 
 
 def test_check_tool_call_form_fires(tok, vocab, good_rows):
-    markdown = tok.encode("Plan first.\n```bash\nsend_message agent2 'hi'\n```", add_special_tokens=False)
+    markdown = tok.encode(
+        "Plan first.\n```bash\nsend_message agent2 'hi'\n```", add_special_tokens=False
+    )
     bad = _broken(good_rows, output_ids=markdown + [vocab.eot_id])
     problems = check_tool_call_form(bad, tok)
     assert len(problems) == 1 and "no tool call" in problems[0]
-    narration = tok.encode('[Makes bash tool call with {"command": "ls"} as arguments]', add_special_tokens=False)
+    narration = tok.encode(
+        '[Makes bash tool call with {"command": "ls"} as arguments]', add_special_tokens=False
+    )
     assert check_tool_call_form(_broken(good_rows, output_ids=narration + [vocab.eot_id]), tok)
     # a turn that executed nothing needs no tool call
-    assert not check_tool_call_form(_broken(good_rows, output_ids=markdown + [vocab.eot_id], span_actions=[0]), tok)
+    assert not check_tool_call_form(
+        _broken(good_rows, output_ids=markdown + [vocab.eot_id], span_actions=[0]), tok
+    )
 
 
 def test_check_split_disjoint_fires(good_rows):
@@ -798,8 +915,13 @@ def test_check_split_disjoint_fires(good_rows):
 def test_run_checks_names(tok, vocab, good_rows):
     checks = run_checks(good_rows, [], tok, vocab.eot_id)
     assert set(checks) == {
-        "rows_decode", "no_steering_in_inputs", "no_think_in_outputs", "outputs_end_with_eot",
-        "actions_have_tool_call_form", "split_disjoint"}
+        "rows_decode",
+        "no_steering_in_inputs",
+        "no_think_in_outputs",
+        "outputs_end_with_eot",
+        "actions_have_tool_call_form",
+        "split_disjoint",
+    }
     assert not any(checks.values())
 
 
@@ -811,7 +933,12 @@ def test_from_variant():
 
     cfg = TitoConfig.from_variant(V(), pack=False)
     assert (cfg.upweight, cfg.strip_think, cfg.strip_steering, cfg.split_seed, cfg.pack) == (
-        4, False, True, 3, False)
+        4,
+        False,
+        True,
+        3,
+        False,
+    )
 
 
 def test_result_paths_are_files(tok, tmp_path):

@@ -57,7 +57,10 @@ def built(tok, tmp_path_factory):
     trajs = [synthesise_token_capture(t, tok) for t in make_pairs(3)]
     out = tmp_path_factory.mktemp("tito")
     result, paths = build_tito_parquet(
-        trajs, tok, out, TitoConfig(upweight_mode="weight", val_fraction=0.34),
+        trajs,
+        tok,
+        out,
+        TitoConfig(upweight_mode="weight", val_fraction=0.34),
         teacher_tokenizer_sha256=tokenizer_sha256(tok),
     )
     return result, paths
@@ -71,14 +74,18 @@ def test_constructor_is_what_verl_calls(tok, built):
     params = list(inspect.signature(TitoSFTDataset.__init__).parameters)
     assert params == ["self", "parquet_files", "tokenizer", "config", "processor", "max_samples"]
     result, paths = built
-    # verl: dataset_cls(parquet_files=..., tokenizer=..., config=..., processor=..., max_samples=...)
+    # verl: dataset_cls(parquet_files=, tokenizer=, config=, processor=, max_samples=)
     ds = TitoSFTDataset(
-        parquet_files=str(paths["train"]), tokenizer=tok,
+        parquet_files=str(paths["train"]),
+        tokenizer=tok,
         config=DictConfigLike(max_length=longest(result), truncation="error", pad_mode="right"),
-        processor=None, max_samples=-1,
+        processor=None,
+        max_samples=-1,
     )
     assert len(ds) == len(result.train)
-    ds2 = TitoSFTDataset([paths["train"], paths["val"]], tok, {"max_length": 64, "truncation": "left"})
+    ds2 = TitoSFTDataset(
+        [paths["train"], paths["val"]], tok, {"max_length": 64, "truncation": "left"}
+    )
     assert len(ds2) == len(result.train) + len(result.val)
 
 
@@ -88,7 +95,14 @@ def test_right_padding_items(tok, built):
     ds = TitoSFTDataset(paths["train"], tok, {"max_length": max_length, "pad_mode": "right"})
     for i, row in enumerate(result.train):
         item = ds[i]
-        assert set(item) == {"input_ids", "attention_mask", "position_ids", "loss_mask", "labels", "weight"}
+        assert set(item) == {
+            "input_ids",
+            "attention_mask",
+            "position_ids",
+            "loss_mask",
+            "labels",
+            "weight",
+        }
         n = len(row["input_ids"]) + len(row["output_ids"])
         for key in ("input_ids", "attention_mask", "position_ids", "loss_mask", "labels"):
             assert item[key].shape == (max_length,) and item[key].dtype == torch.long
@@ -112,24 +126,32 @@ def test_right_padding_items(tok, built):
 
 def test_no_padding_items_collate_as_nested(tok, built):
     result, paths = built
-    ds = TitoSFTDataset(paths["train"], tok, {"max_length": longest(result), "pad_mode": "no_padding"})
+    ds = TitoSFTDataset(
+        paths["train"], tok, {"max_length": longest(result), "pad_mode": "no_padding"}
+    )
     items = [ds[i] for i in range(3)]
     for item, row in zip(items, result.train, strict=False):
         n = len(row["input_ids"]) + len(row["output_ids"])
         assert "attention_mask" not in item
-        assert item["input_ids"].shape == item["loss_mask"].shape == item["position_ids"].shape == (n,)
+        assert (
+            item["input_ids"].shape == item["loss_mask"].shape == item["position_ids"].shape == (n,)
+        )
         assert item["position_ids"].tolist() == list(range(n))
     # verl's SFTTensorCollator(no_padding): every tensor key becomes a jagged nested tensor
     for key in items[0]:
         nested = torch.nested.as_nested_tensor([it[key] for it in items], layout=torch.jagged)
         assert nested.is_nested
-    offsets = torch.nested.as_nested_tensor([it["input_ids"] for it in items], layout=torch.jagged).offsets()
+    offsets = torch.nested.as_nested_tensor(
+        [it["input_ids"] for it in items], layout=torch.jagged
+    ).offsets()
     assert offsets.diff().tolist() == [len(it["input_ids"]) for it in items]
 
 
 def test_loss_mask_covers_exactly_the_output_spans(tok, built):
     result, paths = built
-    ds = TitoSFTDataset(paths["train"], tok, {"max_length": longest(result), "pad_mode": "no_padding"})
+    ds = TitoSFTDataset(
+        paths["train"], tok, {"max_length": longest(result), "pad_mode": "no_padding"}
+    )
     eot = tok.convert_tokens_to_ids("<|im_end|>")
     packed_seen = False
     for i, row in enumerate(result.train):
@@ -150,7 +172,9 @@ def test_loss_mask_covers_exactly_the_output_spans(tok, built):
 def test_labels_and_loss_mask_agree_with_verl_shift(tok, built):
     """HF shifts labels inside the model; verl rolls loss_mask left by one. Same tokens."""
     result, paths = built
-    ds = TitoSFTDataset(paths["train"], tok, {"max_length": longest(result), "pad_mode": "no_padding"})
+    ds = TitoSFTDataset(
+        paths["train"], tok, {"max_length": longest(result), "pad_mode": "no_padding"}
+    )
     item = ds[0]
     n = item["input_ids"].shape[0]
     torch.manual_seed(0)
@@ -175,10 +199,14 @@ def test_truncation(tok, built):
     limit = len(ids) - 100
     with pytest.raises(ValueError, match="max_length"):
         TitoSFTDataset(paths["train"], tok, {"max_length": limit, "truncation": "error"})[i]
-    full_mask = TitoSFTDataset(paths["train"], tok, {"max_length": len(ids), "pad_mode": "no_padding"})[i]["loss_mask"]
+    full_mask = TitoSFTDataset(
+        paths["train"], tok, {"max_length": len(ids), "pad_mode": "no_padding"}
+    )[i]["loss_mask"]
     for mode in ("left", "right"):
         for pad in ("right", "no_padding"):
-            item = TitoSFTDataset(paths["train"], tok, {"max_length": limit, "truncation": mode, "pad_mode": pad})[i]
+            item = TitoSFTDataset(
+                paths["train"], tok, {"max_length": limit, "truncation": mode, "pad_mode": pad}
+            )[i]
             assert item["input_ids"].shape == (limit,)
             keep = slice(100, None) if mode == "left" else slice(0, limit)
             assert item["input_ids"].tolist() == ids[keep]
@@ -193,14 +221,21 @@ def test_max_samples_and_shuffle(tok, built):
     cfg = {"max_length": longest(result), "pad_mode": "no_padding"}
     first = TitoSFTDataset(paths["train"], tok, cfg, max_samples=3)
     assert len(first) == 3
-    assert first[2]["input_ids"].tolist() == result.train[2]["input_ids"] + result.train[2]["output_ids"]
+    assert (
+        first[2]["input_ids"].tolist()
+        == result.train[2]["input_ids"] + result.train[2]["output_ids"]
+    )
     a = TitoSFTDataset(paths["train"], tok, {**cfg, "shuffle": True, "seed": 7}, max_samples=3)
     b = TitoSFTDataset(paths["train"], tok, {**cfg, "shuffle": True, "seed": 7}, max_samples=3)
-    assert [a[i]["input_ids"].tolist() for i in range(3)] == [b[i]["input_ids"].tolist() for i in range(3)]
+    assert [a[i]["input_ids"].tolist() for i in range(3)] == [
+        b[i]["input_ids"].tolist() for i in range(3)
+    ]
 
 
 def test_duplicate_mode_rows_and_weights(tok, tmp_path):
-    result, paths = build_tito_parquet([make_traj()], tok, tmp_path, TitoConfig(pack=False, val_fraction=0.0))
+    result, paths = build_tito_parquet(
+        [make_traj()], tok, tmp_path, TitoConfig(pack=False, val_fraction=0.0)
+    )
     ds = TitoSFTDataset(paths["train"], tok, {"max_length": 1 << 16, "pad_mode": "no_padding"})
     assert len(ds) == 12 * 3 + 2
     assert {ds[i]["weight"].item() for i in range(len(ds))} == {1.0}

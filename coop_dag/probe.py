@@ -1,0 +1,396 @@
+"""The first-turn probe: the seed's synthetic first-turn eval, made a fast regression test.
+
+The seed's most expensive failures (an adapter identical to the base model; a LoRA that had the
+behaviour only inside its training prompt distribution; a student writing markdown instead of
+tool calls) were all visible in the *first turn* on a held-out prompt, long before a rollout.
+This probe renders those first turns exactly as the runtime does and reads them the way the
+agent loop and the metrics do:
+
+- prompts: held-out features (whole held-out repos, never seen in training), each rendered
+  as the coop agent's turn-0 context -- ``[system, instance]`` from
+  :func:`coop_dag.prompts.render_prompts` (the *default* coop prompt, no steering), the bash
+  tool in ``tools``, the student's chat template -- through :func:`coop_dag.chat.render_ids`,
+  the one renderer TITO and serving share, with the generation prompt;
+- generation: greedy, at most ``max_new_tokens`` (the plan turn is short), stopping at the
+  student's end-of-turn id;
+- scoring, per output: the bash commands :func:`coop_dag.actions.parse_actions` finds (tool
+  calls written inline, as the student emits them), the messages
+  :func:`coop_dag.messaging.parse_send_message` finds in them, and whether one of those messages
+  goes to the partner and names a path of the task: ``extract_paths(body)`` intersected with
+  the feature's files (the paths its ``feature.md`` names, the same regex the metrics use).
+  ``rate`` is the share of prompts with such a message (a "hit"); ``tool_call_rate`` and
+  ``send_rate`` decompose a miss.
+
+``compare_outputs(base, adapter)`` answers the seed's recommended smoke question -- "is the
+adapter's output different from the base model's on the same prompt?" -- which would have caught
+its first attempt (token-for-token identical outputs) in seconds.
+
+No Dagster here; the ``lora_checkpoint`` asset calls :func:`run_probe` for base and adapter.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coop_dag import BUNDLED_DATASET
+from coop_dag.actions import BASH_TOOL, parse_actions
+from coop_dag.chat import render_ids
+from coop_dag.messaging import MessagingError, parse_send_message
+from coop_dag.paths import extract_paths
+from coop_dag.prompts import render_prompts
+from coop_dag.tasks import DEFAULT_HELD_OUT, Feature, discover_tasks
+
+DEFAULT_MAX_NEW_TOKENS = 120
+DEFAULT_MAX_PROMPTS = 8
+AGENTS = ("agent1", "agent2")
+
+
+class ProbeError(ValueError):
+    """The probe cannot run (no held-out feature, bad arguments); the message says why."""
+
+
+@dataclass(frozen=True)
+class ProbeCase:
+    """One held-out first-turn prompt."""
+
+    repo: str
+    task_id: int
+    feature_id: int
+    agent_id: str
+    partner_id: str
+    files: tuple[str, ...]  # the paths the feature.md names
+    task: str  # the feature description (the instance message's task)
+
+    @property
+    def key(self) -> str:
+        return f"{self.repo}/{self.task_id}/feature{self.feature_id}/{self.agent_id}"
+
+
+@dataclass
+class ProbeOutput:
+    key: str
+    agent_id: str
+    text: str
+    n_tokens: int
+    commands: list[str]
+    messages: list[dict]  # [{"to", "content", "wait"}]
+    paths: list[str]  # task paths named by a message to the partner
+    tool_call: bool  # at least one parseable bash tool call
+    send: bool  # at least one parseable send_message (to anyone)
+    hit: bool  # a send_message to the partner naming a task path
+    error: str | None = None  # a malformed send_message's parse error
+
+
+@dataclass
+class ProbeResult:
+    rate: float  # share of prompts with a hit
+    n: int
+    hits: int
+    tool_call_rate: float
+    send_rate: float
+    outputs: list[ProbeOutput]
+    model: str = ""
+    adapter: str | None = None
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    wall_time_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def texts(self) -> list[str]:
+        return [o.text for o in self.outputs]
+
+    def summary(self) -> dict[str, Any]:
+        """Flat facts without the raw outputs (for metadata and lineage)."""
+        return {
+            "rate": self.rate,
+            "n": self.n,
+            "hits": self.hits,
+            "tool_call_rate": self.tool_call_rate,
+            "send_rate": self.send_rate,
+            "model": self.model,
+            "adapter": self.adapter,
+            "max_new_tokens": self.max_new_tokens,
+            "wall_time_s": self.wall_time_s,
+        }
+
+
+# --------------------------------------------------------------------------------------
+# prompts
+# --------------------------------------------------------------------------------------
+
+
+def held_out_cases(
+    dataset_dir: str | os.PathLike = BUNDLED_DATASET,
+    held_out_repos: Iterable[str] = DEFAULT_HELD_OUT,
+    *,
+    max_prompts: int = DEFAULT_MAX_PROMPTS,
+    agents: Sequence[str] = AGENTS,
+) -> list[ProbeCase]:
+    """Held-out first-turn cases: every feature of the held-out repos in (repo, task,
+    feature) order, the agent id cycling through ``agents`` (agent1, agent2, agent1, ...), at
+    most ``max_prompts`` (``<= 0``: all features; with more prompts than features, every
+    feature is asked again as the next agent)."""
+    repos = list(held_out_repos)
+    if not repos:
+        raise ProbeError("no held-out repositories given: the probe needs unseen prompts")
+    if not agents:
+        raise ProbeError("agents must name at least one agent id")
+    features: list[Feature] = [
+        f
+        for t in sorted(discover_tasks(Path(dataset_dir), repos=repos), key=lambda t: t.key)
+        for _, f in sorted(t.features.items())
+    ]
+    if not features:
+        raise ProbeError(f"no feature in held-out repositories {repos} of {dataset_dir}")
+    total = len(features) if max_prompts <= 0 else max_prompts
+    cases = []
+    for i in range(total):
+        f = features[i % len(features)]
+        agent = agents[(i + i // len(features)) % len(agents)]
+        partner = next((a for a in AGENTS if a != agent), "agent2")
+        cases.append(
+            ProbeCase(f.repo, f.task_id, f.feature_id, agent, partner, f.files, f.description)
+        )
+    return cases
+
+
+def first_turn_messages(case: ProbeCase) -> list[dict]:
+    """The coop agent's context at turn 0: system + instance, default prompt (no steering)."""
+    prompts = render_prompts(case.task, case.agent_id, case.partner_id, steering=False)
+    return [
+        {"role": "system", "content": prompts.system},
+        {"role": "user", "content": prompts.instance},
+    ]
+
+
+def prompt_ids(tokenizer: Any, case: ProbeCase, **template_kwargs: Any) -> list[int]:
+    """Turn-0 prompt ids exactly as the runtime renders them (bash tool, generation prompt)."""
+    return render_ids(tokenizer, first_turn_messages(case), [BASH_TOOL], **template_kwargs)
+
+
+# --------------------------------------------------------------------------------------
+# scoring
+# --------------------------------------------------------------------------------------
+
+
+def score_output(text: str, case: ProbeCase, n_tokens: int = 0) -> ProbeOutput:
+    """Read one first turn as the agent loop and the metrics would."""
+    commands = parse_actions(text, None)
+    messages: list[dict] = []
+    error = None
+    for command in commands:
+        try:
+            parsed = parse_send_message(command)
+        except MessagingError as err:
+            error = str(err)
+            continue
+        messages.extend({"to": m.to, "content": m.content, "wait": m.wait} for m in parsed.messages)
+    files = set(case.files)
+    paths: list[str] = []
+    for m in messages:
+        if m["to"] != case.partner_id:
+            continue
+        for p in extract_paths(m["content"]):
+            if p in files and p not in paths:
+                paths.append(p)
+    return ProbeOutput(
+        key=case.key,
+        agent_id=case.agent_id,
+        text=text,
+        n_tokens=n_tokens,
+        commands=commands,
+        messages=messages,
+        paths=paths,
+        tool_call=bool(commands),
+        send=bool(messages),
+        hit=bool(paths),
+        error=error,
+    )
+
+
+def summarise(outputs: list[ProbeOutput], **kw: Any) -> ProbeResult:
+    n = len(outputs)
+    hits = sum(o.hit for o in outputs)
+
+    def share(k: int) -> float:
+        return k / n if n else 0.0
+
+    return ProbeResult(
+        rate=share(hits),
+        n=n,
+        hits=hits,
+        tool_call_rate=share(sum(o.tool_call for o in outputs)),
+        send_rate=share(sum(o.send for o in outputs)),
+        outputs=outputs,
+        **kw,
+    )
+
+
+def compare_outputs(base: ProbeResult, adapter: ProbeResult) -> dict[str, Any]:
+    """How many prompts the adapter answers differently from the base model (same cases,
+    in order). ``differs`` is what the asset check asserts."""
+    pairs = list(zip(base.outputs, adapter.outputs, strict=False))
+    changed = [a.key for a, b in zip(base.outputs, adapter.outputs, strict=False) if a.text != b.text]
+    return {
+        "differs": bool(changed),
+        "n_compared": len(pairs),
+        "n_changed": len(changed),
+        "changed": changed,
+        "rate_base": base.rate,
+        "rate_adapter": adapter.rate,
+        "rate_delta": adapter.rate - base.rate,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# generation
+# --------------------------------------------------------------------------------------
+
+
+def generate_first_turns(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    eot_id: int | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    batch_size: int = 1,
+) -> list[list[int]]:
+    """Greedy continuations (new ids, through the first end-of-turn id) of each prompt.
+    ``batch_size > 1`` left-pads prompts into batches (faster on CPU, outputs can differ in
+    rare near-ties from the unpadded ones); 1 is exact."""
+    import torch
+
+    eos = eot_id if eot_id is not None else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    model.eval()
+    outs: list[list[int]] = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), max(1, batch_size)):
+            chunk = [list(p) for p in prompts[start : start + max(1, batch_size)]]
+            width = max(len(p) for p in chunk)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+            gen = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=pad,
+            )
+            for row in gen[:, width:].tolist():
+                if eos in row:
+                    row = row[: row.index(eos) + 1]
+                outs.append(row)
+    return outs
+
+
+def run_probe(
+    model: Any,
+    tokenizer: Any,
+    cases: Sequence[ProbeCase],
+    *,
+    eot_id: int | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    batch_size: int = 1,
+    template_kwargs: dict[str, Any] | None = None,
+    model_name: str = "",
+    adapter: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ProbeResult:
+    """Greedy first turns of ``model`` on ``cases``, scored."""
+    if not cases:
+        raise ProbeError("no probe cases")
+    started = time.monotonic()
+    prompts = [prompt_ids(tokenizer, c, **(template_kwargs or {})) for c in cases]
+    new = generate_first_turns(
+        model,
+        tokenizer,
+        prompts,
+        eot_id=eot_id,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+    )
+    eos = eot_id if eot_id is not None else tokenizer.eos_token_id
+    outputs = []
+    for case, ids in zip(cases, new, strict=True):
+        body = ids[:-1] if ids and ids[-1] == eos else ids
+        # special tokens kept: <tool_call> is an added token in some vocabularies
+        text = tokenizer.decode(body, skip_special_tokens=False)
+        outputs.append(score_output(text, case, len(ids)))
+    result = summarise(
+        outputs,
+        model=model_name,
+        adapter=adapter,
+        max_new_tokens=max_new_tokens,
+        wall_time_s=round(time.monotonic() - started, 2),
+        extra={"prompt_tokens": [len(p) for p in prompts]},
+    )
+    if log:
+        who = f"{model_name}+{adapter}" if adapter else model_name
+        log(
+            f"probe[{who}]: {result.hits}/{result.n} hits ({100 * result.rate:.0f}%), "
+            f"tool calls {100 * result.tool_call_rate:.0f}%, sends {100 * result.send_rate:.0f}% "
+            f"in {result.wall_time_s:.0f}s"
+        )
+    return result
+
+
+def probe_student(
+    student: Any,
+    adapter_dir: str | os.PathLike | None = None,
+    *,
+    cases: Sequence[ProbeCase] | None = None,
+    dataset_dir: str | os.PathLike = BUNDLED_DATASET,
+    held_out_repos: Iterable[str] = DEFAULT_HELD_OUT,
+    max_prompts: int = DEFAULT_MAX_PROMPTS,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    batch_size: int = 1,
+    model: Any = None,
+    tokenizer: Any = None,
+    log: Callable[[str], None] | None = None,
+) -> ProbeResult:
+    """The probe for a :class:`coop_dag.students.Student` (or a name for
+    :func:`coop_dag.students.get_student`), optionally with a PEFT adapter directory loaded on
+    top. ``model``/``tokenizer`` reuse already-loaded ones (the model is used as is: pass the
+    base model, the adapter is wrapped around it and unloaded afterwards)."""
+    import torch
+
+    if isinstance(student, str):
+        from coop_dag.students import get_student
+
+        student = get_student(student)
+    tok = tokenizer if tokenizer is not None else student.load_tokenizer()
+    base = model if model is not None else student.load_model()
+    cases = list(cases) if cases is not None else held_out_cases(
+        dataset_dir, held_out_repos, max_prompts=max_prompts
+    )
+    net = base
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        net = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+    torch.manual_seed(0)
+    try:
+        return run_probe(
+            net,
+            tok,
+            cases,
+            eot_id=student.eot_id,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            model_name=student.name,
+            adapter=None if adapter_dir is None else str(adapter_dir),
+            log=log,
+        )
+    finally:
+        if adapter_dir is not None and model is not None:
+            net.unload()  # give the caller its base model back unchanged

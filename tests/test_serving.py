@@ -1,0 +1,251 @@
+"""Adapter registry + probe-based swap verification (coop_dag.serving) against the real
+embedded server, the serving resource, and the `served_adapter` asset via materialize()."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+
+import pytest
+
+import serve_helpers as H
+from coop_dag.actions import BASH_TOOL
+from coop_dag.adapters import adapter_name
+from coop_dag.serving import (
+    AdapterNameConflict,
+    Probe,
+    ServingError,
+    SwapVerificationError,
+    ensure_loaded,
+    ensure_server,
+    first_turn_probe,
+    serve_adapter,
+    spawn_detached,
+    stop_server,
+)
+from coop_dag.vllm import VllmEngine
+
+PROBE = Probe(
+    name="unit-probe",
+    messages=(
+        {"role": "system", "content": "You are agent1; agent2 works on the same repo."},
+        {"role": "user", "content": "Implement the feature in src/app.py. Plan first."},
+    ),
+    tools=(BASH_TOOL,),
+    max_tokens=8,
+)
+
+
+@pytest.fixture(scope="module")
+def server():
+    return H.server()
+
+
+@pytest.fixture(scope="module")
+def adapters():
+    return H.adapters()
+
+
+@pytest.fixture(autouse=True)
+def _clean(request):
+    yield
+    if "server" in request.fixturenames:
+        H.unload_all(H.server())
+
+
+def test_first_turn_probe_is_the_held_out_default_prompt():
+    from coop_dag.prompts import steering_section
+    from coop_dag.tasks import DEFAULT_HELD_OUT
+
+    probe = first_turn_probe()
+    assert probe.name.startswith("first-turn:") and probe.name.endswith(":agent1")
+    assert probe.name.split(":")[1].split("/")[0] in DEFAULT_HELD_OUT
+    assert [m["role"] for m in probe.messages] == ["system", "user"]
+    assert steering_section() not in probe.messages[1]["content"]  # the student's prompt
+    assert probe.tools == (BASH_TOOL,)
+    assert probe.body("m")["temperature"] == 0.0 and probe.body("m")["return_token_ids"]
+    assert first_turn_probe().sha12 == probe.sha12  # fixed
+
+
+def test_serve_verify_swap_and_unload_older(server, adapters):
+    name_a, name_b = adapter_name(adapters["A"]), adapter_name(adapters["B"])
+    logs: list[str] = []
+    a = serve_adapter(server.url, adapters["A"], probe=PROBE, log=logs.append)
+    assert a.adapter_name == name_a and a.verified and a.differs_from_base
+    assert a.variant == H.TEST_VARIANT  # from lineage.json
+    assert a.base_model_id == H.STUDENT and a.endpoint == server.api_base
+    assert a.litellm_model == f"openai/{name_a}"
+    assert a.adapter_output.token_ids != a.base_output.token_ids
+    b = serve_adapter(server.url, adapters["B"], probe=PROBE, expected_name=name_b)
+    assert b.verified and set(b.previous) == {name_a} and b.unloaded == [name_a]
+    assert VllmEngine(server.url).adapters() == {name_b: adapters["B"]}
+    again = serve_adapter(server.url, adapters["B"], probe=PROBE)
+    assert again.reused and again.verified
+    assert again.adapter_output.token_ids == b.adapter_output.token_ids
+    # the served adapter through the chat model student_rollouts will use
+    resp = b.chat_model(max_tokens=8, retries=0).query(list(PROBE.messages), [BASH_TOOL])
+    assert resp.token_capture["output_token_ids"] == b.adapter_output.token_ids
+    json.dumps(b.as_dict())  # JSON-able (Dagster output / metadata)
+    with pytest.raises(ServingError, match="weights hash to"):
+        serve_adapter(server.url, adapters["A"], probe=PROBE, expected_name="student-xxxx")
+
+
+def test_a_content_name_is_never_repointed(server, adapters):
+    name = adapter_name(adapters["A"])
+    assert adapter_name(adapters["A_copy"]) == name  # same weights, same name
+    VllmEngine(server.url).load_adapter(name, adapters["A_copy"])
+    with pytest.raises(AdapterNameConflict, match="never re-pointed"):
+        serve_adapter(server.url, adapters["A"], probe=PROBE)
+    with pytest.raises(AdapterNameConflict):
+        ensure_loaded(server.url, name, adapters["A"])
+    assert ensure_loaded(server.url, name, adapters["A_copy"]) is False
+    H.unload_all(server)
+    assert ensure_loaded(server.url, name, adapters["A"]) is True  # after a restart
+
+
+def test_probe_catches_a_server_that_keeps_the_old_weights(server, adapters, monkeypatch):
+    """The seed's silent no-op, simulated: the server accepts a new name and path, lists
+    them in /v1/models, but keeps serving the weights it loaded first."""
+    real = server.engine._peft_load
+    first: dict = {}
+
+    def sticky(peft_name, path, name):
+        first.setdefault("path", path)
+        return real(peft_name, first["path"], name)
+
+    monkeypatch.setattr(server.engine, "_peft_load", sticky)
+    name_a, name_b = adapter_name(adapters["A"]), adapter_name(adapters["B"])
+    assert serve_adapter(server.url, adapters["A"], probe=PROBE).verified
+    with pytest.raises(SwapVerificationError, match="still serving the old weights") as err:
+        serve_adapter(server.url, adapters["B"], probe=PROBE)
+    served = err.value.served
+    assert not served.verified and served.differs_from_base  # base check alone would pass
+    assert served.unloaded == []  # nothing older is unloaded after a failed swap
+    assert set(VllmEngine(server.url).adapters()) == {name_a, name_b}
+
+
+def test_probe_catches_an_adapter_that_is_not_applied(server, adapters, monkeypatch):
+    real = server.engine._run_generate
+    monkeypatch.setattr(
+        server.engine, "_run_generate", lambda p, a, params, m: real(p, None, params, m)
+    )
+    with pytest.raises(SwapVerificationError, match="exactly like the base model") as err:
+        serve_adapter(server.url, adapters["A"], probe=PROBE)
+    assert "identical log-probabilities" in str(err.value)
+    H.unload_all(server)
+    served = serve_adapter(server.url, adapters["A"], probe=PROBE, strict=False)
+    assert not served.verified and not served.differs_from_base and served.problems
+
+
+def test_ensure_server_refuses_a_port_held_by_something_else(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        with pytest.raises(ServingError, match=f"port {port} on 127.0.0.1 is in use"):
+            ensure_server(
+                [sys.executable, "-c", "pass"], host="127.0.0.1", port=port,
+                state_dir=tmp_path, expect_ids=["x"], startup_timeout=2,
+            )  # fmt: skip
+
+
+def test_ensure_server_reports_a_server_that_dies(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [sys.executable, "-c", "import sys; print('boom: no model'); sys.exit(3)"]
+    with pytest.raises(ServingError, match="boom: no model"):
+        ensure_server(argv, host="127.0.0.1", port=port, state_dir=tmp_path,
+                      expect_ids=["x"], startup_timeout=30)  # fmt: skip
+
+
+def test_stop_server_only_signals_the_recorded_process(tmp_path):
+    from coop_dag.serving import _pid_alive
+
+    argv = [sys.executable, "-c", "import time; time.sleep(60)", "coop-serve-test"]
+    pid = spawn_detached(argv, log_path=tmp_path / "x.log")
+    (tmp_path / "server-1234.json").write_text(json.dumps({"pid": pid, "argv": argv}))
+    assert _pid_alive(pid)
+    assert stop_server(tmp_path, 1234)
+    deadline = time.monotonic() + 10
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _pid_alive(pid)
+    assert not stop_server(tmp_path, 1234)  # pid file gone
+
+
+def test_resource_attach_checks_the_student(server):
+    from resources.serving import ServingResource
+
+    res = ServingResource(url=server.url, kind="embedded")
+    ep = res.ensure(H.STUDENT)
+    assert ep.url == server.url and ep.base_model_id == H.STUDENT and not ep.started
+    with pytest.raises(ServingError, match="serves tiny-qwen3"):
+        res.ensure("smollm2-135m")
+
+
+def test_served_adapter_asset(server, adapters, tmp_path, monkeypatch):
+    import dagster as dg
+
+    from assets.partitions import variant_partitions
+    from assets.serving import CHECK, served_adapter
+    from resources.lineage import LineageResource
+    from resources.serving import ServingResource
+
+    checkpoint = {
+        "adapter_name": adapter_name(adapters["A"]),
+        "adapter_dir": adapters["A"],
+        "base_model": str(H.student().model_dir),
+        "student": H.STUDENT,
+        "data_version": "ckpt-v1",
+    }
+
+    @dg.asset(partitions_def=variant_partitions, name="lora_checkpoint")
+    def lora_checkpoint() -> dict:
+        return checkpoint
+
+    resources = {
+        "serving": ServingResource(url=server.url, kind="embedded", probe_max_tokens=8),
+        "lineage": LineageResource(path=str(tmp_path / "lineage.duckdb")),
+        "io_manager": dg.mem_io_manager,
+    }
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        [lora_checkpoint, served_adapter],
+        partition_key="templated",
+        resources=resources,
+        instance=instance,
+    )
+    assert result.success
+    out = result.output_for_node("served_adapter")
+    assert out["adapter_name"] == checkpoint["adapter_name"]
+    assert out["endpoint"] == server.api_base and out["differs_from_base"]
+    assert out["litellm_model"] == f"openai/{checkpoint['adapter_name']}"
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == CHECK and check.passed
+    mat = result.asset_materializations_for_node("served_adapter")[0]
+    meta = mat.metadata
+    assert meta["adapter_name"].value == checkpoint["adapter_name"]
+    assert meta["probe_base_output"].value != meta["probe_adapter_output"].value
+    assert "| base |" in meta["probe_outputs"].value
+    rows = resources["lineage"].store  # recorded with lineage facts
+    assert rows is not None
+
+    # a server that does not apply adapters: the blocking check fails, with the evidence
+    H.unload_all(server)
+    real = server.engine._run_generate
+    monkeypatch.setattr(
+        server.engine, "_run_generate", lambda p, a, params, m: real(p, None, params, m)
+    )
+    result = dg.materialize(
+        [lora_checkpoint, served_adapter],
+        partition_key="templated",
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
+    )
+    [check] = result.get_asset_check_evaluations()
+    assert not check.passed
+    assert "exactly like the base model" in (check.description or "")
