@@ -2,10 +2,10 @@
 
 import dagster as dg
 
-from assets import tasks, teacher
+from assets import tasks, teacher, tito
 from resources import DatasetResource, LineageResource, RolloutResource
 
-_modules = [tasks, teacher]
+_modules = [tasks, teacher, tito]
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules(_modules),

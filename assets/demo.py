@@ -38,6 +38,9 @@ def _summarise(result: dg.ExecuteInProcessResult) -> list[str]:
         part = f" [{mat.partition}]" if mat.partition else ""
         lines.append(f"  {mat.asset_key.to_user_string()}{part}")
         lines.extend(f"      {k}: {v}" for k, v in shown.items())
+    for check in result.get_asset_check_evaluations():
+        verdict = "passed" if check.passed else f"FAILED ({check.severity.value})"
+        lines.append(f"  check {check.asset_key.to_user_string()}.{check.check_name}: {verdict}")
     return lines
 
 

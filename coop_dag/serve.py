@@ -702,9 +702,7 @@ class ChatEngine:
                 err_type="InvalidUserInput",
             )
         if name == self.base_model_id:
-            raise _bad(
-                f"'{name}' is the base model's id; choose another lora_name", "lora_name"
-            )
+            raise _bad(f"'{name}' is the base model's id; choose another lora_name", "lora_name")
         with self._state_lock:
             exists = name in self._adapters
         if exists and not load_inplace:
@@ -733,9 +731,7 @@ class ChatEngine:
             if old is not None:  # in place: the new weights are in, the old ones go
                 self._peft_delete(old.peft_name)
             with self._state_lock:
-                self._adapters[name] = _Adapter(
-                    name, path, peft_name, info.sha12, int(time.time())
-                )
+                self._adapters[name] = _Adapter(name, path, peft_name, info.sha12, int(time.time()))
         logger.info("Loaded new LoRA adapter: name '%s', path '%s'", name, path)
         return f"Success: LoRA adapter '{name}' added successfully."
 
@@ -1011,9 +1007,7 @@ class ChatEngine:
             raise _bad("'chat_template_kwargs' must be an object", "chat_template_kwargs")
         add_gen = _opt_bool(body, "add_generation_prompt", True)
         return_ids = _opt_bool(body, "return_token_ids")
-        prompt = self.render(
-            messages, tools, add_generation_prompt=add_gen, template_kwargs=kwargs
-        )
+        prompt = self.render(messages, tools, add_generation_prompt=add_gen, template_kwargs=kwargs)
         parse_tools = bool(tools) and tool_choice == "auto" and self.tool_call_parser
         choices, completion_tokens = [], 0
         for index in range(n):
@@ -1133,7 +1127,11 @@ def _stream_chunks(response: dict, include_usage: bool) -> list[dict]:
             {
                 **base,
                 "choices": [
-                    {"index": choice["index"], "delta": {}, "finish_reason": choice["finish_reason"]}
+                    {
+                        "index": choice["index"],
+                        "delta": {},
+                        "finish_reason": choice["finish_reason"],
+                    }
                 ],
             }
         )
@@ -1221,7 +1219,9 @@ class _Handler(BaseHTTPRequestHandler):
                 response = self.engine.chat(body)
                 if isinstance(body, dict) and body.get("stream"):
                     opts = body.get("stream_options") or {}
-                    self._stream(response, bool(isinstance(opts, dict) and opts.get("include_usage")))
+                    self._stream(
+                        response, bool(isinstance(opts, dict) and opts.get("include_usage"))
+                    )
                 else:
                     self._send(200, response)
             elif path == "/v1/completions":

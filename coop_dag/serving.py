@@ -196,9 +196,7 @@ class ProbeOutput:
         }
 
 
-def _post_json(
-    url: str, body: dict, *, timeout: float, api_key: str | None = None
-) -> dict:
+def _post_json(url: str, body: dict, *, timeout: float, api_key: str | None = None) -> dict:
     data = json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method="POST")
     req.add_header("Content-Type", "application/json")
@@ -499,9 +497,8 @@ def serve_adapter(
     for w in warnings:
         say(f"warning: {w}")
     if problems:
-        message = (
-            f"swap verification failed for {name} ({path}) on {eng.url}: "
-            + "; ".join(problems)
+        message = f"swap verification failed for {name} ({path}) on {eng.url}: " + "; ".join(
+            problems
         )
         say(message)
         if strict:
@@ -819,7 +816,8 @@ def stop_server(state_dir: str | os.PathLike, port: int) -> bool:
         pid = recorded.get("pid")
         argv = recorded.get("argv") or []
         stopped = False
-        if _pid_alive(pid) and argv and " ".join(argv[1:3]) in _cmdline(pid):
+        ours = int(pid or 0) in _CHILDREN or (argv and " ".join(argv[1:3]) in _cmdline(pid))
+        if _pid_alive(pid) and ours:
             _kill_group(int(pid))
             stopped = True
         pid_path.unlink(missing_ok=True)

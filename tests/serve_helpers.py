@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import threading
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -66,9 +67,11 @@ def adapters() -> dict[str, str]:
     atexit.register(shutil.rmtree, root, True)
     s = student()
     model = s.load_model()
-    pm = get_peft_model(
-        model, LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, task_type="CAUSAL_LM")
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        pm = get_peft_model(
+            model, LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, task_type="CAUSAL_LM")
+        )
     out: dict[str, str] = {}
     pm.save_pretrained(str(root / "zero"))
     out["zero"] = str(root / "zero")

@@ -30,7 +30,6 @@ from coop_dag import BUNDLED_DATASET  # noqa: E402
 from coop_dag.agent import AgentLimits  # noqa: E402
 from coop_dag.episode import (  # noqa: E402
     EpisodeSettings,
-    LocalSandbox,
     local_sandbox,
     pair_dir,
     run_pair,
@@ -40,6 +39,7 @@ from coop_dag.messaging import MessagingError  # noqa: E402
 from coop_dag.models import LiteLLMChatModel  # noqa: E402
 from coop_dag.redis_server import connect  # noqa: E402
 from coop_dag.rollouts import rollout_pairs  # noqa: E402
+from coop_dag.sandbox import LocalSandbox  # noqa: E402
 from coop_dag.tasks import checkout_base, discover_pairs  # noqa: E402
 
 try:
@@ -131,7 +131,7 @@ def is_float_ts(m: dict) -> bool:
 
 
 @needs_bwrap
-def test_full_episode_exercises_every_path(client, tmp_path):
+def test_full_episode_exercises_every_path(client, tmp_path, request):
     pair = PAIRS["datehelp_task/106/f1_f3"]  # agent1: parsing.py, agent2: humanize.py
     token = uuid.uuid4().hex[:10]
     gold_patch = pair.task.features[1].feature_patch.read_text()
@@ -139,6 +139,8 @@ def test_full_episode_exercises_every_path(client, tmp_path):
     run_dir = tmp_path / "run"
     escape_name = f"coop-escape-{token}"
     project_probe = Path.cwd() / escape_name
+    for probe in (project_probe, Path(f"/etc/{escape_name}")):  # only if an escape worked
+        request.addfinalizer(lambda probe=probe: probe.unlink(missing_ok=True))
 
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))

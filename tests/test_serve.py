@@ -13,8 +13,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 import serve_helpers as H
+
 from coop_dag.actions import BASH_TOOL, to_qwen_xml
 from coop_dag.serve import (
     ChatEngine,
@@ -131,7 +131,11 @@ def test_litellm_capture_equals_the_tito_renderer(server, adapters):
 
     tok = H.tokenizer()
     expected_prompt = render_ids(tok, MESSAGES, [BASH_TOOL])
-    http("POST", server.api_base + "/load_lora_adapter", {"lora_name": "a", "lora_path": adapters["A"]})
+    http(
+        "POST",
+        server.api_base + "/load_lora_adapter",
+        {"lora_name": "a", "lora_path": adapters["A"]},
+    )
     outputs = {}
     for model in ("tiny-qwen3", "a"):
         llm = LiteLLMChatModel(
@@ -190,7 +194,9 @@ def test_stop_strings_and_eot(monkeypatch, server):
 
 
 XML_TEXT = "I'll plan first, then list.\n" + to_qwen_xml("ls -la && cat 'a b'")
-HERMES_TEXT = 'Checking.\n<tool_call>\n{"name": "bash", "arguments": {"command": "pwd"}}\n</tool_call>'
+HERMES_TEXT = (
+    'Checking.\n<tool_call>\n{"name": "bash", "arguments": {"command": "pwd"}}\n</tool_call>'
+)
 
 
 @pytest.mark.parametrize(
@@ -230,7 +236,8 @@ def test_no_reasoning_parser_by_default():
     text = "<think>\nI should plan.\n" + to_qwen_xml("ls")
     msg = build_assistant_message(text, parse_tools=True)
     assert "reasoning_content" not in msg
-    assert msg["content"] == text  # the call is inside an unclosed think span: not parsed
+    assert msg["content"] == "<think>\nI should plan.\n"  # an unclosed span is not reasoning
+    assert json.loads(msg["tool_calls"][0]["function"]["arguments"]) == {"command": "ls"}
     plain = "Plan: I take a.py\n" + to_qwen_xml("ls")
     msg = build_assistant_message(plain, parse_tools=True)
     assert msg["content"] == "Plan: I take a.py\n" and len(msg["tool_calls"]) == 1
@@ -241,6 +248,8 @@ def test_no_reasoning_parser_by_default():
     assert msg["content"] == "Plan.\n" and len(msg["tool_calls"]) == 1
     msg = build_assistant_message(plain, parse_tools=True, reasoning_parser="qwen3")
     assert msg["reasoning_content"] is None and len(msg["tool_calls"]) == 1
+    msg = build_assistant_message(text, parse_tools=True, reasoning_parser="qwen3")
+    assert msg["reasoning_content"] is None and len(msg["tool_calls"]) == 1  # not swallowed
     assert split_reasoning("abc</think>rest", think_shape="qwen3.5") == ("abc", "rest")
     assert split_reasoning("abc</think>rest") == (None, "abc</think>rest")
 
@@ -384,7 +393,11 @@ def test_unknown_model_is_404_naming_it(server):
         ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content"),
         ({"messages": [{"role": "user"}]}, "messages[0].content"),
         (
-            {"messages": [{"role": "assistant", "content": None, "tool_calls": [{"function": {}}]}]},
+            {
+                "messages": [
+                    {"role": "assistant", "content": None, "tool_calls": [{"function": {}}]}
+                ]
+            },
             "messages[0].tool_calls[0].function.name",
         ),
         ({"messages": MESSAGES[:2], "temperature": -1}, "temperature"),
@@ -437,9 +450,7 @@ def test_stream_is_one_chunk_per_choice(monkeypatch, server):
     inject(monkeypatch, server, XML_TEXT)
     req = urllib.request.Request(
         server.api_base + "/chat/completions",
-        data=json.dumps(
-            {"messages": MESSAGES[:2], "tools": [BASH_TOOL], "stream": True}
-        ).encode(),
+        data=json.dumps({"messages": MESSAGES[:2], "tools": [BASH_TOOL], "stream": True}).encode(),
         method="POST",
         headers={"Content-Type": "application/json"},
     )

@@ -9,8 +9,8 @@ import sys
 import time
 
 import pytest
-
 import serve_helpers as H
+
 from coop_dag.actions import BASH_TOOL
 from coop_dag.adapters import adapter_name
 from coop_dag.serving import (

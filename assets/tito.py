@@ -1,0 +1,126 @@
+"""Stage 2: exact token pairs for the student (TITO parquet), with the seed's failure modes as
+asset checks: steering leaking into prompts, think spans in outputs, missing end-of-turn,
+a tool-call format that did not survive, trajectories on both sides of the split."""
+
+import dagster as dg
+
+from assets.partitions import VARIANTS, variant_partitions
+from coop_dag.lineage import content_version, file_version
+from coop_dag.prompts import steering_section
+from coop_dag.students import get_student
+from coop_dag.tito import TitoConfig, build_tito, run_checks, trajectories_from_run
+from resources.lineage import LineageResource
+from resources.rollout import RolloutResource
+
+CHECKS = {
+    "rows_decode": "every row decodes with the student tokenizer",
+    "no_steering_in_inputs": "no steering-section text in any input",
+    "no_think_in_outputs": "no <think>/</think> in any trained output",
+    "outputs_end_with_eot": "every output ends with the end-of-turn token",
+    "actions_have_tool_call_form": "every turn that executed an action carries the tool-call form",
+    "split_disjoint": "train and val share no trajectory",
+}
+
+
+@dg.asset(
+    partitions_def=variant_partitions,
+    group_name="tito",
+    code_version="1",
+    check_specs=[
+        dg.AssetCheckSpec(name, asset="tito_parquet", description=desc)
+        for name, desc in CHECKS.items()
+    ],
+)
+def tito_parquet(
+    context: dg.AssetExecutionContext,
+    rejection_sampled_pairs: dict,
+    rollout: RolloutResource,
+    lineage: LineageResource,
+):
+    """One row per assistant turn of the kept trajectories: native ids when the teacher shares
+    the student's tokenizer and returned them, else re-tokenised with the student's chat
+    template; steering stripped, think stripped at token level, turns 0-2 upweighted,
+    consecutive turns packed, split train/val by trajectory."""
+    variant = VARIANTS[context.partition_key]
+    student = get_student(variant.student)
+    tokenizer = student.load_tokenizer()
+    trajectories = trajectories_from_run(
+        rejection_sampled_pairs["run_dir"], rejection_sampled_pairs["pair_ids"]
+    )
+    context.log.info(f"tito_parquet[{variant.name}]: {len(trajectories)} trajectories")
+    result = build_tito(
+        trajectories,
+        tokenizer,
+        TitoConfig.from_variant(variant),
+        chat_template=student.chat_template,
+        student_tokenizer_sha256=student.tokenizer_sha256,
+        teacher_tokenizer_sha256=variant.teacher.get("tokenizer_sha256"),
+        tokenizer_name=student.name,
+        variant=variant.name,
+    )
+    out_dir = rollout.run_dir(variant.name, "tito")
+    paths = result.write(out_dir)
+    stats = result.stats.as_dict()
+    version = content_version(
+        {"train": file_version(paths["train"]), "val": file_version(paths["val"])}
+    )
+    meta = result.metadata
+    facts = {
+        **rejection_sampled_pairs.get("facts", {}),
+        "student": student.name,
+        "tokenizer_sha256": student.tokenizer_sha256,
+        "chat_template_sha256": student.chat_template_sha256,
+        "upweight": variant.upweight,
+        "strip": variant.strip,
+        "parquet_data_version": version,
+    }
+    lineage.record(
+        context,
+        version,
+        upstream={"rejection_sampled_pairs": rejection_sampled_pairs["data_version"]},
+        facts=facts,
+    )
+    rows = result.train + result.val
+    turns: dict[int, int] = {}
+    for row in rows:
+        turns[row["turn_index"]] = turns.get(row["turn_index"], 0) + 1
+    sources = {s: sum(1 for r in rows if r["source"] == s) for s in ("native", "retokenised")}
+    yield dg.Output(
+        {
+            "train_path": str(paths["train"]),
+            "val_path": str(paths["val"]),
+            "metadata": meta,
+            "data_version": version,
+            "student": student.name,
+            "facts": facts,
+        },
+        data_version=dg.DataVersion(version),
+        metadata={
+            "train_path": dg.MetadataValue.path(str(paths["train"])),
+            "rows_train": stats["rows_train"],
+            "rows_val": stats["rows_val"],
+            "rows_native": sources["native"],
+            "rows_retokenised": sources["retokenised"],
+            "fallback_missing_capture_turns": stats["fallback_missing_capture_turns"],
+            "trained_tokens_train": stats["trained_tokens_train"],
+            "total_tokens_train": stats["total_tokens_train"],
+            "packed_rows": stats["packed_rows"],
+            "turns_merged_by_packing": stats["turns_merged"],
+            "truncated": stats["truncated_left"] + stats["truncated_right"],
+            "rows_per_turn_index": dg.MetadataValue.json(
+                {str(k): v for k, v in sorted(turns.items())}
+            ),
+            "tokenizer_sha256": student.tokenizer_sha256,
+            "chat_template_sha256": student.chat_template_sha256,
+            "upweight": variant.upweight,
+            "stats": dg.MetadataValue.json(stats),
+        },
+    )
+    problems = run_checks(result.train, result.val, tokenizer, student.eot_id, steering_section())
+    for name, found in problems.items():
+        yield dg.AssetCheckResult(
+            check_name=name,
+            passed=not found,
+            metadata={"problems": len(found), "first": dg.MetadataValue.text("\n".join(found[:5]))},
+            description=CHECKS[name] if not found else f"{len(found)} problem(s): {found[0]}",
+        )
