@@ -53,17 +53,21 @@ def main(argv: list[str] | None = None) -> int:
 
     graph = defs.resolve_asset_graph()
     assets = [*(defs.assets or []), *(defs.asset_checks or [])]
-    unpartitioned = [k for k in graph.get_all_asset_keys() if graph.get(k).partitions_def is None]
-    partitioned = [k for k in graph.get_all_asset_keys() if graph.get(k).partitions_def is not None]
+    keys = graph.get_all_asset_keys()
+    partitioned = {k for k in keys if graph.get(k).partitions_def is not None}
+    # Unpartitioned assets run before the variant chain (task_pool) or after it (the report),
+    # depending on whether anything partitioned lies upstream of them.
+    after = {k for k in keys - partitioned if graph.get_ancestor_asset_keys(k) & partitioned}
+    before = keys - partitioned - after
     instance = dg.DagsterInstance.get()
     started = time.time()
     summary: list[str] = []
-    for keys, partition in ((unpartitioned, None), (partitioned, args.variant)):
-        if not keys:
+    for step, partition in ((before, None), (partitioned, args.variant), (after, None)):
+        if not step:
             continue
         result = dg.materialize(
             assets,
-            selection=keys,
+            selection=list(step),
             partition_key=partition,
             instance=instance,
             resources=defs.resources,

@@ -30,6 +30,7 @@ class Variant:
     recipe: str
     seed: int
     rollout: dict[str, Any]
+    student_rollout: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -73,6 +74,7 @@ def _build(name: str, spec: dict, source: Path) -> Variant:
             recipe=str(spec.get("recipe", "embedded-default")),
             seed=int(spec.get("seed", 0)),
             rollout=dict(spec.get("rollout", {})),
+            student_rollout=dict(spec.get("student_rollout", {})),
             description=str(spec.get("description", "")),
             raw=spec,
         )

@@ -1,0 +1,227 @@
+"""Stage 4: the student on repositories it never saw, the untrained base beside it, and the
+report that answers the research question — did plan-first transfer, and how far is the
+student from its teacher's ceiling."""
+
+import base64
+from pathlib import Path
+
+import dagster as dg
+
+from assets.partitions import VARIANTS, variant_partitions
+from assets.teacher import metrics_table, score_pair_ids
+from coop_dag.lineage import content_version
+from coop_dag.report import THRESHOLDS, report_markdown, report_plot, report_rows
+from coop_dag.rollouts import limits_from, rollout_pairs, select_pairs
+from coop_dag.serving import ensure_loaded
+from coop_dag.students import get_student
+from resources.dataset import DatasetResource
+from resources.lineage import LineageResource
+from resources.rollout import RolloutResource
+from resources.serving import ServingResource
+
+
+def _held_out(task_pool: dict) -> list[str]:
+    return [p["pair_id"] for p in task_pool["pairs"] if p["split"] == "held_out"]
+
+
+def _metric_metadata(summary: dict) -> dict:
+    return {
+        "n_pairs": summary["n_pairs"],
+        "plan_first_rate": summary["plan_first_rate"],
+        "plan_content_rate": summary["plan_content_rate"],
+        "follow_through_rate": summary["follow_through_rate"],
+        "both_passed_rate": summary.get("both_passed_rate") or 0.0,
+        "table": dg.MetadataValue.md(metrics_table(summary)),
+    }
+
+
+def _roll_out(context, model_factory_model, pairs, run_dir, variant, rollout, dataset, name):
+    settings = variant.student_rollout
+    return rollout_pairs(
+        pairs,
+        lambda pair, feature, agent_id, partner_id: model_factory_model,
+        run_dir,
+        steering=False,  # the student is evaluated under the prompt it will actually see
+        limits=limits_from(settings),
+        model_name=name,
+        redis_url=rollout.redis,
+        concurrency=rollout.workers(int(settings.get("concurrency", 2))),
+        mirror_dir=dataset.mirror,
+        allow_unsandboxed=rollout.allow_unsandboxed,
+        log=context.log.info,
+    )
+
+
+@dg.asset(partitions_def=variant_partitions, group_name="evaluation", code_version="1")
+def base_student_metrics(
+    context: dg.AssetExecutionContext,
+    task_pool: dict,
+    dataset: DatasetResource,
+    rollout: RolloutResource,
+    serving: ServingResource,
+    lineage: LineageResource,
+) -> dg.Output[dict]:
+    """The untrained base student on the same held-out pairs, same runtime: what the deltas are
+    measured against. Rollouts are kept per student, so variants sharing a student share them."""
+    variant = VARIANTS[context.partition_key]
+    endpoint = serving.ensure(variant.student, log=context.log.info)
+    pairs = select_pairs(dataset.root, _held_out(task_pool), dataset.subset_name)
+    run_dir = rollout.root / "base" / variant.student
+    model = endpoint.chat_model(
+        endpoint.base_model_id, max_tokens=int(variant.student_rollout.get("max_tokens", 320))
+    )
+    summary = _roll_out(
+        context, model, pairs, run_dir, variant, rollout, dataset, endpoint.base_model_id
+    )
+    metrics = score_pair_ids(summary["run_dir"], summary["pair_ids"])
+    metrics["data_version"] = content_version(metrics["per_pair"])
+    facts = {
+        "student": variant.student,
+        "base_model": endpoint.base_model_id,
+        "held_out_repos": task_pool["held_out_repos"],
+        "endpoint": endpoint.url,
+        **get_student(variant.student).describe(),
+    }
+    lineage.record(context, metrics["data_version"], facts=facts, metrics=metrics["summary"])
+    return dg.Output(
+        metrics,
+        data_version=dg.DataVersion(metrics["data_version"]),
+        metadata={
+            **_metric_metadata(metrics["summary"]),
+            "run_dir": dg.MetadataValue.path(str(run_dir)),
+        },
+    )
+
+
+@dg.asset(partitions_def=variant_partitions, group_name="evaluation", code_version="1")
+def student_rollouts(
+    context: dg.AssetExecutionContext,
+    task_pool: dict,
+    served_adapter: dict,
+    dataset: DatasetResource,
+    rollout: RolloutResource,
+    serving: ServingResource,
+    lineage: LineageResource,
+) -> dg.Output[dict]:
+    """Held-out pairs, both agents played by the served adapter (token ids captured), default
+    coop prompt, the variant's student step and context limits. Resumable per adapter."""
+    variant = VARIANTS[context.partition_key]
+    endpoint = serving.ensure(variant.student, log=context.log.info)
+    # A restarted server has lost its adapters: put this one back under the same name.
+    ensure_loaded(endpoint.url, served_adapter["adapter_name"], served_adapter["adapter_path"])
+    pairs = select_pairs(dataset.root, _held_out(task_pool), dataset.subset_name)
+    run_dir = rollout.run_dir(variant.name, "student") / served_adapter["adapter_name"]
+    model = endpoint.chat_model(
+        served_adapter["adapter_name"],
+        max_tokens=int(variant.student_rollout.get("max_tokens", 320)),
+    )
+    summary = _roll_out(
+        context, model, pairs, run_dir, variant, rollout, dataset, served_adapter["adapter_name"]
+    )
+    stable = ("run_dir", "statuses", "pair_ids", "mean_steps", "both_passed_rate")
+    summary["data_version"] = content_version({k: summary[k] for k in stable})
+    summary["facts"] = {
+        **served_adapter.get("facts", {}),
+        "adapter_name": served_adapter["adapter_name"],
+        "held_out_repos": task_pool["held_out_repos"],
+    }
+    lineage.record(
+        context,
+        summary["data_version"],
+        upstream={"served_adapter": served_adapter["data_version"]},
+        facts=summary["facts"],
+    )
+    context.add_output_metadata(
+        {
+            "run_dir": dg.MetadataValue.path(summary["run_dir"]),
+            "adapter_name": served_adapter["adapter_name"],
+            "pairs_done": summary["n_pairs"] - summary["statuses"].get("missing", 0),
+            "statuses": dg.MetadataValue.json(summary["statuses"]),
+            "mean_steps": summary["mean_steps"],
+            "wall_time_s": summary["wall_time_s"],
+        }
+    )
+    return dg.Output(summary, data_version=dg.DataVersion(summary["data_version"]))
+
+
+@dg.asset(
+    partitions_def=variant_partitions,
+    group_name="evaluation",
+    code_version="1",
+    check_specs=[
+        dg.AssetCheckSpec(
+            f"{m}_meets_seed_bar",
+            asset="behaviour_metrics",
+            description=f"{m} >= {THRESHOLDS[m]:.0%} (the seed's threshold)",
+        )
+        for m in THRESHOLDS
+    ],
+)
+def behaviour_metrics(
+    context: dg.AssetExecutionContext,
+    student_rollouts: dict,
+    base_student_metrics: dict,
+    lineage: LineageResource,
+):
+    """The three metrics on the student's held-out rollouts with n and Wilson intervals,
+    CooperBench success rates, per-task/per-pair breakdowns, and deltas over the base."""
+    metrics = score_pair_ids(student_rollouts["run_dir"], student_rollouts["pair_ids"])
+    s, b = metrics["summary"], base_student_metrics["summary"]
+    metrics["delta_over_base"] = {m: s[f"{m}_rate"] - b[f"{m}_rate"] for m in THRESHOLDS}
+    metrics["data_version"] = content_version(metrics["per_pair"])
+    lineage.record(
+        context,
+        metrics["data_version"],
+        upstream={
+            "student_rollouts": student_rollouts["data_version"],
+            "base_student_metrics": base_student_metrics["data_version"],
+        },
+        facts=student_rollouts.get("facts", {}),
+        metrics=s,
+    )
+    yield dg.Output(
+        metrics,
+        data_version=dg.DataVersion(metrics["data_version"]),
+        metadata={
+            **_metric_metadata(s),
+            **{f"delta_{m}": round(v, 4) for m, v in metrics["delta_over_base"].items()},
+            "base_table": dg.MetadataValue.md(metrics_table(b)),
+        },
+    )
+    for m, bar in THRESHOLDS.items():
+        rate = s[f"{m}_rate"]
+        yield dg.AssetCheckResult(
+            check_name=f"{m}_meets_seed_bar",
+            passed=rate >= bar,
+            metadata={
+                "rate": rate,
+                "threshold": bar,
+                "n": s["n_agents" if m == "follow_through" else "n_pairs"],
+            },
+            description=f"{m} {rate:.0%} vs bar {bar:.0%}",
+        )
+
+
+@dg.asset(group_name="evaluation", code_version="1", deps=[behaviour_metrics])
+def distillation_report(
+    context: dg.AssetExecutionContext, lineage: LineageResource, rollout: RolloutResource
+) -> dg.MaterializeResult:
+    """All variants side by side — teacher ceiling, student, base, delta — queried from the
+    lineage store (the seed's Tier-5 table), with a plot of teacher vs student follow-through."""
+    rows = report_rows(lineage.store)
+    markdown = report_markdown(rows)
+    png_path = Path(rollout.root) / "report" / "follow_through.png"
+    png = report_plot(rows, png_path)
+    (png_path.parent / "report.md").write_text(markdown + "\n")
+    context.log.info("distillation report\n" + markdown)
+    image = base64.b64encode(png).decode()
+    return dg.MaterializeResult(
+        metadata={
+            "report": dg.MetadataValue.md(markdown),
+            "plot": dg.MetadataValue.md(
+                f"![teacher vs student follow-through](data:image/png;base64,{image})"
+            ),
+            "plot_path": dg.MetadataValue.path(str(png_path)),
+            "variants": len(rows),
+        }
+    )

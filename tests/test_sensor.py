@@ -1,0 +1,62 @@
+"""The new-adapter sensor fires once per new adapter (by content hash) and skips malformed
+drops, evaluated with Dagster's sensor testing utilities."""
+
+import json
+
+import dagster as dg
+
+from assets.sensors import new_adapter_sensor
+from coop_dag.adapters import adapter_sha12, write_lineage
+from tests.test_adapters import make_adapter
+
+
+def _tick(instance, cursor=None):
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor)
+    result = new_adapter_sensor(ctx)
+    return (result if isinstance(result, list) else []), ctx.cursor
+
+
+def test_fires_once_per_adapter_and_skips_malformed(tmp_path, monkeypatch):
+    monkeypatch.setenv("COOP_DAG_ADAPTERS_DIR", str(tmp_path))
+    good = make_adapter(tmp_path / "templated" / "verl-run-1", seed=1)
+    write_lineage(good, {"variant": "templated", "trainer": "verl"})
+    broken = tmp_path / "templated" / "half-copied"
+    broken.mkdir(parents=True)
+    (broken / "adapter_config.json").write_text("{}")  # no weights: a drop still in progress
+    unknown = make_adapter(tmp_path / "x" / "other", seed=2)
+    write_lineage(unknown, {"variant": "no-such-variant"})
+    no_lineage = make_adapter(tmp_path / "y" / "bare", seed=3)
+
+    with dg.instance_for_test() as instance:
+        requests, cursor = _tick(instance)
+        assert len(requests) == 1
+        req = requests[0]
+        assert req.partition_key == "templated"
+        assert req.run_key == f"adapter-{adapter_sha12(good)}"
+        config = req.run_config["ops"]["lora_checkpoint"]["config"]
+        assert config["import_adapter_dir"] == str(good)
+        assert adapter_sha12(good) in json.loads(cursor)
+        assert no_lineage.is_dir()
+
+        again, cursor = _tick(instance, cursor)
+        assert again == []  # the same adapter never fires twice
+
+        second = make_adapter(tmp_path / "templated" / "verl-run-2", seed=4)
+        write_lineage(second, {"variant": "templated"})
+        new, cursor = _tick(instance, cursor)
+        assert [r.run_key for r in new] == [f"adapter-{adapter_sha12(second)}"]
+
+        # a copy of an evaluated adapter (same weights) is the same adapter
+        copy = tmp_path / "templated" / "copy-of-1"
+        copy.mkdir()
+        for f in good.iterdir():
+            (copy / f.name).write_bytes(f.read_bytes())
+        dup, _ = _tick(instance, cursor)
+        assert dup == []
+
+
+def test_empty_or_missing_dir_skips(tmp_path, monkeypatch):
+    monkeypatch.setenv("COOP_DAG_ADAPTERS_DIR", str(tmp_path / "none"))
+    with dg.instance_for_test() as instance:
+        result = new_adapter_sensor(dg.build_sensor_context(instance=instance))
+        assert isinstance(result, dg.SkipReason) and "no new adapter" in result.skip_message
