@@ -4,14 +4,13 @@ and evaluated for its variant, once per adapter (run key = its content hash). A 
 is logged and skipped."""
 
 import json
-import os
 from pathlib import Path
 
 import dagster as dg
 
 from assets.partitions import VARIANTS
-from coop_dag import REPO_ROOT
 from coop_dag.adapters import AdapterError, adapter_sha12, read_lineage, validate_adapter
+from coop_dag.profiles import resolve_profile
 
 EVALUATED_ASSETS = [
     "lora_checkpoint",
@@ -29,7 +28,7 @@ evaluate_adapter_job = dg.define_asset_job(
 
 
 def adapters_root() -> Path:
-    return Path(os.environ.get("COOP_DAG_ADAPTERS_DIR") or REPO_ROOT / "runs" / "adapters")
+    return resolve_profile().adapters_dir
 
 
 def candidate_dirs(root: Path) -> list[Path]:

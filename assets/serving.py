@@ -87,6 +87,8 @@ def served_adapter(
         "probe_sha12": served.probe.sha12,
         "differs_from_base": served.differs_from_base,
     }
+    # the provenance downstream records (student_rollouts spreads it into its lineage facts)
+    out["facts"] = {**(lora_checkpoint.get("facts") or {}), **facts}
     upstream = {}
     if lora_checkpoint.get("data_version"):
         upstream["lora_checkpoint"] = lora_checkpoint["data_version"]

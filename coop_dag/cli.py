@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    sub.add_parser(
+        "serve", help="start the embedded OpenAI-compatible server (see `coop-dag serve --help`)"
+    )
+
     p = sub.add_parser("tasks", help="list feature pairs and their train/held-out split")
     p.add_argument("--dataset", help="CooperBench dataset dir (default: bundled)")
     p.add_argument("--subset", help="subset name under <dataset>/subsets/")
@@ -84,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # its own parser, so `coop-dag serve --help` is the server's
+        from coop_dag.serve import serve_main
+
+        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -51,9 +51,10 @@ CREATE TABLE IF NOT EXISTS metrics (
 
 
 def default_store_path() -> Path:
-    import os
+    """The profile's lineage file ($COOP_DAG_LINEAGE_DB, else under the runs directory)."""
+    from coop_dag.profiles import resolve_profile
 
-    return Path(os.environ.get("COOP_DAG_LINEAGE_DB") or REPO_ROOT / "runs" / "lineage.duckdb")
+    return resolve_profile().lineage_db
 
 
 RATE_METRICS = ("plan_first", "plan_content", "follow_through", "both_passed", "merge_clean")

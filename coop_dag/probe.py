@@ -45,7 +45,9 @@ from coop_dag.paths import extract_paths
 from coop_dag.prompts import render_prompts
 from coop_dag.tasks import DEFAULT_HELD_OUT, Feature, discover_tasks
 
-DEFAULT_MAX_NEW_TOKENS = 120
+# The teacher's plan turn is 115-135 SmolLM2 tokens (prose + the XML tool call + the heredoc);
+# a cap below that cuts a good turn before its closing tags and scores it a miss.
+DEFAULT_MAX_NEW_TOKENS = 160
 DEFAULT_MAX_PROMPTS = 8
 AGENTS = ("agent1", "agent2")
 
@@ -102,6 +104,12 @@ class ProbeResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
+        values = dict(data)
+        values["outputs"] = [ProbeOutput(**o) for o in data.get("outputs", [])]
+        return cls(**values)
 
     def texts(self) -> list[str]:
         return [o.text for o in self.outputs]
@@ -237,7 +245,7 @@ def compare_outputs(base: ProbeResult, adapter: ProbeResult) -> dict[str, Any]:
     """How many prompts the adapter answers differently from the base model (same cases,
     in order). ``differs`` is what the asset check asserts."""
     pairs = list(zip(base.outputs, adapter.outputs, strict=False))
-    changed = [a.key for a, b in zip(base.outputs, adapter.outputs, strict=False) if a.text != b.text]
+    changed = [a.key for a, b in pairs if a.text != b.text]
     return {
         "differs": bool(changed),
         "n_compared": len(pairs),
@@ -247,6 +255,33 @@ def compare_outputs(base: ProbeResult, adapter: ProbeResult) -> dict[str, Any]:
         "rate_adapter": adapter.rate,
         "rate_delta": adapter.rate - base.rate,
     }
+
+
+PROBE_VERSION = "1"  # bump when prompts, generation or scoring change (invalidates caches)
+
+
+def probe_key(
+    student: Any, cases: Sequence[ProbeCase], max_new_tokens: int, batch_size: int
+) -> str:
+    """What determines a base model's probe result (for caching it across runs)."""
+    import hashlib
+    import json
+
+    blob = json.dumps(
+        {
+            "v": PROBE_VERSION,
+            "student": getattr(student, "name", str(student)),
+            "weights": str(getattr(student, "manifest", {}).get("cache_key") or ""),
+            "model_dir": str(getattr(student, "model_dir", "")),
+            "tokenizer": getattr(student, "tokenizer_sha256", ""),
+            "template": getattr(student, "chat_template_sha256", ""),
+            "cases": [[c.key, c.task, list(c.files)] for c in cases],
+            "max_new_tokens": max_new_tokens,
+            "batch_size": batch_size,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------
@@ -356,13 +391,17 @@ def probe_student(
     batch_size: int = 1,
     model: Any = None,
     tokenizer: Any = None,
+    threads: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> ProbeResult:
     """The probe for a :class:`coop_dag.students.Student` (or a name for
     :func:`coop_dag.students.get_student`), optionally with a PEFT adapter directory loaded on
     top. ``model``/``tokenizer`` reuse already-loaded ones (the model is used as is: pass the
-    base model, the adapter is wrapped around it and unloaded afterwards)."""
+    base model, the adapter is wrapped around it and unloaded afterwards). ``threads``: torch
+    threads (0: :func:`coop_dag.train.auto_threads`)."""
     import torch
+
+    from coop_dag.train import torch_threads
 
     if isinstance(student, str):
         from coop_dag.students import get_student
@@ -380,17 +419,18 @@ def probe_student(
         net = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
     torch.manual_seed(0)
     try:
-        return run_probe(
-            net,
-            tok,
-            cases,
-            eot_id=student.eot_id,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            model_name=student.name,
-            adapter=None if adapter_dir is None else str(adapter_dir),
-            log=log,
-        )
+        with torch_threads(threads):
+            return run_probe(
+                net,
+                tok,
+                cases,
+                eot_id=student.eot_id,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                model_name=student.name,
+                adapter=None if adapter_dir is None else str(adapter_dir),
+                log=log,
+            )
     finally:
         if adapter_dir is not None and model is not None:
             net.unload()  # give the caller its base model back unchanged

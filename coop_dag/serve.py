@@ -156,13 +156,12 @@ TOOL_CALL_OPEN = "<tool_call>"
 
 
 def split_reasoning(text: str, *, think_shape: str = "none") -> tuple[str | None, str]:
-    """``(reasoning, rest)`` of generated text, as a reasoning parser that only ever moves
-    what is unambiguously reasoning: a leading ``<think>...</think>`` span (whitespace before
-    it allowed), or -- when the template opened the span in the prompt (``think_shape`` in
-    ``("qwen3.5", "closed")`` is not that; only ``"qwen3.5"``) -- the text before the first
-    ``</think>`` when it comes before any ``<tool_call>``. Anything else is left alone:
-    output that never closes a think span is *content* (the seed's parser called it
-    reasoning and swallowed every tool call)."""
+    """``(reasoning, rest)`` of generated text, as a reasoning parser that only moves what
+    is unambiguously reasoning: a leading, closed ``<think>...</think>`` span (whitespace
+    before it allowed), or -- for ``think_shape="qwen3.5"``, whose template opens the span in
+    the prompt -- the text before the first ``</think>`` when that comes before any
+    ``<tool_call>``. Anything else is left alone: output that never closes a think span is
+    *content* (the seed's parser called it reasoning and swallowed every tool call)."""
     stripped = text.lstrip()
     if stripped.startswith(THINK_OPEN):
         close = stripped.find(THINK_CLOSE)
@@ -1337,6 +1336,7 @@ class EmbeddedServer:
         """Bind the port and start answering (503 until :meth:`load`)."""
         if self._httpd is not None:
             return self
+        self.engine.cancel.clear()  # a stopped server can be started again
         self._httpd = _bind(self.host, self.port, self.engine, self.port_fallback)
         self.port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(

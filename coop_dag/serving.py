@@ -752,7 +752,7 @@ def ensure_server(
             except ValueError:
                 recorded = {}
         pid = recorded.get("pid") if _pid_alive(recorded.get("pid")) else None
-        if pid is None and _port_open(host, port) and not engine.health(timeout=5.0):
+        if pid is None and _port_open(host, port) and not engine.health(timeout=2.0):
             raise ServingError(
                 f"port {port} on {host} is in use by a process that is not a healthy server "
                 f"(no 200 from {url}/health); free it or set the serving resource's port"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from coop_dag import REPO_ROOT
+from coop_dag.profiles import resolve_profile
 
 
 class RolloutResource(dg.ConfigurableResource):
@@ -19,12 +19,11 @@ class RolloutResource(dg.ConfigurableResource):
 
     @property
     def root(self) -> Path:
-        value = self.runs_dir or os.environ.get("COOP_DAG_RUNS_DIR") or str(REPO_ROOT / "runs")
-        return Path(value)
+        return Path(self.runs_dir) if self.runs_dir else resolve_profile().runs_dir
 
     @property
     def redis(self) -> str | None:
-        return self.redis_url or os.environ.get("COOP_DAG_REDIS_URL") or None
+        return self.redis_url or resolve_profile().redis_url or None
 
     def workers(self, variant_default: int) -> int:
         env = os.environ.get("COOP_DAG_ROLLOUT_CONCURRENCY")

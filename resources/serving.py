@@ -76,6 +76,12 @@ class ServingResource(dg.ConfigurableResource):
     probe_max_tokens: int = Field(
         default=DEFAULT_PROBE_MAX_TOKENS, description="greedy tokens of the swap probe"
     )
+    threads: int = Field(
+        default=1,
+        description="embedded: torch threads of the server (0: torch's default, one per "
+        "core). 1 by default: on a small shared CPU box the server competes with the run "
+        "and its sandboxes, and oversubscribed OpenMP threads made decoding ~25x slower",
+    )
     vllm_python: str = Field(default="", description="launch vllm serve from this python")
     vllm_image: str = Field(default="", description="launch vllm serve from this image")
     max_lora_rank: int = Field(default=64, description="vLLM --max-lora-rank when launching")
@@ -118,6 +124,8 @@ class ServingResource(dg.ConfigurableResource):
             extra: list[str] = []
             if self.reasoning_parser:
                 extra += ["--reasoning-parser", self.reasoning_parser]
+            if self.threads:
+                extra += ["--threads", str(self.threads)]
             if self.default_max_tokens:
                 extra += ["--default-max-tokens", str(self.default_max_tokens)]
             return ensure_embedded_server(

@@ -39,8 +39,13 @@ def tokenizer():
 
 @lru_cache(maxsize=1)
 def server():
-    """The shared in-process server (stopped at exit)."""
+    """The shared in-process server (stopped at exit). One torch thread: on a shared 2-core
+    box oversubscribed OpenMP threads make decoding many times slower."""
+    import torch
+
     from coop_dag.serve import EmbeddedServer
+
+    torch.set_num_threads(1)
 
     srv = EmbeddedServer(STUDENT).start()
     atexit.register(srv.stop)

@@ -59,7 +59,11 @@ def spawned(tmp_path_factory):
     def start():
         try:
             box["endpoint"] = ensure_embedded_server(
-                H.STUDENT, port=port, state_dir=state, startup_timeout=240
+                H.STUDENT,
+                port=port,
+                state_dir=state,
+                extra_args=["--threads", "1"],
+                startup_timeout=240,
             )
         except BaseException as exc:  # reported by the test
             box["error"] = exc

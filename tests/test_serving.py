@@ -80,6 +80,7 @@ def test_serve_verify_swap_and_unload_older(server, adapters):
     assert a.adapter_output.token_ids != a.base_output.token_ids
     b = serve_adapter(server.url, adapters["B"], probe=PROBE, expected_name=name_b)
     assert b.verified and set(b.previous) == {name_a} and b.unloaded == [name_a]
+    assert b.adapter_output.token_ids != a.adapter_output.token_ids  # the swap changed outputs
     assert VllmEngine(server.url).adapters() == {name_b: adapters["B"]}
     again = serve_adapter(server.url, adapters["B"], probe=PROBE)
     assert again.reused and again.verified
@@ -200,6 +201,7 @@ def test_served_adapter_asset(server, adapters, tmp_path, monkeypatch):
         "base_model": str(H.student().model_dir),
         "student": H.STUDENT,
         "data_version": "ckpt-v1",
+        "facts": {"variant": "templated", "recipe": "r", "upweight": 12},
     }
 
     @dg.asset(partitions_def=variant_partitions, name="lora_checkpoint")
@@ -223,6 +225,8 @@ def test_served_adapter_asset(server, adapters, tmp_path, monkeypatch):
     assert out["adapter_name"] == checkpoint["adapter_name"]
     assert out["endpoint"] == server.api_base and out["differs_from_base"]
     assert out["litellm_model"] == f"openai/{checkpoint['adapter_name']}"
+    assert out["facts"]["upweight"] == 12 and out["facts"]["adapter_name"] == out["adapter_name"]
+    assert out["adapter_path"] == adapters["A"]  # what student_rollouts' ensure_loaded reads
     [check] = result.get_asset_check_evaluations()
     assert check.check_name == CHECK and check.passed
     mat = result.asset_materializations_for_node("served_adapter")[0]
@@ -230,8 +234,10 @@ def test_served_adapter_asset(server, adapters, tmp_path, monkeypatch):
     assert meta["adapter_name"].value == checkpoint["adapter_name"]
     assert meta["probe_base_output"].value != meta["probe_adapter_output"].value
     assert "| base |" in meta["probe_outputs"].value
-    rows = resources["lineage"].store  # recorded with lineage facts
-    assert rows is not None
+    row = resources["lineage"].store.latest("served_adapter", "templated")
+    assert row["data_version"] == out["data_version"]
+    assert row["upstream"] == {"lora_checkpoint": "ckpt-v1"}
+    assert row["facts"]["adapter_name"] == checkpoint["adapter_name"]
 
     # a server that does not apply adapters: the blocking check fails, with the evidence
     H.unload_all(server)

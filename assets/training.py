@@ -1,0 +1,345 @@
+"""Stage 3: the LoRA adapter, trained on the variant's TITO parquet by the embedded CPU trainer,
+probed on held-out first turns against the base model, and dropped into the adapters directory
+under its content-addressed name."""
+
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from assets.partitions import VARIANTS, variant_partitions
+from coop_dag.adapters import AdapterError, adapter_name, validate_adapter, write_lineage
+from coop_dag.lineage import content_version
+from coop_dag.probe import ProbeResult, compare_outputs, held_out_cases, probe_key, probe_student
+from coop_dag.students import get_student
+from coop_dag.train import copy_adapter, format_event, get_recipe, train_lora
+from resources.dataset import DatasetResource
+from resources.lineage import LineageResource
+from resources.training import TrainingResource
+
+PROBE_MIN_RATE = 0.7  # the seed's plan_first threshold, applied to the first-turn probe
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def _curve_md(png: Path | None) -> str:
+    if png is None or not Path(png).is_file():
+        return "(no loss-curve image)"
+    data = base64.b64encode(Path(png).read_bytes()).decode()
+    return f"![loss curve](data:image/png;base64,{data})\n\n`{png}`"
+
+
+def _probe_table(base: ProbeResult, tuned: ProbeResult) -> str:
+    rows = [
+        "| prompt | base | adapter | adapter's first turn |",
+        "|---|---|---|---|",
+    ]
+    for b, a in zip(base.outputs, tuned.outputs, strict=False):
+        text = " ".join(a.text.split())[:140].replace("|", "\\|")
+        rows.append(f"| {a.key} | {'hit' if b.hit else '-'} | {'hit' if a.hit else '-'} | {text} |")
+    rows.append(
+        f"| **rate** | **{_pct(base.rate)}** | **{_pct(tuned.rate)}** | tool calls "
+        f"{_pct(base.tool_call_rate)} -> {_pct(tuned.tool_call_rate)}, sends "
+        f"{_pct(base.send_rate)} -> {_pct(tuned.send_rate)} |"
+    )
+    return "\n".join(rows)
+
+
+def _base_probe(
+    context: dg.AssetExecutionContext,
+    student: Any,
+    cases: list,
+    training: TrainingResource,
+    model: Any,
+    tokenizer: Any,
+) -> ProbeResult:
+    """The base model's probe, cached by what determines it (student weights, tokenizer,
+    template, cases, generation settings): it does not change between trainings."""
+    key = probe_key(student, cases, training.probe_max_new_tokens, training.probe_batch_size)
+    cache = training.work_root / "probe-cache" / f"{student.name}-{key}.json"
+    if cache.is_file():
+        context.log.info(f"probe[{student.name}]: cached base result {cache}")
+        return ProbeResult.from_dict(json.loads(cache.read_text()))
+    result = probe_student(
+        student,
+        cases=cases,
+        max_new_tokens=training.probe_max_new_tokens,
+        batch_size=training.probe_batch_size,
+        model=model,
+        tokenizer=tokenizer,
+        threads=training.threads,
+        log=context.log.info,
+    )
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result.as_dict(), indent=1))
+    tmp.replace(cache)
+    return result
+
+
+@dg.asset(
+    partitions_def=variant_partitions,
+    group_name="training",
+    code_version="1",
+    check_specs=[
+        dg.AssetCheckSpec("validation_loss_fell", asset="lora_checkpoint"),
+        dg.AssetCheckSpec("adapter_weights_usable", asset="lora_checkpoint", blocking=True),
+        dg.AssetCheckSpec("adapter_output_differs_from_base", asset="lora_checkpoint"),
+        dg.AssetCheckSpec("first_turn_probe_rate", asset="lora_checkpoint"),
+    ],
+)
+def lora_checkpoint(
+    context: dg.AssetExecutionContext,
+    tito_parquet: dict,
+    dataset: DatasetResource,
+    training: TrainingResource,
+    lineage: LineageResource,
+):
+    """A LoRA adapter for the variant's student, trained on its TITO parquet by the embedded
+    CPU trainer (``coop_dag.train``, recipe from ``configs/recipes.yaml``), then probed.
+
+    Input contract -- ``tito_parquet`` is a dict with at least:
+
+    - ``train_path`` (str): the training TITO parquet; ``val_path`` (str | None): validation;
+    - ``metadata`` (dict): the parquet's ``coop_dag.tito`` metadata (tokenizer name + sha256,
+      chat-template sha256, variant, strip options, upweight, ...). The trainer re-reads it
+      from the files and refuses a tokenizer / chat-template sha that is not the student's;
+    - ``data_version`` (str): the parquet's data version (recorded as the adapter's upstream);
+    - ``student`` (str): the student name the rows were tokenised for (must be the variant's);
+    - optional ``facts`` (dict): lineage facts to carry on (teacher, held_out_repos, ...).
+
+    Output: ``{adapter_name, adapter_dir, base_model, data_version, probe_base,
+    probe_adapter, facts}`` plus ``student``, ``recipe``, ``train`` (loss/steps summary) and
+    ``probe_compare``. The adapter lands at ``<adapters>/<variant>/student-<sha12>/``
+    (``TrainingResource.adapters_dir``), staged and renamed so the new-adapter sensor never
+    sees a partial directory. Checks run inside this asset: the validation loss fell; the
+    adapter's LoRA weights are usable (non-zero lora_B, finite, lora_alpha > 0, CAUSAL_LM);
+    its probe output differs from the base model's; its first-turn probe rate (WARN below
+    70 %, the seed's plan_first bar).
+    """
+    started = time.monotonic()
+    variant = VARIANTS[context.partition_key]
+    student_name = tito_parquet.get("student") or variant.student
+    if student_name != variant.student:
+        raise ValueError(
+            f"tito_parquet was tokenised for student '{student_name}' but variant "
+            f"'{variant.name}' trains '{variant.student}'"
+        )
+    student = get_student(student_name)
+    recipe = get_recipe(training.recipe or variant.recipe)
+    cases = held_out_cases(dataset.root, dataset.held_out, max_prompts=training.probe_prompts)
+    tokenizer = student.load_tokenizer()
+    base_model = student.load_model()
+    context.log.info(
+        f"lora_checkpoint[{variant.name}]: student {student.name}, recipe {recipe.name}, "
+        f"data {tito_parquet['data_version']}, probe on {len(cases)} held-out prompts"
+    )
+
+    probe_base = _base_probe(context, student, cases, training, base_model, tokenizer)
+
+    upstream_facts = dict(tito_parquet.get("facts") or {})
+    meta = tito_parquet.get("metadata") or {}
+    facts = {
+        **upstream_facts,
+        "variant": variant.name,
+        "student": student.name,
+        "recipe": recipe.name,
+        "tokenizer_sha256": student.tokenizer_sha256,
+        "chat_template_sha256": student.chat_template_sha256,
+        "upweight": meta.get("upweight", variant.upweight),
+        "strip": meta.get("strip", variant.strip),
+        "parquet_data_version": tito_parquet["data_version"],
+        "held_out_repos": list(dataset.held_out),
+        "seed": recipe.seed,
+    }
+
+    def forward(event: dict) -> None:
+        context.log.info(f"train[{variant.name}] {format_event(event)}")
+
+    result = train_lora(
+        student,
+        tito_parquet["train_path"],
+        tito_parquet.get("val_path"),
+        recipe,
+        training.run_root(variant.name),
+        progress=forward,
+        data_version=tito_parquet["data_version"],
+        facts=facts,
+        force=training.force,
+        model=base_model,
+    )
+    if result.reused:
+        context.log.info(f"train[{variant.name}]: run {result.run_key} already finished; reused")
+    del base_model
+
+    probe_adapter = probe_student(
+        student,
+        result.adapter_dir,
+        cases=cases,
+        max_new_tokens=training.probe_max_new_tokens,
+        batch_size=training.probe_batch_size,
+        model=student.load_model(),
+        tokenizer=tokenizer,
+        threads=training.threads,
+        log=context.log.info,
+    )
+    compare = compare_outputs(probe_base, probe_adapter)
+
+    # the served copy, under its content-addressed name, with the probe facts in its lineage
+    name = adapter_name(result.adapter_dir)
+    final = copy_adapter(result.adapter_dir, training.adapter_dir(variant.name, name))
+    probe_facts = {
+        "probe_base_rate": probe_base.rate,
+        "probe_adapter_rate": probe_adapter.rate,
+        "probe_n": probe_adapter.n,
+        "probe_max_new_tokens": probe_adapter.max_new_tokens,
+        "probe_differs": compare["differs"],
+    }
+    write_lineage(final, {**result.lineage, **probe_facts, "adapter_dir": str(final)})
+    (final / "probe.json").write_text(
+        json.dumps(
+            {"base": probe_base.as_dict(), "adapter": probe_adapter.as_dict(), **compare},
+            indent=1,
+        )
+    )
+
+    train_summary = {
+        "steps": result.steps,
+        "max_steps": result.max_steps,
+        "epochs": result.epochs,
+        "train_loss": result.train_loss,
+        "initial_val_loss": result.initial_val_loss,
+        "final_val_loss": result.final_val_loss,
+        "tokens_seen": result.tokens_seen,
+        "trained_tokens": result.trained_tokens,
+        "train_time_s": result.train_time_s,
+        "tokens_per_s": result.tokens_per_s,
+        "trainable_params": result.trainable_params,
+        "train_rows": result.train_rows,
+        "val_rows": result.val_rows,
+        "run_key": result.run_key,
+        "resumed_from_step": result.resumed_from_step,
+        "reused": result.reused,
+        "loss_curve_png": str(final / "loss_curve.png"),
+        "loss_curve_json": str(final / "loss_curve.json"),
+    }
+    data_version = content_version({"adapter": name, "upstream": tito_parquet["data_version"]})
+    all_facts = {**facts, **probe_facts, "adapter_name": name, "base_model": student.name}
+    out = {
+        "adapter_name": name,
+        "adapter_dir": str(final),
+        "base_model": student.name,
+        "base_model_dir": str(student.model_dir),
+        "student": student.name,
+        "recipe": recipe.name,
+        "data_version": data_version,
+        "probe_base": probe_base.as_dict(),
+        "probe_adapter": probe_adapter.as_dict(),
+        "probe_compare": compare,
+        "train": train_summary,
+        "facts": all_facts,
+    }
+    lineage.record(
+        context,
+        data_version,
+        upstream={"tito_parquet": tito_parquet["data_version"]},
+        facts=all_facts,
+        metrics={},
+    )
+    wall = round(time.monotonic() - started, 1)
+    png = final / "loss_curve.png"
+    yield dg.Output(
+        out,
+        data_version=dg.DataVersion(data_version),
+        metadata={
+            "adapter_name": name,
+            "adapter_dir": dg.MetadataValue.path(str(final)),
+            "student": student.name,
+            "recipe": recipe.name,
+            "steps": result.steps,
+            "epochs": result.epochs,
+            "tokens_seen": result.tokens_seen,
+            "trained_tokens": result.trained_tokens,
+            "tokens_per_s": result.tokens_per_s,
+            "train_time_s": result.train_time_s,
+            "wall_time_s": wall,
+            "train_loss": result.train_loss if result.train_loss is not None else float("nan"),
+            "initial_val_loss": _num(result.initial_val_loss),
+            "final_val_loss": _num(result.final_val_loss),
+            "trainable_params": result.trainable_params,
+            "train_rows": result.train_rows,
+            "resumed_from_step": result.resumed_from_step or 0,
+            "reused_finished_run": result.reused,
+            "probe_base_rate": probe_base.rate,
+            "probe_adapter_rate": probe_adapter.rate,
+            "probe": dg.MetadataValue.md(_probe_table(probe_base, probe_adapter)),
+            "loss_curve": dg.MetadataValue.md(_curve_md(png)),
+            "loss_curve_path": dg.MetadataValue.path(str(png)),
+            "lineage": dg.MetadataValue.json(
+                {k: v for k, v in all_facts.items() if isinstance(v, str | int | float | bool)}
+            ),
+        },
+    )
+
+    fell = result.val_loss_fell
+    yield dg.AssetCheckResult(
+        check_name="validation_loss_fell",
+        passed=fell,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "initial_val_loss": _num(result.initial_val_loss),
+            "final_val_loss": _num(result.final_val_loss),
+        },
+        description=(
+            f"validation loss {result.initial_val_loss} -> {result.final_val_loss}"
+            if result.final_val_loss is not None
+            else "no validation rows: cannot tell whether training generalised"
+        ),
+    )
+    try:
+        info = validate_adapter(final, expected_base=str(student.model_dir))
+        yield dg.AssetCheckResult(
+            check_name="adapter_weights_usable",
+            passed=True,
+            metadata={
+                "lora_alpha": info.lora_alpha,
+                "r": info.r,
+                "lora_tensors": info.lora_tensors,
+            },
+            description=(
+                f"{info.lora_tensors} LoRA tensors, non-zero B, lora_alpha {info.lora_alpha}"
+            ),
+        )
+    except AdapterError as err:
+        yield dg.AssetCheckResult(
+            check_name="adapter_weights_usable", passed=False, description=str(err)
+        )
+    yield dg.AssetCheckResult(
+        check_name="adapter_output_differs_from_base",
+        passed=compare["differs"],
+        metadata={"n_changed": compare["n_changed"], "n_compared": compare["n_compared"]},
+        description=(
+            f"{compare['n_changed']}/{compare['n_compared']} first turns differ from the base"
+            if compare["differs"]
+            else "adapter output is identical to the base model's (the seed's first failure)"
+        ),
+    )
+    yield dg.AssetCheckResult(
+        check_name="first_turn_probe_rate",
+        passed=probe_adapter.rate >= PROBE_MIN_RATE,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"rate": probe_adapter.rate, "base_rate": probe_base.rate},
+        description=(
+            f"held-out first turns with a plan send_message naming a task path: "
+            f"{_pct(probe_base.rate)} base -> {_pct(probe_adapter.rate)} adapter"
+        ),
+    )
+
+
+def _num(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
