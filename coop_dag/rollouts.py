@@ -29,6 +29,7 @@ def limits_from(rollout: dict) -> AgentLimits:
         max_context_tokens=rollout.get("max_context_tokens"),
         command_timeout=float(rollout.get("command_timeout", 60)),
         wait_timeout=float(rollout.get("wait_timeout", 60)),
+        max_format_errors=int(rollout.get("max_format_errors", 3)),
     )
 
 

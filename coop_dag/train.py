@@ -9,12 +9,18 @@ What it guarantees (each one a failure the seed report paid for):
   chat template (:class:`ChatTemplateMismatchError`): the ids would be trained, silently, as
   something else. An unknown student is :func:`coop_dag.students.get_student`'s error.
 - **Loss on outputs only, row weights honoured.** Items come from ``TitoSFTDataset`` (labels
-  -100 outside the rows' loss spans). The loss is the weighted token mean
-  ``sum_rows w * sum_tokens ce / sum_rows w * n_tokens``, normalised over the whole optimizer
-  step (every micro-batch of a gradient-accumulation window), so a row of weight ``w`` has
-  exactly the gradient of ``w`` identical rows in that step and a row of weight 0 contributes
-  nothing. Logits are only computed where a label is (the LM head over a 49k vocabulary is
-  ~20 % of a 135M model's FLOPs on a 1k-token prompt).
+  -100 outside the rows' loss spans). The objective is the weighted token mean over the
+  training set, ``sum_rows w * sum_tokens ce / sum_rows w * n_tokens`` -- exactly the token
+  mean of a set where each row appears ``w`` times. Each optimizer step estimates it without
+  bias: ``sum_{rows in step} w * sum_tokens ce / C`` with the constant
+  ``C = rows per step * mean_rows(w * n_tokens)`` (:func:`loss_normaliser`). A constant, not
+  the step's own weighted token count: with one row per step a per-step normalisation would
+  cancel the weight. So a row of weight 0 contributes no gradient and leaves the others' alone,
+  weight ``w`` is exactly ``w`` copies of the row in the step, and ``w`` scales a one-row
+  step's loss by ``w``. (The logged step loss is therefore ``n_tokens / mean n_tokens`` times
+  the row's token mean; the validation loss is the exact weighted token mean.) Logits are
+  only computed where a label is (the LM head over a 49k vocabulary is ~20 % of a 135M
+  model's FLOPs on a 1k-token prompt).
 - **Data shape from the recipe** (:func:`prepare_rows`): ``max_turn`` keeps turns
   ``0..max_turn`` (packed rows are cut after the last kept turn), ``upweight_mode`` trains
   identical upweight copies as copies (``duplicate``) or as one weighted row (``weight``),
@@ -81,6 +87,7 @@ RESULT_FILE = "train_result.json"
 LOSS_JSON = "loss_curve.json"
 LOSS_PNG = "loss_curve.png"
 BACKEND = "embedded-hf-trainer"
+TRAINER_VERSION = "1"  # bump when training semantics change: a run never resumes across it
 IGNORE_INDEX = -100
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -513,6 +520,25 @@ def weighted_token_count(batch: dict):
     return (targets.sum(dim=1).float() * batch["weight"].float()).sum()
 
 
+def loss_normaliser(dataset: Any, rows_per_step: int) -> float:
+    """``C = rows_per_step * mean_rows(w * trained targets)`` over ``dataset`` (a
+    ``TitoSFTDataset``): dividing a step's ``sum w * ce`` by it estimates the training set's
+    weighted token-mean loss without bias."""
+    total = 0.0
+    for i in range(len(dataset)):
+        item = dataset[i]
+        targets = int((item["labels"][1:] != IGNORE_INDEX).sum())
+        total += float(item["weight"].reshape(-1)[0]) * targets
+    mean = total / max(1, len(dataset))
+    return max(mean, 1e-12) * rows_per_step
+
+
+def step_loss(model: Any, batch: dict, normaliser: float, *, slice_logits: bool = True):
+    """``(loss, trained targets)`` of one (micro-)batch: ``sum w * ce / normaliser``."""
+    num, _, n = weighted_loss_terms(model, batch, slice_logits=slice_logits)
+    return num / normaliser, n
+
+
 def weighted_loss_terms(model: Any, batch: dict, *, slice_logits: bool = True):
     """``(sum of w * ce over trained tokens, weighted token count, trained tokens)`` of a
     batch. Logits are computed only at positions whose next token is trained when the model
@@ -636,8 +662,8 @@ def format_event(event: dict[str, Any]) -> str:
     if kind == "step":
         return (
             f"step {event['step']}/{event['max_steps']} epoch {event.get('epoch', 0):.2f} "
-            f"loss {event['loss']:.4f} lr {event.get('learning_rate', 0):.2e} "
-            f"tokens {event.get('tokens_seen', 0)} ({event.get('tokens_per_s', 0):.0f} tok/s)"
+            f"loss {event['loss']:.4f} lr {event.get('learning_rate') or 0:.2e} "
+            f"tokens {event.get('tokens_seen') or 0} ({event.get('tokens_per_s') or 0:.0f} tok/s)"
         )
     if kind == "eval":
         return (
@@ -705,15 +731,22 @@ def _clean_staging(ckpt_dir: Path) -> None:
 
 def _make_trainer_class():
     """The Trainer subclass (built lazily: importing this module stays cheap)."""
-    import torch
     from transformers import Trainer
 
     class TitoTrainer(Trainer):
         loss_is_scaled_for_ga = True  # compute_loss normalises over the whole step itself
 
-        def __init__(self, *args, slice_logits: bool = True, keep_checkpoints: int = 2, **kw):
+        def __init__(
+            self,
+            *args,
+            slice_logits: bool = True,
+            keep_checkpoints: int = 2,
+            normaliser: float = 1.0,
+            **kw,
+        ):
             super().__init__(*args, **kw)
             self.slice_logits = slice_logits
+            self.normaliser = normaliser
             self.keep_checkpoints = keep_checkpoints
             self.tokens_seen = 0
             self.trained_tokens = 0
@@ -731,18 +764,12 @@ def _make_trainer_class():
 
         # -- loss ---------------------------------------------------------------------
         def _get_num_items_in_batch(self, batch_samples, device):
-            if not batch_samples or "weight" not in batch_samples[0]:
-                return None
-            return sum(weighted_token_count(b) for b in batch_samples)
+            return None  # the normaliser is a constant (see the module docstring)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            num, den, n_trained = weighted_loss_terms(
-                model, inputs, slice_logits=self.slice_logits
+            loss, n_trained = step_loss(
+                model, inputs, self.normaliser, slice_logits=self.slice_logits
             )
-            total = den if num_items_in_batch is None else num_items_in_batch
-            if not torch.is_tensor(total):
-                total = torch.tensor(float(total))
-            loss = num / total.clamp_min(1e-12)
             if model.training:
                 self.tokens_seen += int(inputs["attention_mask"].sum())
                 self.trained_tokens += n_trained
@@ -949,6 +976,7 @@ def run_key_for(student: Any, recipe: Recipe, train_sha: str, val_sha: str | Non
             "train": train_sha,
             "val": val_sha,
             "backend": BACKEND,
+            "trainer_version": TRAINER_VERSION,
         },
         sort_keys=True,
     )
@@ -1037,6 +1065,11 @@ def train_lora(
     complete checkpoint; a finished run returns its result without training (``force``:
     train again from scratch). ``facts`` are added to ``lineage.json``. ``model``: an already
     loaded base model to train on (it is modified: LoRA layers are injected).
+
+    ``progress`` gets every event (see :func:`format_event`); an exception it raises aborts
+    the run where it is (the last complete checkpoint stays, and a rerun resumes from it).
+    Raises :class:`TokenizerMismatchError` / :class:`ChatTemplateMismatchError` before any
+    work, :class:`EmptyTrainingSetError` when no row is left to train on.
     """
     started = time.monotonic()
     if isinstance(student, str):
@@ -1169,6 +1202,7 @@ def train_lora(
             dataloader_num_workers=0,
             dataloader_pin_memory=False,
         )
+        normaliser = loss_normaliser(train_ds, recipe.batch_size * recipe.grad_accum)
         cls = _make_trainer_class()
         callback = _make_callback(progress, val_ds, collator, slice_logits)
         trainer = cls(
@@ -1178,6 +1212,7 @@ def train_lora(
             train_dataset=train_ds,
             callbacks=[callback],
             slice_logits=slice_logits,
+            normaliser=normaliser,
         )
         callback.trainer = trainer
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -1229,6 +1264,7 @@ def train_lora(
     lineage = {
         **(facts or {}),
         "trainer": BACKEND,
+        "trainer_version": TRAINER_VERSION,
         "student": student.name,
         "student_kind": student.kind,
         "base_model": str(student.model_dir),
@@ -1275,6 +1311,7 @@ def train_lora(
     write_lineage(stage, lineage)
     title = f"{student.name} / {recipe.name} / {info.name}"
     json_path, png_path = write_loss_curve(stage, train_curve, val_curve, title)
+    _readable(stage)
     if adapter_dir.exists():
         shutil.rmtree(adapter_dir)
     os.replace(stage, adapter_dir)
@@ -1361,6 +1398,15 @@ def _fix_adapter_config(adapter: Path, recipe: Recipe, student: Any) -> None:
         raise TrainError(f"{adapter}: PEFT wrote no {ADAPTER_WEIGHTS}")
 
 
+def _readable(directory: Path) -> None:
+    """``0755`` on the directory, ``0644`` on its files (staging dirs and temp files are
+    created private; a serving engine running as another user must read the adapter)."""
+    os.chmod(directory, 0o755)
+    for item in directory.iterdir():
+        if item.is_file():
+            os.chmod(item, 0o644)
+
+
 def _result_from_json(done: dict) -> TrainResult:
     known = {f.name for f in fields(TrainResult)}
     values = {k: v for k, v in done.items() if k in known}
@@ -1385,6 +1431,7 @@ def copy_adapter(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
         for item in src.iterdir():
             if item.is_file():
                 shutil.copy2(item, stage / item.name)
+        _readable(stage)
         os.replace(stage, dest)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -1413,9 +1460,11 @@ __all__ = [
     "format_event",
     "get_recipe",
     "load_recipes",
+    "loss_normaliser",
     "prepare_rows",
     "read_parquet_rows",
     "run_key_for",
+    "step_loss",
     "torch_threads",
     "train_lora",
     "weighted_loss_terms",

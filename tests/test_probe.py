@@ -15,9 +15,11 @@ from coop_dag.actions import BASH_TOOL, to_qwen_xml  # noqa: E402
 from coop_dag.chat import render_ids  # noqa: E402
 from coop_dag.probe import (  # noqa: E402
     ProbeError,
+    ProbeResult,
     compare_outputs,
     first_turn_messages,
     held_out_cases,
+    probe_key,
     probe_student,
     prompt_ids,
     score_output,
@@ -96,6 +98,9 @@ def test_probe_on_tiny_qwen3_with_and_without_an_adapter(tiny, cases, tmp_path):
     assert 0.0 <= base.rate <= 1.0 and base.n == 2 and len(base.outputs) == 2
     assert all(isinstance(o.text, str) and 0 < o.n_tokens <= 12 for o in base.outputs)
     assert base.summary()["n"] == 2 and "outputs" in base.as_dict()
+    assert ProbeResult.from_dict(base.as_dict()) == base  # the asset caches base results
+    key = probe_key(tiny, two, 12, 1)
+    assert key == probe_key(tiny, two, 12, 1) and key != probe_key(tiny, two, 16, 1)
     again = probe_student(tiny, cases=two, max_new_tokens=12)
     assert again.texts() == base.texts()  # greedy: deterministic
     # an adapter with non-zero B changes the output
