@@ -13,7 +13,6 @@ from coop_dag.adapters import AdapterError, adapter_sha12, read_lineage, validat
 from coop_dag.profiles import resolve_profile
 
 EVALUATED_ASSETS = [
-    "lora_checkpoint",
     "served_adapter",
     "base_student_metrics",
     "student_rollouts",
@@ -23,7 +22,7 @@ EVALUATED_ASSETS = [
 evaluate_adapter_job = dg.define_asset_job(
     "evaluate_adapter",
     selection=EVALUATED_ASSETS,
-    description="Import an adapter (lora_checkpoint in import mode), serve it, evaluate it.",
+    description="Serve a dropped adapter (served_adapter with adapter_dir) and evaluate it.",
 )
 
 
@@ -67,7 +66,7 @@ def scan(root: Path, seen: set[str], log) -> list[dg.RunRequest]:
                 run_key=f"adapter-{sha}",
                 partition_key=variant,
                 run_config={
-                    "ops": {"lora_checkpoint": {"config": {"import_adapter_dir": str(adapter_dir)}}}
+                    "ops": {"served_adapter": {"config": {"adapter_dir": str(adapter_dir)}}}
                 },
                 tags={
                     "coop_dag/adapter": f"student-{sha}",

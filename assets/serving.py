@@ -3,6 +3,7 @@
 import dagster as dg
 
 from assets.partitions import VARIANTS, variant_partitions
+from coop_dag.adapters import repair_adapter
 from coop_dag.lineage import content_version
 from coop_dag.serving import serve_adapter
 from resources.lineage import LineageResource
@@ -26,6 +27,13 @@ def _probe_table(served) -> str:
     return "\n".join(lines)
 
 
+class ServedAdapterConfig(dg.Config):
+    """Serve this adapter directory instead of `lora_checkpoint`'s — set by the new-adapter
+    sensor for adapters dropped into the adapters directory (e.g. by an external verl job)."""
+
+    adapter_dir: str = ""
+
+
 @dg.asset(
     partitions_def=variant_partitions,
     group_name="serving",
@@ -34,6 +42,7 @@ def _probe_table(served) -> str:
 )
 def served_adapter(
     context: dg.AssetExecutionContext,
+    config: ServedAdapterConfig,
     lora_checkpoint: dict,
     serving: ServingResource,
     lineage: LineageResource,
@@ -47,13 +56,19 @@ def served_adapter(
     variant = VARIANTS[context.partition_key]
     student = lora_checkpoint.get("student") or variant.student  # the student it trained on
     endpoint = serving.ensure(student, log=context.log.info)
+    adapter_dir = lora_checkpoint["adapter_dir"]
+    expected_name = lora_checkpoint.get("adapter_name")
+    if config.adapter_dir:  # a dropped adapter: fix verl 0.7.1's export quirks, then serve it
+        adapter_dir, expected_name = config.adapter_dir, None
+        for change in repair_adapter(adapter_dir):
+            context.log.info(f"repaired {adapter_dir}: {change}")
     served = serve_adapter(
         endpoint.engine,
-        lora_checkpoint["adapter_dir"],
+        adapter_dir,
         variant=variant.name,
         base_model=endpoint.base_model_id,
         probe=serving.probe(),
-        expected_name=lora_checkpoint.get("adapter_name"),
+        expected_name=expected_name,
         strict=False,  # a failed probe fails the blocking check below, with the evidence
         log=context.log.info,
     )

@@ -33,8 +33,8 @@ def test_fires_once_per_adapter_and_skips_malformed(tmp_path, monkeypatch):
         req = requests[0]
         assert req.partition_key == "templated"
         assert req.run_key == f"adapter-{adapter_sha12(good)}"
-        config = req.run_config["ops"]["lora_checkpoint"]["config"]
-        assert config["import_adapter_dir"] == str(good)
+        config = req.run_config["ops"]["served_adapter"]["config"]
+        assert config["adapter_dir"] == str(good)
         assert adapter_sha12(good) in json.loads(cursor)
         assert no_lineage.is_dir()
 
@@ -60,3 +60,13 @@ def test_empty_or_missing_dir_skips(tmp_path, monkeypatch):
     with dg.instance_for_test() as instance:
         result = new_adapter_sensor(dg.build_sensor_context(instance=instance))
         assert isinstance(result, dg.SkipReason) and "no new adapter" in result.skip_message
+
+
+def test_run_requests_fit_the_evaluation_job():
+    from definitions import defs
+
+    job = defs.resolve_job_def("evaluate_adapter")
+    nodes = {n.name for n in job.graph.nodes}
+    assert {"served_adapter", "student_rollouts", "behaviour_metrics"} <= nodes
+    config = {"ops": {"served_adapter": {"config": {"adapter_dir": "/drop/student"}}}}
+    assert dg.validate_run_config(job, config)
