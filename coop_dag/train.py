@@ -935,7 +935,7 @@ def write_loss_curve(
             [v["step"] for v in val], [v["val_loss"] for v in val], "o-", label="validation"
         )
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (weighted token mean)")
+    ax.set_ylabel("loss per trained token")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -138,7 +138,7 @@ def test_full_episode_exercises_every_path(client, tmp_path, request):
     humanize = gold_file(pair, 3, "src/datehelp/humanize.py", tmp_path)
     run_dir = tmp_path / "run"
     escape_name = f"coop-escape-{token}"
-    project_probe = Path.cwd() / escape_name
+    project_probe = Path.home() / escape_name  # not cwd: a clone may live under /tmp
     for probe in (project_probe, Path(f"/etc/{escape_name}")):  # only if an escape worked
         request.addfinalizer(lambda probe=probe: probe.unlink(missing_ok=True))
 

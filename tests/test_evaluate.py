@@ -338,7 +338,7 @@ def test_agent_test_files_are_filtered(task: Task, tmp_path: Path) -> None:
 @needs_bwrap
 def test_tests_run_inside_the_sandbox(task: Task, tmp_path: Path) -> None:
     """Merged code runs with a read-only root and no network, like agent commands."""
-    host_marker = Path.cwd() / f".coop-dag-eval-probe-{uuid.uuid4().hex}"
+    host_marker = Path.home() / f".coop-dag-eval-probe-{uuid.uuid4().hex}"  # not under /tmp
     evil = variant(
         task,
         tmp_path,

@@ -329,7 +329,12 @@ def test_timeout_kills_the_whole_process_tree(sandbox: LocalSandbox) -> None:
 def test_writes_outside_the_workspace_fail(sandbox: LocalSandbox, tmp_path: Path) -> None:
     probe = f"coop-dag-probe-{uuid.uuid4().hex}"
     outside = Path(sandbox.workdir).parent  # the agent's own sandbox dir, not its repo
-    targets = [f"/etc/{probe}", f"/usr/{probe}", str(outside / probe), str(Path.cwd() / probe)]
+    targets = [
+        f"/etc/{probe}",
+        f"/usr/{probe}",
+        str(outside / probe),
+        str(Path.home() / probe),
+    ]  # not cwd: a clone may live under /tmp, private inside
     for target in targets:
         r = sandbox.run(f"echo x > {target}")
         assert r.returncode != 0, target
