@@ -64,8 +64,13 @@ def raw_loop(student, train_path: Path, recipe, work: Path) -> dict:
     path = write_rows(prepared, work / "raw.parquet", meta)
     tok = student.load_tokenizer()
     ds = TitoSFTDataset(
-        str(path), tok, {"max_length": recipe.max_length, "truncation": recipe.truncation,
-                         "pad_mode": "no_padding"},
+        str(path),
+        tok,
+        {
+            "max_length": recipe.max_length,
+            "truncation": recipe.truncation,
+            "pad_mode": "no_padding",
+        },
     )
     collate = TitoCollator(tok.pad_token_id)
     with torch_threads(recipe.torch_threads) as threads:
@@ -153,7 +158,11 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 t0 = time.perf_counter()
                 r = train_lora(
-                    student, paths["train"], None, configs[name], work / f"{name}-{rep}",
+                    student,
+                    paths["train"],
+                    None,
+                    configs[name],
+                    work / f"{name}-{rep}",
                     force=True,
                 )
                 wall = time.perf_counter() - t0

@@ -371,8 +371,21 @@ _PREFIX_WORDS = frozenset({"then", "do", "else", "elif", "!", "time"})
 _FD_PREFIX = re.compile(r"\d+(?=[<>])")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[[^\]]*\])?\+?=")
 _RECIPIENT = re.compile(r"^[A-Za-z0-9_.-]+$")
-_ANSI_C = {"a": "\a", "b": "\b", "e": "\x1b", "E": "\x1b", "f": "\f", "n": "\n", "r": "\r",
-           "t": "\t", "v": "\v", "\\": "\\", "'": "'", '"': '"', "?": "?"}
+_ANSI_C = {
+    "a": "\a",
+    "b": "\b",
+    "e": "\x1b",
+    "E": "\x1b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "v": "\v",
+    "\\": "\\",
+    "'": "'",
+    '"': '"',
+    "?": "?",
+}
 
 
 @dataclass
@@ -673,9 +686,7 @@ def _lex(s: str) -> list[_Word | _Op | _Redir]:
         m = _FD_PREFIX.match(s, i) if c.isdigit() else None
         j = m.end() if m else i
         redir = (
-            next((op for op in _REDIR_OPS if s.startswith(op, j)), None)
-            if s[j] in "<>&"
-            else None
+            next((op for op in _REDIR_OPS if s.startswith(op, j)), None) if s[j] in "<>&" else None
         )
         if redir and not (redir in ("<", ">") and s.startswith("(", j + 1)):
             k = j + len(redir)
@@ -1056,4 +1067,3 @@ def parse_send_message(command: str) -> ParsedCommand:
     if not remainder.strip():
         remainder = ""
     return ParsedCommand(messages, remainder)
-

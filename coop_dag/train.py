@@ -204,8 +204,10 @@ def _recipe(name: str, raw: dict[str, Any], source: Any) -> Recipe:
     if isinstance(values.get("target_modules"), list):
         values["target_modules"] = tuple(str(t) for t in values["target_modules"])
     for key in ("learning_rate", "lora_alpha", "lora_dropout", "weight_decay", "epochs"):
-        if key in values and isinstance(values[key], int | str) and not isinstance(
-            values[key], bool
+        if (
+            key in values
+            and isinstance(values[key], int | str)
+            and not isinstance(values[key], bool)
         ):
             try:
                 values[key] = float(values[key])
@@ -236,9 +238,7 @@ def load_recipes(path: str | os.PathLike | None = None) -> dict[str, Recipe]:
     }
 
 
-def get_recipe(
-    name: str, path: str | os.PathLike | None = None, **overrides: Any
-) -> Recipe:
+def get_recipe(name: str, path: str | os.PathLike | None = None, **overrides: Any) -> Recipe:
     """The recipe called ``name``, with ``overrides`` applied (validated like the file)."""
     recipes = load_recipes(path)
     if name not in recipes:
@@ -931,9 +931,7 @@ def write_loss_curve(
     if train:
         ax.plot([t["step"] for t in train], [t["loss"] for t in train], label="train", lw=1.2)
     if val:
-        ax.plot(
-            [v["step"] for v in val], [v["val_loss"] for v in val], "o-", label="validation"
-        )
+        ax.plot([v["step"] for v in val], [v["val_loss"] for v in val], "o-", label="validation")
     ax.set_xlabel("step")
     ax.set_ylabel("loss per trained token")
     ax.set_title(title, fontsize=9)
@@ -1148,8 +1146,11 @@ def train_lora(
     val_file = write_rows(val_rows, data_dir / "val.parquet", data_meta) if val_rows else None
 
     tokenizer = student.load_tokenizer()
-    ds_cfg = {"max_length": recipe.max_length, "truncation": recipe.truncation,
-              "pad_mode": "no_padding"}
+    ds_cfg = {
+        "max_length": recipe.max_length,
+        "truncation": recipe.truncation,
+        "pad_mode": "no_padding",
+    }
     train_ds = TitoSFTDataset(str(train_file), tokenizer, ds_cfg)
     val_ds = TitoSFTDataset(str(val_file), tokenizer, ds_cfg) if val_file else None
     collator = TitoCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
@@ -1219,8 +1220,8 @@ def train_lora(
 
         for noisy in (PrinterCallback, ProgressCallback):  # we report through `progress`
             trainer.remove_callback(noisy)
-        trainer.on_checkpoint = lambda step, path: progress and progress(
-            {"event": "checkpoint", "step": step, "path": str(path)}
+        trainer.on_checkpoint = lambda step, path: (
+            progress and progress({"event": "checkpoint", "step": step, "path": str(path)})
         )
         if resume_from is not None:
             _restore_counters(trainer, resume_from)
@@ -1315,8 +1316,9 @@ def train_lora(
     if adapter_dir.exists():
         shutil.rmtree(adapter_dir)
     os.replace(stage, adapter_dir)
-    json_path, png_path = adapter_dir / json_path.name, (
-        adapter_dir / png_path.name if png_path else None
+    json_path, png_path = (
+        adapter_dir / json_path.name,
+        (adapter_dir / png_path.name if png_path else None),
     )
 
     result = TrainResult(

@@ -29,6 +29,11 @@ class LineageResource(dg.ConfigurableResource):
         key = context.asset_key.to_user_string()
         variant = context.partition_key if context.has_partition_key else None
         self.store.record(
-            key, variant, data_version, upstream=upstream, facts=facts, metrics=metrics,
-            run_id=context.run_id,
+            key,
+            variant,
+            data_version,
+            upstream=upstream,
+            facts=facts,
+            metrics=metrics,
+            run_id=context.run.run_id,
         )

@@ -91,8 +91,12 @@ def test_cooperbench_key_layout(client, prefix):
 def test_foreign_timestamps_are_coerced_to_float(client, prefix):
     _, a2 = _pair(client, prefix)
     inbox = a2.inbox_key()
-    client.rpush(inbox, json.dumps({"from": "agent1", "to": "agent2", "content": "a",
-                                    "timestamp": "2026-03-04T10:30:05"}))  # CooperBench iso
+    client.rpush(
+        inbox,
+        json.dumps(
+            {"from": "agent1", "to": "agent2", "content": "a", "timestamp": "2026-03-04T10:30:05"}
+        ),
+    )  # CooperBench iso
     client.rpush(inbox, json.dumps({"from": "agent1", "content": "b", "timestamp": 17}))
     client.rpush(inbox, json.dumps({"from": "agent1", "content": "c", "timestamp": "12.5"}))
     client.rpush(inbox, json.dumps({"from": "agent1", "content": "d"}))
@@ -201,8 +205,10 @@ def test_two_agents_concurrently_from_threads(client, prefix):
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(a1, "agent2")),
-               threading.Thread(target=run, args=(a2, "agent1"))]
+    threads = [
+        threading.Thread(target=run, args=(a1, "agent2")),
+        threading.Thread(target=run, args=(a2, "agent1")),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -237,12 +243,20 @@ def test_sent_messages_and_conversation_records(client, prefix):
     assert a1.sent_messages() == sent1
     foreign = {"from": "agent2", "to": "agent1", "content": "iso", "timestamp": "not a time"}
     conv = conversation_records(sent2 + sent1 + [foreign], {"agent1": 3, "agent2": 5})
-    assert [r["message"] for r in conv] == ["iso", "plan: I edit src/a.py, you edit src/b.py",
-                                            "ack", "done"]
+    assert [r["message"] for r in conv] == [
+        "iso",
+        "plan: I edit src/a.py, you edit src/b.py",
+        "ack",
+        "done",
+    ]
     assert all(type(r["timestamp"]) is float for r in conv)
-    assert conv[1] == {"from": "agent1", "to": "agent2", "feature_id": 3,
-                       "message": "plan: I edit src/a.py, you edit src/b.py",
-                       "timestamp": sent1[0]["timestamp"]}
+    assert conv[1] == {
+        "from": "agent1",
+        "to": "agent2",
+        "feature_id": 3,
+        "message": "plan: I edit src/a.py, you edit src/b.py",
+        "timestamp": sent1[0]["timestamp"],
+    }
     json.dumps(conv)
 
 
@@ -356,10 +370,16 @@ def _one(command: str) -> tuple[OutgoingMessage, str]:
     return parsed.messages[0], parsed.remainder
 
 
-@pytest.mark.parametrize("opener,closer", [
-    ("<<'MSG'", "MSG"), ("<<MSG", "MSG"), ('<<"EOF"', "EOF"), ("<< 'PLAN_END'", "PLAN_END"),
-    ("<<\\X", "X"),
-])
+@pytest.mark.parametrize(
+    "opener,closer",
+    [
+        ("<<'MSG'", "MSG"),
+        ("<<MSG", "MSG"),
+        ('<<"EOF"', "EOF"),
+        ("<< 'PLAN_END'", "PLAN_END"),
+        ("<<\\X", "X"),
+    ],
+)
 def test_heredoc_forms(opener, closer):
     body = "Plan: I edit src/a.py\nyou take b.py"
     msg, rest = _one(f"send_message agent2 {opener}\n{body}\n{closer}")
@@ -392,18 +412,21 @@ def test_double_quoted_form_escapes_as_bash():
 
 
 def test_single_quoted_and_other_word_forms():
-    assert _one("send_message agent2 'it'\"'\"'s \"done\"'")[0].content == "it's \"done\""
+    assert _one("send_message agent2 'it'\"'\"'s \"done\"'")[0].content == 'it\'s "done"'
     assert _one("send_message agent2 $'a\\nb\\tc \\'q\\''")[0].content == "a\nb\tc 'q'"
     assert _one("send_message agent2 several bare words")[0].content == "several bare words"
     assert _one("send_message agent2 <<< 'here string'")[0].content == "here string"
 
 
-@pytest.mark.parametrize("command", [
-    "send_message --wait agent2 'q?'",
-    "send_message agent2 --wait 'q?'",
-    "send_message agent2 'q?' --wait",
-    "send_message --wait agent2 <<'MSG'\nq?\nMSG",
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "send_message --wait agent2 'q?'",
+        "send_message agent2 --wait 'q?'",
+        "send_message agent2 'q?' --wait",
+        "send_message --wait agent2 <<'MSG'\nq?\nMSG",
+    ],
+)
 def test_wait_flag(command):
     msg, rest = _one(command)
     assert msg == OutgoingMessage("agent2", "q?", True) and rest == ""
@@ -416,7 +439,7 @@ def test_quoted_wait_after_recipient_is_content():
 def test_multiple_sends_and_remainder_preserved():
     command = (
         "cd /repo && send_message agent1 <<'MSG'\nplan A\nMSG\n"
-        "send_message agent1 \"second\"; git status\n"
+        'send_message agent1 "second"; git status\n'
         "send_message --wait agent1 'third' && pytest -q"
     )
     parsed = parse_send_message(command)
@@ -428,40 +451,52 @@ def test_multiple_sends_and_remainder_preserved():
     assert parsed.remainder == "cd /repo\ngit status\npytest -q"
 
 
-@pytest.mark.parametrize("command,remainder", [
-    ("send_message agent2 'x' && make test", "make test"),
-    ("make test && send_message agent2 'x'", "make test"),
-    ("make && send_message agent2 'x'; ls", "make; ls"),
-    ("a && send_message agent2 'x' && b", "a && b"),
-    ("ls; send_message agent2 'x'", "ls;"),
-    ("ls ; send_message agent2 'x' ; pwd", "ls ; pwd"),
-    ("send_message agent2 'x' && send_message agent2 'y' && ls", "ls"),
-    ("make &&\n  send_message agent2 'x'", "make\n  "),
-    ("send_message agent2 'x' # tell partner\nls", "ls"),
-    ("send_message agent2 \\\n  'continued line'\nls", "ls"),
-    ("cat > f <<'EOF' && send_message agent2 'x'\nbody\nEOF\nls", "cat > f <<'EOF'\nbody\nEOF\nls"),
-    ("cat > f <<'EOF'\nbody\nEOF\nsend_message agent2 'x'\nls", "cat > f <<'EOF'\nbody\nEOF\nls"),
-    ("ls; send_message agent2 'x';\npwd", "ls;\npwd"),
-    ("a && send_message agent2 'x'; # note\nb", "a # note\nb"),
-    ("a &&\n  send_message agent2 'x'; b", "a\n   b"),
-    ("a && send_message agent2 'multi\nline'; b", "a; b"),
-    ("a; send_message agent2 'x' &&\n  b", "a; \n  b"),
-])
+@pytest.mark.parametrize(
+    "command,remainder",
+    [
+        ("send_message agent2 'x' && make test", "make test"),
+        ("make test && send_message agent2 'x'", "make test"),
+        ("make && send_message agent2 'x'; ls", "make; ls"),
+        ("a && send_message agent2 'x' && b", "a && b"),
+        ("ls; send_message agent2 'x'", "ls;"),
+        ("ls ; send_message agent2 'x' ; pwd", "ls ; pwd"),
+        ("send_message agent2 'x' && send_message agent2 'y' && ls", "ls"),
+        ("make &&\n  send_message agent2 'x'", "make\n  "),
+        ("send_message agent2 'x' # tell partner\nls", "ls"),
+        ("send_message agent2 \\\n  'continued line'\nls", "ls"),
+        (
+            "cat > f <<'EOF' && send_message agent2 'x'\nbody\nEOF\nls",
+            "cat > f <<'EOF'\nbody\nEOF\nls",
+        ),
+        (
+            "cat > f <<'EOF'\nbody\nEOF\nsend_message agent2 'x'\nls",
+            "cat > f <<'EOF'\nbody\nEOF\nls",
+        ),
+        ("ls; send_message agent2 'x';\npwd", "ls;\npwd"),
+        ("a && send_message agent2 'x'; # note\nb", "a # note\nb"),
+        ("a &&\n  send_message agent2 'x'; b", "a\n   b"),
+        ("a && send_message agent2 'multi\nline'; b", "a; b"),
+        ("a; send_message agent2 'x' &&\n  b", "a; \n  b"),
+    ],
+)
 def test_remainder(command, remainder):
     assert parse_send_message(command).remainder == remainder
 
 
-@pytest.mark.parametrize("command", [
-    "grep -rn send_message src/",
-    "grep send_message file && echo ok",
-    "echo 'send_message agent2 hi'",
-    'echo "x; send_message agent2 hi"',
-    "# send_message agent2 hi\nls",
-    "cat > agent.py <<'EOF'\nsend_message agent2 \"x\"\ndef send_message(to, body): ...\nEOF",
-    "python -c 'send_message(1)'",
-    "ls send_message",
-    "echo $(echo send_message agent2 x)",
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "grep -rn send_message src/",
+        "grep send_message file && echo ok",
+        "echo 'send_message agent2 hi'",
+        'echo "x; send_message agent2 hi"',
+        "# send_message agent2 hi\nls",
+        "cat > agent.py <<'EOF'\nsend_message agent2 \"x\"\ndef send_message(to, body): ...\nEOF",
+        "python -c 'send_message(1)'",
+        "ls send_message",
+        "echo $(echo send_message agent2 x)",
+    ],
+)
 def test_send_message_not_in_command_position_is_not_parsed(command):
     parsed = parse_send_message(command)
     assert parsed.messages == [] and parsed.remainder == command
@@ -474,24 +509,27 @@ def test_no_send_returns_command_unchanged():
     assert parse_send_message(command).remainder == command
 
 
-@pytest.mark.parametrize("command,fragment", [
-    ("send_message agent2 <<'MSG'\nnever closed\nls", "unterminated heredoc"),
-    ("send_message agent2 'never closed", "unterminated quote"),
-    ('send_message agent2 "never closed', "unterminated quote"),
-    ("send_message", "needs a recipient"),
-    ("send_message agent2", "empty message"),
-    ("send_message agent2 ''", "empty message"),
-    ("send_message agent2 'a' <<'MSG'\nb\nMSG", "not several"),
-    ("send_message agent2 < plan.md", "cannot read"),
-    ("send_message -x agent2 'hi'", "unknown option"),
-    ("send_message 'agent 2' 'hi'", "invalid recipient"),
-    ("cat plan.md | send_message agent2", "pipeline"),
-    ("send_message agent2 'x' | tee log", "pipeline"),
-    ("if true; then send_message agent2 'x'; fi", "top-level"),
-    ("for f in a b; do send_message agent2 \"$f\"; done", "top-level"),
-    ("( send_message agent2 'x' )", "top-level"),
-    ("{ send_message agent2 'x'; }", "top-level"),
-])
+@pytest.mark.parametrize(
+    "command,fragment",
+    [
+        ("send_message agent2 <<'MSG'\nnever closed\nls", "unterminated heredoc"),
+        ("send_message agent2 'never closed", "unterminated quote"),
+        ('send_message agent2 "never closed', "unterminated quote"),
+        ("send_message", "needs a recipient"),
+        ("send_message agent2", "empty message"),
+        ("send_message agent2 ''", "empty message"),
+        ("send_message agent2 'a' <<'MSG'\nb\nMSG", "not several"),
+        ("send_message agent2 < plan.md", "cannot read"),
+        ("send_message -x agent2 'hi'", "unknown option"),
+        ("send_message 'agent 2' 'hi'", "invalid recipient"),
+        ("cat plan.md | send_message agent2", "pipeline"),
+        ("send_message agent2 'x' | tee log", "pipeline"),
+        ("if true; then send_message agent2 'x'; fi", "top-level"),
+        ('for f in a b; do send_message agent2 "$f"; done', "top-level"),
+        ("( send_message agent2 'x' )", "top-level"),
+        ("{ send_message agent2 'x'; }", "top-level"),
+    ],
+)
 def test_malformed_send_is_a_clear_parse_error(command, fragment):
     """Chosen behaviour: a malformed call raises SendMessageParseError (a MessagingError) and
     nothing from the command runs; see parse_send_message's docstring for why."""
@@ -511,23 +549,34 @@ _BASH_SEND = r"""send_message() {
 def _bash(script: str, tmp_path) -> tuple[str, list[tuple[str, str, bool]]]:
     log = tmp_path / "sends.log"
     log.write_text("")
-    run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=10,
-                         env={**os.environ, "SEND_LOG": str(log)}, cwd=tmp_path)
+    run = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        env={**os.environ, "SEND_LOG": str(log)},
+        cwd=tmp_path,
+    )
     assert run.stderr == ""
     sends = [tuple(x.split("\x1e")) for x in log.read_text().split("\x1f") if x]
     return run.stdout, [(to, body, w == "1") for to, body, w in sends]
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
-@pytest.mark.parametrize("command", [
-    "echo start && send_message agent2 <<'MSG'\nplan: a.py is mine\nMSG\necho end",
-    "send_message --wait agent1 \"q \\\"x\\\" \\$y\" ; echo 'a;b' && echo c",
-    "cat <<'EOF' && send_message agent2 'it'\"'\"'s'\nsend_message agent2 not-a-call\nEOF\necho z",
-    "echo a || echo b\nsend_message agent2 $'x\\ty'\nprintf '%s\\n' send_message",
-    "send_message agent2 <<-T\n\tline one\n\tT\nsend_message agent2 two words; echo done",
-    "echo a &&\n  send_message agent2 'x'; echo b\necho c && send_message agent2 'y'; # c\necho d",
-    "cat <<E && send_message a 'x' &&\nbody\nE\nsend_message b 'y'; echo after",
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "echo start && send_message agent2 <<'MSG'\nplan: a.py is mine\nMSG\necho end",
+        'send_message --wait agent1 "q \\"x\\" \\$y" ; echo \'a;b\' && echo c',
+        "cat <<'EOF' && send_message agent2 'it'\"'\"'s'\n"
+        "send_message agent2 not-a-call\nEOF\necho z",
+        "echo a || echo b\nsend_message agent2 $'x\\ty'\nprintf '%s\\n' send_message",
+        "send_message agent2 <<-T\n\tline one\n\tT\nsend_message agent2 two words; echo done",
+        "echo a &&\n  send_message agent2 'x'; echo b\n"
+        "echo c && send_message agent2 'y'; # c\necho d",
+        "cat <<E && send_message a 'x' &&\nbody\nE\nsend_message b 'y'; echo after",
+    ],
+)
 def test_parser_agrees_with_bash(command, tmp_path):
     """Running the command in bash with a stub `send_message` gives the same messages, and the
     remainder alone prints what the non-send commands printed."""

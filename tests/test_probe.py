@@ -107,8 +107,13 @@ def test_probe_on_tiny_qwen3_with_and_without_an_adapter(tiny, cases, tmp_path):
     torch.manual_seed(0)
     peft = get_peft_model(
         tiny.load_model(),
-        LoraConfig(r=4, lora_alpha=64, target_modules="all-linear", init_lora_weights=False,
-                   task_type="CAUSAL_LM"),
+        LoraConfig(
+            r=4,
+            lora_alpha=64,
+            target_modules="all-linear",
+            init_lora_weights=False,
+            task_type="CAUSAL_LM",
+        ),
     )
     peft.save_pretrained(str(tmp_path / "adapter"))
     model = tiny.load_model()

@@ -329,8 +329,9 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tiny, data, tmp_path):
 
     work = tmp_path / "b"
     with pytest.raises(Killed):
-        train_lora(tiny, data / "train.parquet", data / "val.parquet", recipe, work,
-                   progress=kill_at_7)
+        train_lora(
+            tiny, data / "train.parquet", data / "val.parquet", recipe, work, progress=kill_at_7
+        )
     run_dir = next(p for p in work.iterdir() if p.is_dir())
     saved = complete_checkpoints(run_dir / "checkpoints")
     assert [p.name for p in saved][-1] == "checkpoint-6"  # steps 3 and 6 were saved
