@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from coop_dag import REPO_ROOT
+from coop_dag.profiles import resolve_profile
 
 
 class TrainingResource(dg.ConfigurableResource):
@@ -35,13 +35,12 @@ class TrainingResource(dg.ConfigurableResource):
 
     @property
     def adapters_root(self) -> Path:
-        value = self.adapters_dir or os.environ.get("COOP_DAG_ADAPTERS_DIR")
-        return Path(value) if value else REPO_ROOT / "runs" / "adapters"
+        return Path(self.adapters_dir) if self.adapters_dir else resolve_profile().adapters_dir
 
     @property
     def work_root(self) -> Path:
         value = self.work_dir or os.environ.get("COOP_DAG_TRAIN_DIR")
-        return Path(value) if value else REPO_ROOT / "runs" / "train"
+        return Path(value) if value else resolve_profile().runs_dir / "train"
 
     def adapter_dir(self, variant: str, name: str) -> Path:
         return self.adapters_root / variant / name
