@@ -26,6 +26,15 @@ import dagster as dg  # noqa: E402
 from assets.partitions import DEFAULT_VARIANT, VARIANTS  # noqa: E402
 
 
+def _report(result: dg.ExecuteInProcessResult) -> str | None:
+    """The distillation report's markdown, when this run materialised it."""
+    for event in result.get_asset_materialization_events():
+        mat = event.event_specific_data.materialization
+        if mat.asset_key == dg.AssetKey("distillation_report") and "report" in mat.metadata:
+            return str(mat.metadata["report"].value)
+    return None
+
+
 def _summarise(result: dg.ExecuteInProcessResult) -> list[str]:
     lines = []
     for event in result.get_asset_materialization_events():
@@ -62,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     instance = dg.DagsterInstance.get()
     started = time.time()
     summary: list[str] = []
+    report = None
     for step, partition in ((before, None), (partitioned, args.variant), (after, None)):
         if not step:
             continue
@@ -75,12 +85,15 @@ def main(argv: list[str] | None = None) -> int:
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         )
         summary += _summarise(result)
+        report = _report(result) or report
         if not result.success:
             print("\n".join(summary))
             print(f"coop-dag demo: FAILED (variant {args.variant}); see `make ui` for the run log")
             return 1
-    print(f"coop-dag demo: variant {args.variant}, {time.time() - started:.0f}s")
     print("\n".join(summary))
+    if report:
+        print("\n" + report)
+    print(f"\ncoop-dag demo: variant {args.variant}, {time.time() - started:.0f}s")
     return 0
 
 

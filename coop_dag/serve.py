@@ -72,10 +72,18 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from coop_dag.kv_cache import (
+    DEFAULT_PREFIX_CACHE_TOKENS,
+    PrefixCache,
+    layer_slices,
+    left_pad_stack,
+    new_cache,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -98,6 +106,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 1024  # a request without max_tokens: at most this many (CPU-friendly)
+DEFAULT_MAX_BATCH = 8  # concurrent requests generated as one batch
+DEFAULT_BATCH_WINDOW = 0.025  # seconds a batch waits for company before it starts
 REASONING_PARSERS = ("qwen3",)
 TOOL_CHOICES = ("auto", "none")
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -437,22 +447,74 @@ class _CancelCriteria:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
 
 
-class _StopStringCriteria:
-    """Ends generation once the generated tail contains one of ``stops``."""
+@dataclass(eq=False)
+class _Job:
+    """One queued generation: a row of some batch."""
 
-    def __init__(self, tokenizer: Any, prompt_len: int, stops: Sequence[str]):
-        self.tokenizer = tokenizer
+    prompt: list[int]
+    adapter: _Adapter | None
+    params: SamplingParams
+    max_new: int
+    done: threading.Event = field(default_factory=threading.Event)
+    output: list[int] = field(default_factory=list)
+    logits: list[Any] | None = None
+    error: BaseException | None = None
+    seconds: float = 0.0
+
+    @property
+    def group(self) -> tuple:
+        """Rows of one batch share the adapter and the sampler; lengths and stops stay per
+        row. A seeded request runs alone, so its seed alone decides its sample."""
+        p = self.params
+        if p.seed is not None:
+            return ("seeded", id(self))
+        min_new = self.max_new if p.ignore_eos else min(p.min_tokens, self.max_new)
+        return (
+            self.adapter.peft_name if self.adapter else None,
+            p.greedy,
+            None if p.greedy else (p.temperature, p.top_p, p.top_k),
+            p.ignore_eos,
+            min_new,
+            p.logprobs,
+        )
+
+
+class _RowStops:
+    """Per-row end of a batched ``generate``: a row ends at a stop id (after its minimum),
+    at its own ``max_new`` or once its generated tail holds one of its stop strings.
+    ``ended[i]`` is the generated length at which row ``i`` ended (the rest is padding)."""
+
+    def __init__(self, engine: ChatEngine, jobs: Sequence[_Job], prompt_len: int, min_new: int):
+        self.tokenizer = engine.tokenizer
+        self.tok_lock = engine._tok_lock
+        self.stop_ids = set(engine.stop_ids)
+        self.jobs = list(jobs)
         self.prompt_len = prompt_len
-        self.stops = list(stops)
-        self.window = max(len(s) for s in stops) + 16
+        self.min_new = min_new
+        self.ended: list[int | None] = [None] * len(jobs)
+
+    def _stop_string(self, job: _Job, generated: list[int]) -> bool:
+        window = max(len(s) for s in job.params.stop) + 16
+        with self.tok_lock:
+            tail = self.tokenizer.decode(generated[-window:], skip_special_tokens=False)
+        return any(s in tail for s in job.params.stop)
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        generated = input_ids[0, self.prompt_len :].tolist()
-        tail = self.tokenizer.decode(generated[-self.window :], skip_special_tokens=False)
-        hit = any(s in tail for s in self.stops)
-        return torch.full((input_ids.shape[0],), hit, dtype=torch.bool)
+        n = input_ids.shape[1] - self.prompt_len
+        for i, job in enumerate(self.jobs):
+            if self.ended[i] is not None:
+                continue
+            last = int(input_ids[i, -1])
+            eos = not job.params.ignore_eos and last in self.stop_ids and n >= self.min_new
+            if eos or n >= job.max_new:
+                self.ended[i] = n
+            elif job.params.stop:
+                generated = input_ids[i, self.prompt_len :].tolist()
+                if self._stop_string(job, generated):
+                    self.ended[i] = n
+        return torch.tensor([e is not None for e in self.ended], dtype=torch.bool)
 
 
 def _same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -484,7 +546,12 @@ class ChatEngine:
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
         base_aliases: Iterable[str] = (),
         dtype: Any = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        batch_window: float = DEFAULT_BATCH_WINDOW,
+        prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS,
     ) -> None:
+        if max_batch < 1:
+            raise ServeError(f"max_batch must be >= 1, got {max_batch}")
         if reasoning_parser not in (None, "", *REASONING_PARSERS):
             raise ServeError(
                 f"unknown reasoning parser {reasoning_parser!r} (known: "
@@ -509,6 +576,12 @@ class ChatEngine:
         self._model_lock = threading.Lock()  # generation, adapter loads and unloads
         self._state_lock = threading.Lock()  # the adapter table (never held while generating)
         self._tok_lock = threading.Lock()  # fast tokenizers are not re-entrant
+        self.max_batch = max_batch
+        self.batch_window = batch_window
+        self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
+        self._queue: list[_Job] = []  # waiting generations, oldest first
+        self._cond = threading.Condition()  # the queue, the leader flag, finished jobs
+        self._leading = False  # a request thread is running batches
         self.cancel = threading.Event()
         self.ready = threading.Event()
         self.created = int(time.time())
@@ -729,6 +802,8 @@ class ChatEngine:
             self._peft_load(peft_name, path, name)
             if old is not None:  # in place: the new weights are in, the old ones go
                 self._peft_delete(old.peft_name)
+                if self.prefix_cache is not None:
+                    self.prefix_cache.clear(old.peft_name)
             with self._state_lock:
                 self._adapters[name] = _Adapter(name, path, peft_name, info.sha12, int(time.time()))
         logger.info("Loaded new LoRA adapter: name '%s', path '%s'", name, path)
@@ -753,6 +828,8 @@ class ChatEngine:
                     param="lora_name",
                 )
             self._peft_delete(adapter.peft_name)
+            if self.prefix_cache is not None:
+                self.prefix_cache.clear(adapter.peft_name)
         logger.info("Removed LoRA adapter: name '%s'", name)
         return f"Success: LoRA adapter '{name}' removed successfully."
 
@@ -855,47 +932,108 @@ class ChatEngine:
     def generate(
         self, prompt_ids: Sequence[int], adapter: _Adapter | None, params: SamplingParams
     ) -> Generation:
-        """Generate one sequence for ``prompt_ids`` with ``adapter`` (``None``: the base)."""
+        """Generate one sequence for ``prompt_ids`` with ``adapter`` (``None``: the base).
+
+        Concurrent requests that share the adapter and the sampler are generated as one
+        left-padded batch (up to ``max_batch`` rows): decoding a small model on a CPU is bound
+        by reading the weights, so a batch of rows costs little more than one row."""
         self._require_ready()
         prompt = [int(i) for i in prompt_ids]
-        max_new = self._max_new_tokens(len(prompt), params.max_tokens)
-        started = time.perf_counter()
-        with self._model_lock:
-            if self.cancel.is_set():
-                raise RequestError(503, "the server is shutting down")
-            if adapter is not None:
-                with self._state_lock:
-                    current = self._adapters.get(adapter.name)
-                if current is None or current.peft_name != adapter.peft_name:
-                    raise RequestError(
-                        404,
-                        f"The model `{adapter.name}` does not exist (it was unloaded).",
-                        err_type="NotFoundError",
-                        param="model",
-                    )
-            output, logits = self._run_generate(prompt, adapter, params, max_new)
-        elapsed = time.perf_counter() - started
-        if self.cancel.is_set():
-            raise RequestError(503, "the server is shutting down")
-        gen = self._finish(prompt, output, logits, params, max_new)
+        job = _Job(prompt, adapter, params, self._max_new_tokens(len(prompt), params.max_tokens))
+        self._await(job)
+        if job.error is not None:
+            raise job.error
+        gen = self._finish(prompt, job.output, job.logits, params, job.max_new)
         with self._state_lock:
             self.stats["requests"] += 1
             self.stats["generated_tokens"] += len(gen.output_ids)
-            self.stats["generation_seconds"] += elapsed
+            self.stats["generation_seconds"] += job.seconds
         return gen
 
-    def _run_generate(
-        self,
-        prompt: list[int],
-        adapter: _Adapter | None,
-        params: SamplingParams,
-        max_new: int,
-    ) -> tuple[list[int], list[Any] | None]:
-        """HF ``generate`` under the model lock: (generated ids, per-step raw logits)."""
+    # -- batching: the first waiting request leads, running batches until its own is done --
+    def _await(self, job: _Job) -> None:
+        with self._cond:
+            self._queue.append(job)
+            self._cond.notify_all()
+            while not job.done.is_set() and self._leading:
+                self._cond.wait()
+            if job.done.is_set():
+                return
+            self._leading = True
+        try:
+            while not job.done.is_set():
+                self._run_batch(self._take_batch())
+        finally:
+            with self._cond:
+                self._leading = False
+                self._cond.notify_all()
+
+    def _take_batch(self) -> list[_Job]:
+        """The oldest queued job and the queued jobs it can share a batch with, waiting up to
+        ``batch_window`` seconds for company."""
+        deadline = time.monotonic() + self.batch_window
+        with self._cond:
+            while True:
+                head = self._queue[0]
+                batch = [j for j in self._queue if j.group == head.group][: self.max_batch]
+                left = deadline - time.monotonic()
+                if len(batch) >= self.max_batch or left <= 0:
+                    break
+                self._cond.wait(left)
+            for job in batch:
+                self._queue.remove(job)
+        return batch
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        started = time.perf_counter()
+        try:
+            with self._model_lock:
+                if self.cancel.is_set():
+                    raise RequestError(503, "the server is shutting down")
+                live = [j for j in jobs if self._adapter_alive(j)]
+                if live:
+                    self._run_generate(live)
+        except BaseException as exc:  # every row of a failed batch fails with it
+            for job in jobs:
+                job.error = job.error or exc
+        if self.cancel.is_set():
+            for job in jobs:
+                job.error = job.error or RequestError(503, "the server is shutting down")
+        elapsed = time.perf_counter() - started
+        with self._cond:
+            for job in jobs:
+                job.seconds = elapsed
+                job.done.set()
+            self.stats["batches"] = self.stats.get("batches", 0) + 1
+            self.stats["max_batch_rows"] = max(self.stats.get("max_batch_rows", 0), len(jobs))
+            self._cond.notify_all()
+
+    def _adapter_alive(self, job: _Job) -> bool:
+        """False (with a 404 on the job) when its adapter was unloaded while it queued."""
+        if job.adapter is None:
+            return True
+        with self._state_lock:
+            current = self._adapters.get(job.adapter.name)
+        if current is not None and current.peft_name == job.adapter.peft_name:
+            return True
+        job.error = RequestError(
+            404,
+            f"The model `{job.adapter.name}` does not exist (it was unloaded).",
+            err_type="NotFoundError",
+            param="model",
+        )
+        return False
+
+    def _run_generate(self, jobs: list[_Job]) -> None:
+        """HF ``generate`` over left-padded rows, under the model lock; fills each job's
+        generated ids (up to and including the id that ended it) and raw logits."""
         import torch
         from transformers import GenerationConfig, StoppingCriteriaList
 
-        min_new = max_new if params.ignore_eos else min(params.min_tokens, max_new)
+        head = jobs[0]
+        params, adapter = head.params, head.adapter
+        max_new = max(j.max_new for j in jobs)
+        min_new = max_new if params.ignore_eos else min(params.min_tokens, head.max_new)
         cfg = GenerationConfig(
             max_new_tokens=max_new,
             min_new_tokens=min_new or None,
@@ -909,11 +1047,11 @@ class ChatEngine:
             return_dict_in_generate=True,
             output_logits=params.logprobs,
         )
-        criteria = StoppingCriteriaList([_CancelCriteria(self.cancel)])
-        if params.stop:
-            criteria.append(_StopStringCriteria(self.tokenizer, len(prompt), params.stop))
-        ids = torch.tensor([prompt], dtype=torch.long)
-        mask = torch.ones_like(ids)
+        width = max(len(j.prompt) for j in jobs)
+        ids = torch.tensor([[self.pad_id] * (width - len(j.prompt)) + j.prompt for j in jobs])
+        mask = torch.tensor([[0] * (width - len(j.prompt)) + [1] * len(j.prompt) for j in jobs])
+        rows = _RowStops(self, jobs, width, min_new)
+        criteria = StoppingCriteriaList([_CancelCriteria(self.cancel), rows])
         if params.seed is not None:
             torch.manual_seed(params.seed)
         if adapter is None and self._peft is not None:
@@ -924,16 +1062,59 @@ class ChatEngine:
             ctx, model = contextlib.nullcontext(), self._peft
         else:
             ctx, model = contextlib.nullcontext(), self.model
+        scope = adapter.peft_name if adapter else None
         with ctx, torch.inference_mode():
+            # Each row's prompt but its last id goes into the cache unpadded (reusing the
+            # longest cached prefix: an agent's next turn extends its last one); generate
+            # then runs only the last id of every row, so padding costs no prefill.
+            cache = self._prefill(model, scope, jobs, width)
             out = model.generate(
                 input_ids=ids,
                 attention_mask=mask,
+                past_key_values=cache,
                 generation_config=cfg,
                 stopping_criteria=criteria,
             )
-        generated = out.sequences[0, len(prompt) :].tolist()
-        logits = list(out.logits) if params.logprobs and out.logits is not None else None
-        return [int(i) for i in generated], logits
+        for i, job in enumerate(jobs):
+            generated = out.sequences[i, width:].tolist()
+            end = rows.ended[i] if rows.ended[i] is not None else len(generated)
+            job.output = [int(t) for t in generated[:end]]
+            if params.logprobs and out.logits is not None:
+                job.logits = [step[i : i + 1] for step in out.logits[:end]]
+        if self.prefix_cache is not None and out.past_key_values is not None:
+            for i, job in enumerate(jobs):
+                # the cache holds the prompt and every generated id but the last
+                seen = job.prompt + job.output[:-1]
+                start = width - len(job.prompt)
+                self.prefix_cache.store(
+                    scope, seen, layer_slices(out.past_key_values, i, start, start + len(seen))
+                )
+
+    def _prefill(self, model: Any, scope: str | None, jobs: list[_Job], width: int) -> Any:
+        """A batch cache of every row's prompt without its last id, left-padded to
+        ``width - 1`` (None when that is empty)."""
+        import torch
+
+        if width <= 1:
+            return None
+        per_row = []
+        for job in jobs:
+            target = job.prompt[:-1]
+            hit, layers = (0, None)
+            if self.prefix_cache is not None:
+                hit, layers = self.prefix_cache.lookup(scope, target)
+            cache = new_cache(model.config, layers)
+            if hit < len(target):
+                model(
+                    input_ids=torch.tensor([target[hit:]]),
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            self.stats["prefill_tokens"] = self.stats.get("prefill_tokens", 0) + len(target) - hit
+            self.stats["cached_tokens"] = self.stats.get("cached_tokens", 0) + hit
+            per_row.append(layer_slices(cache, 0, 0, len(target)) if target else None)
+        return new_cache(model.config, left_pad_stack(per_row, width - 1))
 
     def _finish(
         self,
@@ -1492,6 +1673,26 @@ def build_parser(prog: str = "coop-dag serve") -> argparse.ArgumentParser:
         "--ready-file",
         help="write {url, pid, port, base_model_id} as JSON here once ready (for supervisors)",
     )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        help="concurrent requests (same model and sampler) generated as one batch "
+        f"(default {DEFAULT_MAX_BATCH}; 1: one at a time)",
+    )
+    parser.add_argument(
+        "--batch-window",
+        type=float,
+        default=DEFAULT_BATCH_WINDOW,
+        help=f"seconds a batch waits for more requests (default {DEFAULT_BATCH_WINDOW})",
+    )
+    parser.add_argument(
+        "--prefix-cache-tokens",
+        type=int,
+        default=DEFAULT_PREFIX_CACHE_TOKENS,
+        help="keys/values of recent sequences kept so a prompt only runs past its longest "
+        f"cached prefix (default {DEFAULT_PREFIX_CACHE_TOKENS} positions; 0: off)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return parser
@@ -1528,6 +1729,9 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         max_model_len=args.max_model_len,
         default_max_tokens=args.default_max_tokens,
         base_aliases=args.accept_base,
+        max_batch=args.max_batch,
+        batch_window=args.batch_window,
+        prefix_cache_tokens=args.prefix_cache_tokens,
     )
     try:
         server.bind()

@@ -27,11 +27,18 @@ the same detached way. ``url`` also attaches to an embedded server someone start
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
 
-from coop_dag.profiles import SERVERS, ProfileError, resolve_profile
+from coop_dag.profiles import (
+    CLUSTER_VLLM_PYTHON,
+    SERVERS,
+    ProfileError,
+    ServerChoice,
+    resolve_profile,
+)
 from coop_dag.serving import (
     DEFAULT_PROBE_MAX_TOKENS,
     Endpoint,
@@ -42,6 +49,9 @@ from coop_dag.serving import (
     first_turn_probe,
     stop_server,
 )
+
+if TYPE_CHECKING:
+    from coop_dag.verl import Command
 
 DEFAULT_EMBEDDED_PORT = 8100  # not 8000: the vllm-native teacher variant expects vLLM there
 
@@ -82,6 +92,11 @@ class ServingResource(dg.ConfigurableResource):
         "core). 1 by default: on a small shared CPU box the server competes with the run "
         "and its sandboxes, and oversubscribed OpenMP threads made decoding ~25x slower",
     )
+    max_batch: int = Field(
+        default=0,
+        description="embedded: concurrent requests generated as one batch (0: the server's "
+        "default, 8); the rollouts' agents share the batch",
+    )
     vllm_python: str = Field(default="", description="launch vllm serve from this python")
     vllm_image: str = Field(default="", description="launch vllm serve from this image")
     max_lora_rank: int = Field(default=64, description="vLLM --max-lora-rank when launching")
@@ -92,6 +107,24 @@ class ServingResource(dg.ConfigurableResource):
         if kind not in SERVERS:
             raise ProfileError(f"ServingResource.kind={kind!r}: expected one of {SERVERS}")
         return kind
+
+    def server_choice(self) -> ServerChoice:
+        """The server and how to reach it: fields set here beat the profile's. ``url`` with
+        ``kind="embedded"`` attaches to an embedded server (mode stays ``embedded``)."""
+        kind = self.server_kind()
+        explicit = [v for v in (self.url, self.vllm_python, self.vllm_image) if v]
+        if len(explicit) > 1:
+            raise ProfileError("ServingResource: set one of url, vllm_python, vllm_image")
+        if kind == "embedded":
+            return ServerChoice("embedded", self.url or None)
+        if explicit:
+            return ServerChoice(
+                "vllm", self.url or None, self.vllm_python or None, self.vllm_image or None
+            )
+        profile = resolve_profile().server
+        if profile.kind == "vllm":
+            return profile
+        return ServerChoice("vllm", vllm_python=CLUSTER_VLLM_PYTHON)
 
     def state_root(self) -> Path:
         if self.state_dir:
@@ -108,10 +141,11 @@ class ServingResource(dg.ConfigurableResource):
         from coop_dag.students import get_student
         from coop_dag.vllm import VllmEngine, VllmError
 
-        kind = self.server_kind()
+        choice = self.server_choice()
+        kind = choice.kind
         resolved = get_student(student)
         expect = [resolved.name, student, str(resolved.model_dir)]
-        url = self.url or (resolve_profile().server.url if kind == "vllm" else None)
+        url = choice.url
         if url:
             engine = VllmEngine(url)
             try:
@@ -128,6 +162,8 @@ class ServingResource(dg.ConfigurableResource):
                 extra += ["--threads", str(self.threads)]
             if self.default_max_tokens:
                 extra += ["--default-max-tokens", str(self.default_max_tokens)]
+            if self.max_batch:
+                extra += ["--max-batch", str(self.max_batch)]
             return ensure_embedded_server(
                 student,
                 host=self.host,
@@ -139,29 +175,32 @@ class ServingResource(dg.ConfigurableResource):
             )
         return self._ensure_vllm(resolved, expect, log)
 
-    def _ensure_vllm(self, student, expect: list[str], log) -> Endpoint:
+    def vllm_command(self, model: str, *, served_model_name: str | None = None) -> Command:
+        """The ``vllm serve`` process this resource launches for ``model`` (vLLM's own python,
+        or its image with the adapters directory mounted at the same path)."""
         from coop_dag.vllm import VllmLauncher, VllmServeConfig, lora_rank_slot, serve_command
 
-        profile = resolve_profile()
-        python = self.vllm_python or None
-        image = self.vllm_image or None
-        if not (python or image):
-            python, image = profile.server.vllm_python, profile.server.vllm_image
-        adapters = str(profile.adapters_dir.resolve())
+        choice = self.server_choice()
+        if choice.mode not in ("python", "container"):
+            raise ProfileError(f"ServingResource.vllm_command(): server mode is {choice.mode}")
+        adapters = str(resolve_profile().adapters_dir.resolve())
         launcher = VllmLauncher(
-            python=python,
-            image=image,
-            mounts=((adapters, adapters, "ro"),) if image else (),
+            python=choice.vllm_python,
+            image=choice.vllm_image,
+            mounts=((adapters, adapters, "ro"),) if choice.vllm_image else (),
         )
         config = VllmServeConfig(
-            model=str(student.model_dir),
+            model=model,
             host=self.host,
             port=self.port,
-            served_model_name=student.name,
+            served_model_name=served_model_name,
             max_lora_rank=lora_rank_slot(self.max_lora_rank),
             reasoning_parser=self.reasoning_parser or None,
         )
-        command = serve_command(config, launcher)
+        return serve_command(config, launcher)
+
+    def _ensure_vllm(self, student, expect: list[str], log) -> Endpoint:
+        command = self.vllm_command(str(student.model_dir), served_model_name=student.name)
         return ensure_server(
             list(command.argv),
             host=self.host,

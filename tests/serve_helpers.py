@@ -120,3 +120,15 @@ def unload_all(srv) -> None:
             srv.engine.unload_adapter(a.name)
         except Exception:
             pass
+
+
+def ignore_adapters(monkeypatch, engine) -> None:
+    """Simulate a server whose adapter swap is a no-op: every row generates with the base."""
+    real = engine._run_generate
+
+    def base_only(jobs):
+        for job in jobs:
+            job.adapter = None
+        return real(jobs)
+
+    monkeypatch.setattr(engine, "_run_generate", base_only)

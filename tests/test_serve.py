@@ -119,8 +119,9 @@ def inject(monkeypatch, server, text: str):
     tok = H.tokenizer()
     ids = tok(text, add_special_tokens=False)["input_ids"] + [server.engine.student.eot_id]
 
-    def fake(prompt, adapter, params, max_new):
-        return list(ids), None
+    def fake(jobs):
+        for job in jobs:
+            job.output = list(ids)
 
     monkeypatch.setattr(server.engine, "_run_generate", fake)
     return ids

@@ -128,10 +128,7 @@ def test_probe_catches_a_server_that_keeps_the_old_weights(server, adapters, mon
 
 
 def test_probe_catches_an_adapter_that_is_not_applied(server, adapters, monkeypatch):
-    real = server.engine._run_generate
-    monkeypatch.setattr(
-        server.engine, "_run_generate", lambda p, a, params, m: real(p, None, params, m)
-    )
+    H.ignore_adapters(monkeypatch, server.engine)
     with pytest.raises(SwapVerificationError, match="exactly like the base model") as err:
         serve_adapter(server.url, adapters["A"], probe=PROBE)
     assert "identical log-probabilities" in str(err.value)
@@ -241,10 +238,7 @@ def test_served_adapter_asset(server, adapters, tmp_path, monkeypatch):
 
     # a server that does not apply adapters: the blocking check fails, with the evidence
     H.unload_all(server)
-    real = server.engine._run_generate
-    monkeypatch.setattr(
-        server.engine, "_run_generate", lambda p, a, params, m: real(p, None, params, m)
-    )
+    H.ignore_adapters(monkeypatch, server.engine)
     result = dg.materialize(
         [lora_checkpoint, served_adapter],
         partition_key="templated",
