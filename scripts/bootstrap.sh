@@ -7,11 +7,12 @@ VENV=${COOP_DAG_VENV:-.venv}
 PY=${PYTHON:-python3.11}
 export HF_HUB_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True
 
-# bubblewrap sandboxes agent commands; git builds checkouts and patches.
+# bubblewrap sandboxes agent commands; git builds checkouts and patches; chromium (headless)
+# renders the Dagster UI in tests/test_ui.py.
 need_apt=()
 command -v bwrap >/dev/null || need_apt+=(bubblewrap)
 command -v git >/dev/null || need_apt+=(git)
-if [ "${COOP_DAG_UI_TESTS:-0}" = 1 ] && ! command -v chromium >/dev/null; then need_apt+=(chromium); fi
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "bootstrap: installing ${need_apt[*]}" >&2

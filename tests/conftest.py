@@ -13,3 +13,13 @@ def redis_url():
     Tests share it: namespace keys with a unique run prefix (`messaging.new_run_prefix()`)."""
     with EmbeddedRedis() as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def dagster_dev(tmp_path_factory):
+    """Port of one `dagster dev -w workspace.yaml` per session (tmp DAGSTER_HOME), started on
+    first use and stopped, by its process group, at the end of the session."""
+    from dagster_dev_helpers import running_dagster_dev
+
+    with running_dagster_dev(tmp_path_factory.mktemp("dagster_home")) as port:
+        yield port
