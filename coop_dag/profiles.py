@@ -1,9 +1,9 @@
 """One switch for where things run: ``COOP_DAG_PROFILE=embedded|cluster``.
 
 The profile picks an engine for every concern; individual environment variables override
-single choices. Resources (`resources/engines.py`, `resources/rollout.py`) read their
-defaults from here, so the same asset graph runs on a laptop or a GPU cluster by changing
-the environment, not code.
+single choices. Resources (`resources/training.py`, `resources/serving.py`,
+`resources/rollout.py`) read their defaults from here, so the same asset graph runs on a
+laptop or a GPU cluster by changing the environment, not code.
 
 | concern | embedded (default) | cluster | override |
 |---|---|---|---|

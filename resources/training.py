@@ -1,15 +1,30 @@
-"""Where the embedded trainer works and where finished adapters land, and the probe's size."""
+"""Where LoRA training runs, where finished adapters land, and the probe's size."""
+
+from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
+from pydantic import Field
 
-from coop_dag.profiles import resolve_profile
+from coop_dag import REPO_ROOT
+from coop_dag.profiles import (
+    CLUSTER_VERL_PYTHON,
+    TRAINERS,
+    ProfileError,
+    TrainerChoice,
+    resolve_profile,
+)
+
+if TYPE_CHECKING:
+    from coop_dag.verl import VerlLauncher
 
 
 class TrainingResource(dg.ConfigurableResource):
-    """Embedded CPU LoRA training settings.
+    """LoRA training settings. Empty fields come from the profile (``COOP_DAG_PROFILE`` and
+    the ``COOP_DAG_*`` overrides), read when a run uses the resource.
 
     - ``adapters_dir``: finished adapters, ``<adapters_dir>/<variant>/student-<sha12>/``
       (empty: ``$COOP_DAG_ADAPTERS_DIR`` or ``<repo>/runs/adapters``); the directory the
@@ -22,6 +37,10 @@ class TrainingResource(dg.ConfigurableResource):
       ``probe_batch_size`` prompts per left-padded generate call (8: ~2x faster on CPU than
       one by one, same hits on the measured adapter; 1: exact greedy per prompt).
     - ``threads``: torch threads (0: the cores no other process is using).
+    - the trainer: ``kind`` (embedded | verl), for verl ``verl_python`` or ``verl_image`` and
+      ``nproc``; `trainer_choice()` resolves them against the profile and `verl_launcher()`
+      builds the `coop_dag.verl.VerlLauncher` that `coop_dag.verl.run_verl` runs.
+      ``lora_checkpoint`` itself trains with the embedded CPU trainer.
     """
 
     adapters_dir: str = ""
@@ -32,6 +51,18 @@ class TrainingResource(dg.ConfigurableResource):
     probe_max_new_tokens: int = 160
     probe_batch_size: int = 8
     threads: int = 0
+    kind: str = Field(default="", description="embedded | verl; empty: the profile's")
+    verl_python: str = Field(default="", description="python of verl's own environment")
+    verl_image: str = Field(default="", description="container image with verl")
+    nproc: int = Field(default=0, description="GPUs per verl run (torchrun); 0: the profile's")
+    container_python: str = Field(
+        default="python", description="python inside verl_image (runs the model merger)"
+    )
+    container_torchrun: str = Field(default="torchrun", description="torchrun inside verl_image")
+    project_on_pythonpath: bool = Field(
+        default=True,
+        description="put this source checkout on verl's PYTHONPATH (pkg://coop_dag...)",
+    )
 
     @property
     def adapters_root(self) -> Path:
@@ -47,3 +78,39 @@ class TrainingResource(dg.ConfigurableResource):
 
     def run_root(self, variant: str) -> Path:
         return self.work_root / variant
+
+    # -- the trainer --------------------------------------------------------------------
+    def trainer_choice(self) -> TrainerChoice:
+        """The trainer: fields set here beat the profile's."""
+        profile = resolve_profile()
+        kind = self.kind or profile.trainer.kind
+        if kind not in TRAINERS:
+            raise ProfileError(f"TrainingResource.kind={kind!r}: expected one of {TRAINERS}")
+        nproc = self.nproc or profile.trainer.nproc
+        if kind == "embedded":
+            return TrainerChoice("embedded", nproc=nproc)
+        if self.verl_python and self.verl_image:
+            raise ProfileError("TrainingResource: set verl_python or verl_image, not both")
+        python, image = self.verl_python or None, self.verl_image or None
+        if not (python or image):
+            if profile.trainer.kind == "verl":
+                python, image = profile.trainer.verl_python, profile.trainer.verl_image
+            else:
+                python = CLUSTER_VERL_PYTHON
+        return TrainerChoice("verl", python, image, nproc)
+
+    def verl_launcher(self) -> VerlLauncher:
+        """Where verl runs (its python, or its image); an error when the trainer is not verl."""
+        from coop_dag.verl import VerlLauncher
+
+        choice = self.trainer_choice()
+        if choice.kind != "verl":
+            raise ProfileError("TrainingResource.verl_launcher(): the trainer is not verl")
+        on_path = self.project_on_pythonpath and (REPO_ROOT / "pyproject.toml").is_file()
+        return VerlLauncher(
+            python=choice.verl_python,
+            image=choice.verl_image,
+            container_python=self.container_python,
+            container_torchrun=self.container_torchrun,
+            pythonpath=(str(REPO_ROOT),) if on_path else (),
+        )

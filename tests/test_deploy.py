@@ -6,7 +6,7 @@
   name only the images and commands the project defines (commands are parsed by the real
   click CLIs of dagster / dagster-webserver / dagster-daemon);
 - the cluster profile resolves every engine to its cluster choice, the default to the
-  embedded one, and the resources built from them;
+  embedded one, and the registered resources (TrainingResource, ServingResource) follow it;
 - the Docker sandbox commands a cluster run issues, asserted in full.
 """
 
@@ -36,8 +36,8 @@ from coop_dag.profiles import (
 )
 from coop_dag.sandbox import docker_exec_argv, docker_run_argv, image_for
 from coop_dag.verl import VerlLauncher
-from coop_dag.vllm import VllmEngine, VllmServer
-from resources.engines import ServerResource, TrainerResource
+from resources.serving import ServingResource
+from resources.training import TrainingResource
 
 DEPLOY = REPO_ROOT / "deploy"
 SRC_IN_IMAGE = "/opt/coop-dag/src"  # both Dockerfiles COPY the repository here
@@ -440,60 +440,82 @@ def test_bad_profile_values(env, needle):
 
 
 def test_resources_default_to_embedded(clean_env):
-    assert TrainerResource().build() == TrainerChoice("embedded")
-    assert ServerResource().build("any") == ServerChoice("embedded")
-    assert TrainerResource().adapters_root() == REPO_ROOT / "runs" / "adapters"
+    assert TrainingResource().trainer_choice() == TrainerChoice("embedded")
+    assert ServingResource().server_choice() == ServerChoice("embedded")
+    assert TrainingResource().adapters_root == REPO_ROOT / "runs" / "adapters"
+    with pytest.raises(ProfileError, match="not verl"):
+        TrainingResource().verl_launcher()
+    with pytest.raises(ProfileError, match="server mode is embedded"):
+        ServingResource().vllm_command("any")
 
 
-def test_resources_resolve_to_cluster_engines(clean_env):
+def test_resources_resolve_to_cluster_choices(clean_env):
     clean_env.setenv("COOP_DAG_PROFILE", "cluster")
-    launcher = TrainerResource().build()
+    assert TrainingResource().trainer_choice() == TrainerChoice("verl", CLUSTER_VERL_PYTHON)
+    launcher = TrainingResource().verl_launcher()
     assert isinstance(launcher, VerlLauncher)
     assert launcher.python == CLUSTER_VERL_PYTHON and launcher.image is None
     assert launcher.pythonpath == (str(REPO_ROOT),)  # pkg://coop_dag.tito_dataset imports
-    server = ServerResource().build("Qwen/Qwen3-4B", adapter_rank=48)
-    assert isinstance(server, VllmServer)
-    assert server.command.argv == (
+    assert TrainingResource(project_on_pythonpath=False).verl_launcher().pythonpath == ()
+    serving = ServingResource(port=8000)
+    assert serving.server_choice() == ServerChoice("vllm", vllm_python=CLUSTER_VLLM_PYTHON)
+    command = serving.vllm_command("Qwen/Qwen3-4B")
+    assert command.argv == (
         CLUSTER_VLLM_PYTHON, "-m", "vllm.entrypoints.cli.main", "serve", "Qwen/Qwen3-4B",
         "--host", "127.0.0.1", "--port", "8000",
         "--enable-lora", "--max-lora-rank", "64", "--max-loras", "4",
         "--enable-auto-tool-choice", "--tool-call-parser", "qwen3_coder",
     )  # fmt: skip
-    assert server.command.env == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
-    assert TrainerResource().adapters_root() == Path("/data/adapters")
+    assert command.env == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    # the rank slot: vLLM only takes certain --max-lora-rank values
+    ranked = ServingResource(max_lora_rank=48).vllm_command("m", served_model_name="s")
+    assert ranked.argv[ranked.argv.index("--max-lora-rank") + 1] == "64"
+    assert ranked.argv[ranked.argv.index("--served-model-name") + 1] == "s"
+    assert TrainingResource().adapters_root == Path("/data/adapters")
 
     clean_env.setenv("COOP_DAG_VLLM_URL", "http://vllm:8000/v1")
-    engine = ServerResource().build()
-    assert isinstance(engine, VllmEngine) and engine.url == "http://vllm:8000"
+    attach = ServingResource().server_choice()
+    assert attach == ServerChoice("vllm", "http://vllm:8000/v1") and attach.mode == "attach"
+    with pytest.raises(ProfileError, match="server mode is attach"):
+        ServingResource().vllm_command("m")
 
     clean_env.setenv("COOP_DAG_VERL_IMAGE", "verlai/verl:x")
-    in_image = TrainerResource(container_python="/opt/verl-env/bin/python").build()
+    clean_env.setenv("COOP_DAG_VERL_NPROC", "8")
+    assert TrainingResource().trainer_choice() == TrainerChoice("verl", None, "verlai/verl:x", 8)
+    in_image = TrainingResource(container_python="/opt/verl-env/bin/python").verl_launcher()
     assert in_image.image == "verlai/verl:x" and in_image.python is None
     assert in_image.container_python == "/opt/verl-env/bin/python"
 
 
 def test_resource_fields_beat_the_profile(clean_env, tmp_path):
     clean_env.setenv("COOP_DAG_PROFILE", "cluster")
-    assert TrainerResource(kind="embedded").build() == TrainerChoice("embedded")
-    assert TrainerResource(verl_python="/venvs/verl/bin/python", nproc=4).choice() == (
+    clean_env.setenv("COOP_DAG_VLLM_URL", "http://vllm:8000")
+    clean_env.setenv("COOP_DAG_ADAPTERS_DIR", str(tmp_path))
+    assert TrainingResource(kind="embedded").trainer_choice() == TrainerChoice("embedded")
+    assert TrainingResource(verl_python="/venvs/verl/bin/python", nproc=4).trainer_choice() == (
         TrainerChoice("verl", "/venvs/verl/bin/python", None, 4)
     )
-    launched = ServerResource(
-        vllm_image="vllm/vllm-openai:v0.19.1", port=8123, adapters_dir=str(tmp_path)
-    ).build("/models/q", adapter_rank=16)
-    argv = launched.command.argv
+    assert ServingResource(kind="embedded").server_choice() == ServerChoice("embedded")
+    # a launch field set on the resource wins over the profile's URL
+    launching = ServingResource(vllm_image="vllm/vllm-openai:v0.19.1", port=8123, max_lora_rank=16)
+    assert launching.server_choice().mode == "container"
+    argv = launching.vllm_command("/models/q").argv
     assert argv[:2] == ("docker", "run") and "vllm/vllm-openai:v0.19.1" in argv
     assert f"{tmp_path}:{tmp_path}:ro" in argv  # adapters visible at the same path
     assert "127.0.0.1:8123:8123" in argv
     assert argv[argv.index("--max-lora-rank") + 1] == "16"
     with pytest.raises(ProfileError, match="not both"):
-        TrainerResource(verl_python="p", verl_image="i").build()
+        TrainingResource(verl_python="p", verl_image="i").trainer_choice()
+    with pytest.raises(ProfileError, match="not both"):
+        TrainingResource(verl_python="p", verl_image="i").verl_launcher()
     with pytest.raises(ProfileError, match="set one of"):
-        ServerResource(url="http://x:1", vllm_python="p").build("m")
-    with pytest.raises(ProfileError, match="needs a model"):
-        ServerResource().build()
+        ServingResource(url="http://x:1", vllm_python="p").server_choice()
+    with pytest.raises(ProfileError, match="set one of"):
+        ServingResource(vllm_python="p", vllm_image="i").vllm_command("m")
     with pytest.raises(ProfileError, match="expected one of"):
-        ServerResource(kind="tgi").build("m")
+        ServingResource(kind="tgi").server_choice()
+    with pytest.raises(ProfileError, match="expected one of"):
+        TrainingResource(kind="trl").trainer_choice()
 
 
 def test_resources_work_inside_dagster(clean_env):
@@ -501,13 +523,13 @@ def test_resources_work_inside_dagster(clean_env):
     clean_env.setenv("COOP_DAG_VLLM_URL", "http://vllm:8000")
 
     @dg.asset
-    def engines(trainer: TrainerResource, server: ServerResource) -> dict:
-        return {"trainer": trainer.choice().launch, "server": server.choice().mode}
+    def choices(training: TrainingResource, serving: ServingResource) -> dict:
+        return {"trainer": training.trainer_choice().launch, "server": serving.server_choice().mode}
 
     result = dg.materialize(
-        [engines], resources={"trainer": TrainerResource(), "server": ServerResource()}
+        [choices], resources={"training": TrainingResource(), "serving": ServingResource()}
     )
-    assert result.output_for_node("engines") == {"trainer": "python", "server": "attach"}
+    assert result.output_for_node("choices") == {"trainer": "python", "server": "attach"}
 
 
 # --------------------------------------------------------------------------- docker sandbox
