@@ -12,6 +12,8 @@ only what is missing; pairs recorded as Error are re-run.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -74,6 +76,23 @@ def pair_is_complete(run_dir: Path, pair: Pair) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def pair_lock(run_dir: Path, pair: Pair):
+    """Exclusive lock on one pair of a run directory, across processes (released by the kernel
+    if the holder dies). Runs sharing a run directory -- e.g. the base-student rollouts of two
+    variants with the same student, backfilled in parallel -- take turns on a pair instead of
+    deleting each other's staging directory."""
+    # <run>/.locks/coop/<repo>/<task>/f<a>_f<b>.lock: beside coop/, outside CooperBench's layout
+    lock = pair_dir(Path(run_dir) / ".locks", pair).with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
@@ -97,7 +116,9 @@ def run_pair(
     settings: EpisodeSettings,
     make_sandbox: SandboxFactory = local_sandbox,
 ) -> dict:
-    """Run one pair to completion and write its logs; returns result.json's content."""
+    """Run one pair to completion and write its logs; returns result.json's content. Processes
+    sharing `settings.run_dir` must hold :func:`pair_lock` (run_pairs does): this removes any
+    earlier attempt's staging directory."""
     final = pair_dir(settings.run_dir, pair)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f".{final.name}.*"):  # a killed earlier attempt's staging
@@ -234,7 +255,10 @@ def run_pairs(
         if stop.is_set():
             return None  # the run was aborted: this pair is not started
         try:
-            return run_pair(pair, make_model, client, settings, make_sandbox)
+            with pair_lock(settings.run_dir, pair):
+                if pair_is_complete(settings.run_dir, pair):
+                    return None  # another process finished it while this one waited
+                return run_pair(pair, make_model, client, settings, make_sandbox)
         except BaseException:  # KeyboardInterrupt, SystemExit: stop starting pairs
             stop.set()
             raise

@@ -166,19 +166,24 @@ class LineageStore:
             ).fetchone()
         return _row(row) if row else None
 
-    def find(self, asset: str, data_version: str) -> dict | None:
+    def find(self, asset: str, data_version: str, variant: str | None = None) -> dict | None:
+        """The latest record of `asset` with `data_version`, preferring `variant`'s: content
+        versions can coincide across variants (two students scoring the same on the same
+        pairs), and a variant's chain must not wander into another variant's."""
         with self.connect() as con:
             row = con.execute(
                 "SELECT asset, variant, data_version, upstream, facts, run_id, code_version, "
                 "recorded_at FROM materialisations WHERE asset = ? AND data_version = ? "
-                "ORDER BY recorded_at DESC LIMIT 1",
-                [asset, data_version],
+                "ORDER BY (variant IS NOT DISTINCT FROM ?) DESC, recorded_at DESC LIMIT 1",
+                [asset, data_version, variant],
             ).fetchone()
         return _row(row) if row else None
 
     def chain(self, asset: str, variant: str | None, data_version: str | None = None) -> list[dict]:
         """The materialisation behind (asset, variant) and, recursively, everything it read."""
-        start = self.find(asset, data_version) if data_version else self.latest(asset, variant)
+        start = (
+            self.find(asset, data_version, variant) if data_version else self.latest(asset, variant)
+        )
         if start is None:
             raise LineageError(f"no lineage recorded for {asset} (variant {variant})")
         out, todo, seen = [], [start], set()
@@ -190,7 +195,7 @@ class LineageStore:
             seen.add(key)
             out.append(node)
             for up_asset, up_version in node["upstream"].items():
-                found = self.find(up_asset, up_version)
+                found = self.find(up_asset, up_version, node["variant"])
                 if found:
                     todo.append(found)
         return out

@@ -1,8 +1,14 @@
-"""Variants: named teacher x student x data-recipe combinations from `configs/variants.yaml`."""
+"""Variants: named teacher x student x data-recipe combinations from `configs/variants.yaml`.
+
+``COOP_DAG_VARIANTS`` (a path; empty counts as unset) points the code location at another
+variants file -- a test's fixture, a researcher's own sweep. The partitions are built from it
+when the code location is imported, so set it before `dagster dev` / the run starts.
+"""
 
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,8 +17,18 @@ import yaml
 
 from coop_dag import CONFIG_DIR
 
-VARIANTS_FILE = CONFIG_DIR / "variants.yaml"
+VARIANTS_ENV = "COOP_DAG_VARIANTS"
+DEFAULT_VARIANTS_FILE = CONFIG_DIR / "variants.yaml"
 TEACHER_KINDS = ("templated", "litellm", "openai_compatible")
+
+
+def variants_file() -> Path:
+    """The variants file in use: ``$COOP_DAG_VARIANTS``, else ``configs/variants.yaml``."""
+    value = os.environ.get(VARIANTS_ENV, "").strip()
+    return Path(value) if value else DEFAULT_VARIANTS_FILE
+
+
+VARIANTS_FILE = variants_file()  # as of import (what assets/partitions.py was built from)
 
 
 class VariantError(ValueError):
@@ -82,10 +98,23 @@ def _build(name: str, spec: dict, source: Path) -> Variant:
         raise VariantError(f"{where}: missing field {err}") from None
 
 
-def load_variants(path: Path | str = VARIANTS_FILE) -> dict[str, Variant]:
-    path = Path(path)
-    if not path.is_file():
-        raise VariantError(f"variants file not found: {path}")
+def _existing(path: Path | str | None) -> Path:
+    """`path`, or the file in use; a missing file is a VariantError naming it (and the
+    environment variable when that is where it came from)."""
+    resolved = variants_file() if path is None else Path(path)
+    if not resolved.is_file():
+        via = (
+            f" (set by ${VARIANTS_ENV})"
+            if path is None and resolved != DEFAULT_VARIANTS_FILE
+            else ""
+        )
+        raise VariantError(f"variants file not found: {resolved}{via}")
+    return resolved
+
+
+def load_variants(path: Path | str | None = None) -> dict[str, Variant]:
+    """Every variant of `path` (default: :func:`variants_file`), defaults merged in."""
+    path = _existing(path)
     try:
         doc = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -99,12 +128,14 @@ def load_variants(path: Path | str = VARIANTS_FILE) -> dict[str, Variant]:
     }
 
 
-def default_variant_name(path: Path | str = VARIANTS_FILE) -> str:
-    doc = yaml.safe_load(Path(path).read_text()) or {}
+def default_variant_name(path: Path | str | None = None) -> str:
+    path = _existing(path)
+    doc = yaml.safe_load(path.read_text()) or {}
     return doc.get("default_variant") or next(iter(doc["variants"]))
 
 
-def get_variant(name: str, path: Path | str = VARIANTS_FILE) -> Variant:
+def get_variant(name: str, path: Path | str | None = None) -> Variant:
+    path = _existing(path)
     variants = load_variants(path)
     if name not in variants:
         raise VariantError(

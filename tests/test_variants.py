@@ -1,6 +1,15 @@
+import re
+
 import pytest
 
-from coop_dag.variants import VariantError, default_variant_name, get_variant, load_variants
+from coop_dag.variants import (
+    DEFAULT_VARIANTS_FILE,
+    VariantError,
+    default_variant_name,
+    get_variant,
+    load_variants,
+    variants_file,
+)
 
 
 def test_shipped_variants_load_with_defaults_merged():
@@ -47,3 +56,22 @@ def test_bad_upweight_and_missing_file(tmp_path):
         load_variants(path)
     with pytest.raises(VariantError, match="not found"):
         load_variants(tmp_path / "missing.yaml")
+
+
+def test_variants_file_comes_from_the_environment(tmp_path, monkeypatch):
+    path = _write(
+        tmp_path, "variants:\n  only:\n    student: tiny-qwen3\n    teacher: {kind: templated}\n"
+    )
+    monkeypatch.setenv("COOP_DAG_VARIANTS", str(path))
+    assert variants_file() == path
+    assert list(load_variants()) == ["only"]
+    assert default_variant_name() == "only"
+    assert get_variant("only").student == "tiny-qwen3"
+    monkeypatch.setenv("COOP_DAG_VARIANTS", "")  # empty counts as unset
+    assert variants_file() == DEFAULT_VARIANTS_FILE
+    missing = tmp_path / "nope" / "variants.yaml"
+    monkeypatch.setenv("COOP_DAG_VARIANTS", str(missing))
+    with pytest.raises(VariantError, match=rf"not found: {re.escape(str(missing))}.*COOP_DAG_VARI"):
+        load_variants()
+    with pytest.raises(VariantError, match=re.escape(str(missing))):
+        default_variant_name()
