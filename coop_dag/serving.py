@@ -369,6 +369,20 @@ def _same(a: str | None, b: str) -> bool:
     return a is not None and os.fspath(a).rstrip("/") == b.rstrip("/")
 
 
+def _serves_same(loaded_root: str | None, path: str) -> bool:
+    """The served copy is ``path``, or a byte-identical copy of its weights and config (two
+    variants that trained the same adapter): serving it is no re-point."""
+    if _same(loaded_root, path):
+        return True
+    if loaded_root is None:
+        return False
+    for leaf in ("adapter_model.safetensors", "adapter_config.json"):
+        a, b = Path(loaded_root) / leaf, Path(path) / leaf
+        if not (a.is_file() and b.is_file() and a.read_bytes() == b.read_bytes()):
+            return False
+    return True
+
+
 def serve_adapter(
     engine: VllmEngine | str,
     adapter_dir: str | os.PathLike,
@@ -418,14 +432,14 @@ def serve_adapter(
 
     reused = False
     if name in loaded:
-        if not _same(loaded[name], path):
+        if not _serves_same(loaded[name], path):
             raise AdapterNameConflict(
-                f"{name} is already loaded on {eng.url} from {loaded[name]!r}, not {path!r}; "
-                "a served name is never re-pointed (the seed's silent no-op). Unload it "
-                "first if the old dir is gone."
+                f"{name} is already loaded on {eng.url} from {loaded[name]!r}, not {path!r}, "
+                "and their weights or configs differ; a served name is never re-pointed (the "
+                "seed's silent no-op). Unload it first if the old dir is gone."
             )
         reused = True
-        say(f"{name} is already served from {path}; reusing it")
+        say(f"{name} is already served from {loaded[name]} (same files as {path}); reusing it")
     else:
         try:
             eng.load_adapter(name, path)  # refuses loaded names, confirms root == path
@@ -440,7 +454,7 @@ def serve_adapter(
     warnings: list[str] = []
     if card is None:
         problems.append(f"/v1/models does not list {name} after loading it")
-    elif not _same(card.get("root"), path):
+    elif not _serves_same(card.get("root"), path):
         problems.append(f"/v1/models maps {name} to {card.get('root')!r}, not {path!r}")
     elif card.get("parent") not in (None, base):
         warnings.append(f"/v1/models gives {name} the parent {card.get('parent')!r}, not {base!r}")
@@ -526,7 +540,7 @@ def ensure_loaded(engine: VllmEngine | str, name: str, path: str | os.PathLike) 
     except VllmError as exc:
         raise ServingError(str(exc)) from None
     if name in loaded:
-        if not _same(loaded[name], target):
+        if not _serves_same(loaded[name], target):
             raise AdapterNameConflict(
                 f"{name} is served from {loaded[name]!r} on {eng.url}, not {target!r}"
             )

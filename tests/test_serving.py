@@ -4,6 +4,7 @@ embedded server, the serving resource, and the `served_adapter` asset via materi
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import sys
 import time
@@ -93,14 +94,25 @@ def test_serve_verify_swap_and_unload_older(server, adapters):
         serve_adapter(server.url, adapters["A"], probe=PROBE, expected_name="student-xxxx")
 
 
-def test_a_content_name_is_never_repointed(server, adapters):
+def test_a_content_name_is_never_repointed(server, adapters, tmp_path):
     name = adapter_name(adapters["A"])
     assert adapter_name(adapters["A_copy"]) == name  # same weights, same name
+    # a byte-identical copy (two variants that trained the same adapter) is served as is
     VllmEngine(server.url).load_adapter(name, adapters["A_copy"])
+    again = serve_adapter(server.url, adapters["A"], probe=PROBE)
+    assert again.reused and again.verified
+    assert ensure_loaded(server.url, name, adapters["A"]) is False
+    # same weights under another config (alpha doubled) would be a silent re-point: refused
+    other = tmp_path / "A_alpha"
+    shutil.copytree(adapters["A"], other)
+    cfg = json.loads((other / "adapter_config.json").read_text())
+    cfg["lora_alpha"] = 2 * cfg["lora_alpha"]
+    (other / "adapter_config.json").write_text(json.dumps(cfg))
+    assert adapter_name(other) == name
     with pytest.raises(AdapterNameConflict, match="never re-pointed"):
-        serve_adapter(server.url, adapters["A"], probe=PROBE)
+        serve_adapter(server.url, other, probe=PROBE)
     with pytest.raises(AdapterNameConflict):
-        ensure_loaded(server.url, name, adapters["A"])
+        ensure_loaded(server.url, name, other)
     assert ensure_loaded(server.url, name, adapters["A_copy"]) is False
     H.unload_all(server)
     assert ensure_loaded(server.url, name, adapters["A"]) is True  # after a restart

@@ -24,6 +24,23 @@ def test_shipped_variants_load_with_defaults_merged():
     assert variants["templated"].strip == {"think": True, "steering": True}
 
 
+def test_the_upweight_contrast_trains_turns_beyond_the_upweighted_ones():
+    """x12 vs x1 only differ when the recipe trains later turns too and draws upweighted copies
+    as copies; otherwise both variants train the same adapter."""
+    from coop_dag.tito import TitoConfig
+    from coop_dag.train import get_recipe
+
+    variants = load_variants()
+    up12, up1 = variants["templated-all-turns"], variants["templated-up1"]
+    assert (up12.upweight, up1.upweight) == (12, 1)
+    apart = ("name", "upweight", "description", "raw")
+    same = [k for k in vars(up1) if k not in apart]
+    assert [getattr(up12, k) for k in same] == [getattr(up1, k) for k in same]
+    recipe = get_recipe(up1.recipe)
+    assert recipe.max_turn is None or recipe.max_turn >= TitoConfig().upweight_turns
+    assert recipe.upweight_mode == "duplicate" and not recipe.packing
+
+
 def _write(tmp_path, body):
     path = tmp_path / "variants.yaml"
     path.write_text(body)
