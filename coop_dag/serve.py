@@ -106,8 +106,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 1024  # a request without max_tokens: at most this many (CPU-friendly)
-DEFAULT_MAX_BATCH = 8  # concurrent requests generated as one batch
-DEFAULT_BATCH_WINDOW = 0.025  # seconds a batch waits for company before it starts
+DEFAULT_MAX_BATCH = 32  # concurrent requests generated as one batch
+DEFAULT_BATCH_WINDOW = 2.0  # at most this many seconds a batch waits for company...
+DEFAULT_BATCH_GAP = 0.15  # ...and only while requests keep arriving this close together
 REASONING_PARSERS = ("qwen3",)
 TOOL_CHOICES = ("auto", "none")
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -548,6 +549,7 @@ class ChatEngine:
         dtype: Any = None,
         max_batch: int = DEFAULT_MAX_BATCH,
         batch_window: float = DEFAULT_BATCH_WINDOW,
+        batch_gap: float = DEFAULT_BATCH_GAP,
         prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS,
     ) -> None:
         if max_batch < 1:
@@ -578,10 +580,12 @@ class ChatEngine:
         self._tok_lock = threading.Lock()  # fast tokenizers are not re-entrant
         self.max_batch = max_batch
         self.batch_window = batch_window
+        self.batch_gap = batch_gap
         self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
         self._queue: list[_Job] = []  # waiting generations, oldest first
         self._cond = threading.Condition()  # the queue, the leader flag, finished jobs
         self._leading = False  # a request thread is running batches
+        self._last_arrival = 0.0
         self.cancel = threading.Event()
         self.ready = threading.Event()
         self.created = int(time.time())
@@ -954,6 +958,7 @@ class ChatEngine:
     def _await(self, job: _Job) -> None:
         with self._cond:
             self._queue.append(job)
+            self._last_arrival = time.monotonic()
             self._cond.notify_all()
             while not job.done.is_set() and self._leading:
                 self._cond.wait()
@@ -969,14 +974,18 @@ class ChatEngine:
                 self._cond.notify_all()
 
     def _take_batch(self) -> list[_Job]:
-        """The oldest queued job and the queued jobs it can share a batch with, waiting up to
-        ``batch_window`` seconds for company."""
-        deadline = time.monotonic() + self.batch_window
+        """The oldest queued job and the queued jobs it can share a batch with. While requests
+        keep arriving (each within ``batch_gap`` seconds of the last) it waits for them, up to
+        ``batch_window`` seconds: agents answer a finished batch a few at a time (a tool runs
+        first), and a request that misses a batch waits for the whole of it."""
+        started = time.monotonic()
         with self._cond:
             while True:
                 head = self._queue[0]
                 batch = [j for j in self._queue if j.group == head.group][: self.max_batch]
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                quiet_until = self._last_arrival + self.batch_gap
+                left = min(started + self.batch_window, quiet_until) - now
                 if len(batch) >= self.max_batch or left <= 0:
                     break
                 self._cond.wait(left)
@@ -1684,7 +1693,15 @@ def build_parser(prog: str = "coop-dag serve") -> argparse.ArgumentParser:
         "--batch-window",
         type=float,
         default=DEFAULT_BATCH_WINDOW,
-        help=f"seconds a batch waits for more requests (default {DEFAULT_BATCH_WINDOW})",
+        help="at most this many seconds a batch waits for more requests "
+        f"(default {DEFAULT_BATCH_WINDOW})",
+    )
+    parser.add_argument(
+        "--batch-gap",
+        type=float,
+        default=DEFAULT_BATCH_GAP,
+        help="a batch starts once no request arrived for this many seconds "
+        f"(default {DEFAULT_BATCH_GAP})",
     )
     parser.add_argument(
         "--prefix-cache-tokens",
@@ -1731,6 +1748,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         base_aliases=args.accept_base,
         max_batch=args.max_batch,
         batch_window=args.batch_window,
+        batch_gap=args.batch_gap,
         prefix_cache_tokens=args.prefix_cache_tokens,
     )
     try:

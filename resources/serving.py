@@ -95,7 +95,7 @@ class ServingResource(dg.ConfigurableResource):
     max_batch: int = Field(
         default=0,
         description="embedded: concurrent requests generated as one batch (0: the server's "
-        "default, 8); the rollouts' agents share the batch",
+        "default, 32); the rollouts' agents share the batch",
     )
     vllm_python: str = Field(default="", description="launch vllm serve from this python")
     vllm_image: str = Field(default="", description="launch vllm serve from this image")

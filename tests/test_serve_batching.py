@@ -5,11 +5,19 @@ own stop strings, its own adapter (rows of different adapters never share a batc
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import serve_helpers as H
 
-from coop_dag.serve import ChatEngine, SamplingParams, ServeError
+from coop_dag.serve import (
+    DEFAULT_BATCH_GAP,
+    DEFAULT_BATCH_WINDOW,
+    DEFAULT_MAX_BATCH,
+    ChatEngine,
+    SamplingParams,
+    ServeError,
+)
 
 PROMPTS = [
     "Plan the split of files with your partner before anyone edits src/cache.py.",
@@ -30,10 +38,11 @@ def _ids(engine, text: str) -> list[int]:
     return engine.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _concurrently(engine, requests, *, max_batch, window=10.0):
-    """Run (prompt ids, adapter name or None, params) requests from threads at once; a long
-    window makes the batch wait until all of them queued."""
+def _concurrently(engine, requests, *, max_batch, window=10.0, gap=None, stagger=0.0):
+    """Run (prompt ids, adapter name or None, params) requests from threads, ``stagger``
+    seconds apart; by default a long window and gap make the batch wait until all queued."""
     engine.max_batch, engine.batch_window = max_batch, window
+    engine.batch_gap = window if gap is None else gap
     before = engine.stats.get("batches", 0)
     out: list = [None] * len(requests)
 
@@ -45,10 +54,12 @@ def _concurrently(engine, requests, *, max_batch, window=10.0):
     try:
         for t in threads:
             t.start()
+            time.sleep(stagger)
         for t in threads:
             t.join(timeout=120)
     finally:
-        engine.max_batch, engine.batch_window = 8, 0.025
+        engine.max_batch, engine.batch_window = DEFAULT_MAX_BATCH, DEFAULT_BATCH_WINDOW
+        engine.batch_gap = DEFAULT_BATCH_GAP
     return out, engine.stats["batches"] - before
 
 
@@ -77,6 +88,17 @@ def test_prompts_of_any_length_share_a_batch(engine):
     out, batches = _concurrently(engine, requests, max_batch=2)
     assert batches == 1  # prompts are prefilled row by row, so padding costs no prefill
     assert [g.output_ids for g in out] == [g.output_ids for g in alone]
+
+
+def test_a_trickle_of_requests_is_gathered_and_a_late_one_is_not(engine):
+    ids = _ids(engine, PROMPTS[0])
+    requests = [(ids, None, SamplingParams(max_tokens=3))] * 4
+    # agents answer a finished batch a few at a time: arrivals 50 ms apart share one batch
+    _, batches = _concurrently(engine, requests, max_batch=8, window=5.0, gap=0.5, stagger=0.05)
+    assert batches == 1
+    # a request after the gap has passed starts a batch of its own
+    _, batches = _concurrently(engine, requests[:2], max_batch=8, window=5.0, gap=0.1, stagger=1.0)
+    assert batches == 2
 
 
 def test_stop_strings_end_their_own_row_only(engine):
