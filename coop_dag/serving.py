@@ -745,14 +745,17 @@ def ensure_server(
     kind: str = "embedded",
     startup_timeout: float = 900.0,
     env: dict[str, str] | None = None,
+    code: str | None = None,
     log: LogFn | None = None,
 ) -> Endpoint:
     """The server on ``host:port`` serving the expected base model: reused when it answers,
     otherwise started detached with ``argv`` (setsid, log and pid file under
     ``state_dir``) and left running for later steps and runs. An exclusive file lock per
-    port makes concurrent callers (parallel steps) start it once. ServingError when the
-    port holds something else (another student, a non-server) or the start fails (the
-    log's tail included)."""
+    port makes concurrent callers (parallel steps) start it once. ``code``: a fingerprint
+    of the server's code, recorded at start; a server this layer started from other code
+    is restarted instead of reused (it outlives runs, and a checkout may change under it).
+    ServingError when the port holds something else (another student, a non-server) or the
+    start fails (the log's tail included)."""
     say = log or (lambda _msg: None)
     state = Path(state_dir)
     lock_path, pid_path, log_path = _state_files(state, port)
@@ -766,6 +769,14 @@ def ensure_server(
             except ValueError:
                 recorded = {}
         pid = recorded.get("pid") if _pid_alive(recorded.get("pid")) else None
+        if pid is not None and code and recorded.get("code") != code:
+            say(
+                f"server pid {pid} at {url} runs other code ({recorded.get('code')} vs "
+                f"{code}); restarting it"
+            )
+            _kill_group(int(pid))
+            pid_path.unlink(missing_ok=True)
+            pid = None
         if pid is None and _port_open(host, port) and not engine.health(timeout=2.0):
             raise ServingError(
                 f"port {port} on {host} is in use by a process that is not a healthy server "
@@ -783,7 +794,14 @@ def ensure_server(
         new_pid = spawn_detached(argv, log_path=log_path, env={**_serve_env(), **(env or {})})
         pid_path.write_text(
             json.dumps(
-                {"pid": new_pid, "argv": list(argv), "url": url, "log": str(log_path)}, indent=2
+                {
+                    "pid": new_pid,
+                    "argv": list(argv),
+                    "url": url,
+                    "log": str(log_path),
+                    "code": code,
+                },
+                indent=2,
             )
         )
         say(f"started {kind} server pid {new_pid} at {url} (log {log_path}); waiting for it")
@@ -887,5 +905,18 @@ def ensure_embedded_server(
         expect_root=str(resolved.model_dir),
         kind="embedded",
         startup_timeout=startup_timeout,
+        code=code_fingerprint(),
         log=log,
     )
+
+
+def code_fingerprint() -> str:
+    """sha256 (12 hex) of the coop_dag package's Python sources: what an embedded server
+    process runs."""
+    import hashlib
+
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]

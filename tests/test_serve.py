@@ -472,7 +472,7 @@ def test_stream_is_one_chunk_per_choice(monkeypatch, server):
 
 def test_server_process_killed_mid_request(spawned):
     from coop_dag.models import LiteLLMChatModel, ModelError
-    from coop_dag.serving import ensure_embedded_server
+    from coop_dag.serving import code_fingerprint, ensure_embedded_server
     from coop_dag.vllm import VllmEngine
 
     spawned["thread"].join(240)
@@ -484,6 +484,8 @@ def test_server_process_killed_mid_request(spawned):
     # a second caller reuses it (same pid) instead of starting another
     again = ensure_embedded_server(H.STUDENT, port=spawned["port"], state_dir=spawned["state"])
     assert not again.started and again.pid == ep.pid
+    recorded = json.loads((spawned["state"] / f"server-{spawned['port']}.json").read_text())
+    assert recorded["code"] == code_fingerprint()
     llm = LiteLLMChatModel(
         f"openai/{H.STUDENT}", api_base=ep.api_base, capture_token_ids=True, max_tokens=20000,
         extra_body={"ignore_eos": True}, retries=2, backoff=0.2, timeout=120,
@@ -508,3 +510,28 @@ def test_server_process_killed_mid_request(spawned):
     assert err.transient and err.attempts == 3
     assert ep.api_base in str(err)
     assert not engine.health()
+
+
+def test_a_server_started_from_other_code_is_restarted(tmp_path, monkeypatch):
+    """A detached server outlives runs; after a checkout changes the code it runs, the next
+    ensure_* restarts it instead of serving stale behaviour."""
+    from coop_dag import serving
+
+    port = free_port()
+    first = serving.ensure_embedded_server(
+        H.STUDENT, port=port, state_dir=tmp_path, extra_args=["--threads", "1"],
+        startup_timeout=240,
+    )  # fmt: skip
+    try:
+        same = serving.ensure_embedded_server(H.STUDENT, port=port, state_dir=tmp_path)
+        assert same.pid == first.pid and not same.started
+        monkeypatch.setattr(serving, "code_fingerprint", lambda: "0" * 12)
+        said: list[str] = []
+        fresh = serving.ensure_embedded_server(
+            H.STUDENT, port=port, state_dir=tmp_path, startup_timeout=240, log=said.append
+        )
+        assert fresh.started and fresh.pid != first.pid
+        assert not serving._pid_alive(first.pid)
+        assert any("runs other code" in line for line in said)
+    finally:
+        serving.stop_server(tmp_path, port)
