@@ -649,6 +649,8 @@ class ChatEngine:
             "reasoning_parser": self.reasoning_parser,
             "tool_call_parser": "qwen3_coder+hermes" if self.tool_call_parser else None,
             "adapters": {a.name: a.path for a in self.adapters()},
+            "batching": {"max_batch": self.max_batch, "gap_s": self.batch_gap},
+            "stats": dict(self.stats),  # requests, batches, prefill vs cached prompt tokens
         }
 
     # -- models ----------------------------------------------------------------------------

@@ -73,6 +73,7 @@ def test_a_batch_gives_each_row_what_it_would_get_alone(engine):
     together, batches = _concurrently(engine, requests, max_batch=3)
     assert batches == 1  # one generate call for all three rows
     assert engine.stats["max_batch_rows"] >= 3
+    assert engine.describe()["stats"]["batches"] == engine.stats["batches"]  # GET /v1/info
     for a, b, (_, _, params) in zip(alone, together, requests, strict=True):
         assert b.output_ids == a.output_ids
         assert b.text == a.text and b.finish_reason == a.finish_reason
