@@ -1,6 +1,6 @@
-"""Stage 3: the LoRA adapter, trained on the variant's TITO parquet by the embedded CPU trainer,
-probed on held-out first turns against the base model, and dropped into the adapters directory
-under its content-addressed name."""
+"""Stage 3: the LoRA adapter, trained on the variant's TITO parquet by the embedded CPU trainer
+or by verl (``TrainingResource.trainer_choice()``), probed on held-out first turns against the
+base model, and dropped into the adapters directory under its content-addressed name."""
 
 import base64
 import json
@@ -15,7 +15,8 @@ from coop_dag.adapters import AdapterError, adapter_name, validate_adapter, writ
 from coop_dag.lineage import content_version
 from coop_dag.probe import ProbeResult, compare_outputs, held_out_cases, probe_key, probe_student
 from coop_dag.students import get_student
-from coop_dag.train import copy_adapter, format_event, get_recipe, train_lora
+from coop_dag.train import TrainResult, copy_adapter, format_event, get_recipe, train_lora
+from coop_dag.verl import train_lora_verl
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
 from resources.training import TrainingResource
@@ -82,6 +83,56 @@ def _base_probe(
     return result
 
 
+def _train(
+    context: dg.AssetExecutionContext,
+    training: TrainingResource,
+    variant: Any,
+    student: Any,
+    recipe: Any,
+    tito_parquet: dict,
+    facts: dict,
+    base_model: Any,
+) -> TrainResult:
+    """The adapter, from the trainer the resource resolves: embedded (CPU, in process) or verl
+    (its own environment or image; `coop_dag.verl.train_lora_verl`). Same result either way."""
+    choice = training.trainer_choice()
+    if choice.kind == "verl":
+        launcher = training.verl_launcher()
+        context.log.info(
+            f"train[{variant.name}]: verl ({launcher.describe()}, {choice.nproc} GPU(s))"
+        )
+        return train_lora_verl(
+            student,
+            tito_parquet["train_path"],
+            tito_parquet.get("val_path"),
+            recipe,
+            training.run_root(variant.name),
+            launcher,
+            nproc=choice.nproc,
+            on_log=lambda line: context.log.info(f"verl[{variant.name}] {line}"),
+            data_version=tito_parquet["data_version"],
+            facts=facts,
+            force=training.force,
+            experiment_name=variant.name,
+        )
+
+    def forward(event: dict) -> None:
+        context.log.info(f"train[{variant.name}] {format_event(event)}")
+
+    return train_lora(
+        student,
+        tito_parquet["train_path"],
+        tito_parquet.get("val_path"),
+        recipe,
+        training.run_root(variant.name),
+        progress=forward,
+        data_version=tito_parquet["data_version"],
+        facts=facts,
+        force=training.force,
+        model=base_model,
+    )
+
+
 @dg.asset(
     partitions_def=variant_partitions,
     group_name="training",
@@ -100,8 +151,12 @@ def lora_checkpoint(
     training: TrainingResource,
     lineage: LineageResource,
 ):
-    """A LoRA adapter for the variant's student, trained on its TITO parquet by the embedded
-    CPU trainer (``coop_dag.train``, recipe from ``configs/recipes.yaml``), then probed.
+    """A LoRA adapter for the variant's student, trained on its TITO parquet (recipe from
+    ``configs/recipes.yaml``), then probed. The trainer is ``TrainingResource.trainer_choice()``:
+    the embedded CPU trainer (``coop_dag.train.train_lora``) or verl in its own environment or
+    image (``coop_dag.verl.train_lora_verl``: prepared rows + verl config written to the run
+    dir, torchrun streamed into this log, the final checkpoint exported, repaired and
+    validated). Both return the same result; everything after training is one code path.
 
     Input contract -- ``tito_parquet`` is a dict with at least:
 
@@ -115,12 +170,12 @@ def lora_checkpoint(
 
     Output: ``{adapter_name, adapter_dir, base_model, data_version, probe_base,
     probe_adapter, facts}`` plus ``student``, ``recipe``, ``train`` (loss/steps summary) and
-    ``probe_compare``. The adapter lands at ``<adapters>/<variant>/student-<sha12>/``
-    (``TrainingResource.adapters_dir``), staged and renamed so the new-adapter sensor never
-    sees a partial directory. Checks run inside this asset: the validation loss fell; the
-    adapter's LoRA weights are usable (non-zero lora_B, finite, lora_alpha > 0, CAUSAL_LM);
-    its probe output differs from the base model's; its first-turn probe rate (WARN below
-    70 %, the seed's plan_first bar).
+    ``probe_compare``; ``facts.trainer`` is ``embedded-hf-trainer`` or ``verl``. The adapter
+    lands at ``<adapters>/<variant>/student-<sha12>/`` (``TrainingResource.adapters_dir``),
+    staged and renamed so the new-adapter sensor never sees a partial directory. Checks run
+    inside this asset: the validation loss fell; the adapter's LoRA weights are usable
+    (non-zero lora_B, finite, lora_alpha > 0, CAUSAL_LM); its probe output differs from the
+    base model's; its first-turn probe rate (WARN below 70 %, the seed's plan_first bar).
     """
     started = time.monotonic()
     variant = VARIANTS[context.partition_key]
@@ -158,24 +213,33 @@ def lora_checkpoint(
         "seed": recipe.seed,
     }
 
-    def forward(event: dict) -> None:
-        context.log.info(f"train[{variant.name}] {format_event(event)}")
-
-    result = train_lora(
-        student,
-        tito_parquet["train_path"],
-        tito_parquet.get("val_path"),
-        recipe,
-        training.run_root(variant.name),
-        progress=forward,
-        data_version=tito_parquet["data_version"],
-        facts=facts,
-        force=training.force,
-        model=base_model,
-    )
+    result = _train(context, training, variant, student, recipe, tito_parquet, facts, base_model)
     if result.reused:
         context.log.info(f"train[{variant.name}]: run {result.run_key} already finished; reused")
-    del base_model
+    del base_model  # LoRA layers were injected into it (embedded); the probe loads afresh
+    yield from _publish(
+        context, training, lineage, variant, student, recipe, tito_parquet, facts, cases,
+        tokenizer, probe_base, result, started,
+    )  # fmt: skip
+
+
+def _publish(
+    context: dg.AssetExecutionContext,
+    training: TrainingResource,
+    lineage: LineageResource,
+    variant: Any,
+    student: Any,
+    recipe: Any,
+    tito_parquet: dict,
+    facts: dict,
+    cases: list,
+    tokenizer: Any,
+    probe_base: ProbeResult,
+    result: TrainResult,
+    started: float,
+):
+    """Whichever trainer made it: probe the adapter, copy it under its content-addressed name
+    into the adapters directory with its lineage, record lineage, yield the output and checks."""
 
     probe_adapter = probe_student(
         student,
@@ -229,7 +293,14 @@ def lora_checkpoint(
         "loss_curve_json": str(final / "loss_curve.json"),
     }
     data_version = content_version({"adapter": name, "upstream": tito_parquet["data_version"]})
-    all_facts = {**facts, **probe_facts, "adapter_name": name, "base_model": student.name}
+    trainer = result.lineage.get("trainer", "unknown")
+    all_facts = {
+        **facts,
+        **probe_facts,
+        "trainer": trainer,
+        "adapter_name": name,
+        "base_model": student.name,
+    }
     out = {
         "adapter_name": name,
         "adapter_dir": str(final),
@@ -261,6 +332,7 @@ def lora_checkpoint(
             "adapter_dir": dg.MetadataValue.path(str(final)),
             "student": student.name,
             "recipe": recipe.name,
+            "trainer": trainer,
             "steps": result.steps,
             "epochs": result.epochs,
             "tokens_seen": result.tokens_seen,
@@ -297,6 +369,9 @@ def lora_checkpoint(
         },
         description=(
             f"validation loss {result.initial_val_loss} -> {result.final_val_loss}"
+            if result.initial_val_loss is not None and result.final_val_loss is not None
+            else f"final validation loss {result.final_val_loss}; no loss before training "
+            f"({trainer} validates after steps only): cannot tell whether it fell"
             if result.final_val_loss is not None
             else "no validation rows: cannot tell whether training generalised"
         ),

@@ -13,17 +13,27 @@ reads our TITO parquet through ``data.custom_cls`` = ``pkg://coop_dag.tito_datas
 ``lora_alpha: 0`` and, in 0.7.1 with peft >= 0.13, a broken ``task_type``; `run_verl`
 repairs and validates it (`coop_dag.adapters`).
 
+`train_lora_verl` is the ``lora_checkpoint`` asset's verl trainer: the same contract and result
+as the embedded `coop_dag.train.train_lora` (rows prepared for the training recipe, the recipe
+mapped onto verl's config by `config_for_recipe`, the same ``lineage.json`` facts), with a
+finished verl checkpoint never trained again (`finished_checkpoint`).
+
 Checked against volcengine/verl at tag v0.7.0 (f9c855f7cf04d603c9546bc01776c74806a879c1) and
 main b178a3cd56f58b2d502255daba591e92833930a7 (0.8.0.dev, 2026-01-29), which agree on every
-key used here: ``verl/trainer/config/sft_trainer_engine.yaml`` (data.*, trainer.*),
-``config/model/hf_model.yaml`` (model.path, lora_rank, lora_alpha, target_modules),
-``config/optim/fsdp.yaml`` (optim.lr), ``verl/trainer/sft_trainer.py`` (hydra main,
+key used here: ``verl/trainer/config/sft_trainer_engine.yaml`` (data.* incl. truncation,
+trainer.* incl. total_training_steps), ``config/model/hf_model.yaml`` (model.path, lora_rank,
+lora_alpha, target_modules), ``config/optim/fsdp.yaml`` (optim.lr, lr_scheduler_type,
+lr_warmup_steps, weight_decay, clip_grad), ``verl/trainer/sft_trainer.py`` (hydra main,
 ``create_sft_dataset`` -> ``load_extern_object(custom_cls.path, custom_cls.name)``, the
-``DistributedSampler``/``StatefulDataLoader`` with ``drop_last=True`` for train *and* val, the
-``default_local_dir/global_step_N`` checkpoints and ``latest_checkpointed_iteration.txt``),
-``verl/model_merger/base_model_merger.py`` (CLI flags; ``save_lora_adapter`` writes
-``lora_alpha: 0`` and ``<target_dir>/lora_adapter``). The override value syntax follows
-Hydra's override grammar (facebookresearch/hydra ``hydra/grammar/OverrideLexer.g4``).
+``DistributedSampler``/``StatefulDataLoader`` with ``drop_last=True`` for train *and* val,
+``total_training_steps = len(dataloader) * total_epochs`` unless set, a loop over
+``total_epochs`` that saves only on the last step or every ``save_freq``, the console logger's
+``step:N - key:value`` lines), ``verl/utils/checkpoint/checkpoint_handler.py``
+(``default_local_dir/global_step_N``, then ``latest_checkpointed_iteration.txt`` renamed into
+place once that checkpoint is saved), ``verl/model_merger/base_model_merger.py`` (CLI flags;
+``save_lora_adapter`` writes ``lora_alpha: 0`` and ``<target_dir>/lora_adapter``). The override
+value syntax follows Hydra's override grammar (facebookresearch/hydra
+``hydra/grammar/OverrideLexer.g4``).
 """
 
 from __future__ import annotations
@@ -54,14 +64,20 @@ __all__ = [
     "VerlLauncher",
     "VerlResult",
     "VerlSFTConfig",
+    "config_for_recipe",
     "container_run_argv",
     "count_parquet_rows",
+    "finished_checkpoint",
     "hydra_value",
     "latest_checkpoint",
     "merge_command",
+    "metrics_from_log",
+    "parse_metrics",
     "run_command",
+    "run_record",
     "run_verl",
     "train_command",
+    "train_lora_verl",
 ]
 
 TRAINER_MODULE = "verl.trainer.sft_trainer"
@@ -69,6 +85,8 @@ MERGER_MODULE = "verl.model_merger"
 DATASET_MODULE = "pkg://coop_dag.tito_dataset"
 DATASET_CLASS = "TitoSFTDataset"
 TRACKER_FILE = "latest_checkpointed_iteration.txt"  # verl.utils.checkpoint tracker name
+RUN_RECORD = "coop_dag_verl_run.json"  # in output_dir: what the checkpoints there were trained on
+DONE_FILE = "coop_dag_verl_done.json"  # in output_dir: verl exited 0; names its final checkpoint
 ADAPTER_SUBDIR = "lora_adapter"  # where verl's merger puts the PEFT adapter
 VERL_DEFAULT_MAX_TOKEN_LEN_PER_GPU = 8192  # sft_trainer_engine.yaml: data.max_token_len_per_gpu
 
@@ -223,7 +241,7 @@ def count_parquet_rows(files: Iterable[str | os.PathLike]) -> int:
 
 # Recipe keys -> accepted spellings (the first is canonical).
 RECIPE_KEYS: dict[str, tuple[str, ...]] = {
-    "lora_rank": ("lora_rank", "rank", "r"),
+    "lora_rank": ("lora_rank", "rank", "r", "lora_r"),
     "lora_alpha": ("lora_alpha", "alpha"),
     "target_modules": ("target_modules",),
     "lr": ("lr", "learning_rate"),
@@ -233,6 +251,8 @@ RECIPE_KEYS: dict[str, tuple[str, ...]] = {
     "max_length": ("max_length", "max_seq_len"),
     "max_token_len_per_gpu": ("max_token_len_per_gpu",),
     "use_dynamic_bsz": ("use_dynamic_bsz",),
+    "total_training_steps": ("total_training_steps", "max_steps"),  # 0: not set
+    "truncation": ("truncation",),
 }
 
 # Override keys this module owns; a recipe's free-form `verl:` section may not set them
@@ -249,12 +269,14 @@ MANAGED_KEYS = frozenset(
         "data.micro_batch_size_per_gpu",
         "data.max_token_len_per_gpu",
         "data.use_dynamic_bsz",
+        "data.truncation",
         "model.path",
         "model.lora_rank",
         "model.lora_alpha",
         "model.target_modules",
         "optim.lr",
         "trainer.total_epochs",
+        "trainer.total_training_steps",
         "trainer.default_local_dir",
         "trainer.project_name",
         "trainer.experiment_name",
@@ -305,6 +327,10 @@ class VerlSFTConfig:
     resume_mode: str = "disable"  # a fresh output_dir per data version; "auto" to resume
     max_token_len_per_gpu: int | None = None
     use_dynamic_bsz: bool | None = None
+    # trainer.total_training_steps (None: verl's len(dataloader) * total_epochs); verl's loop
+    # still stops after total_epochs, so `validate` checks the epochs reach it
+    total_training_steps: int | None = None
+    truncation: str | None = None  # data.truncation (TitoSFTDataset honours it); None: verl's
     dataset_module: str = DATASET_MODULE
     dataset_class: str = DATASET_CLASS
     extra: Mapping[str, Any] = field(default_factory=dict)  # more dotted overrides
@@ -328,12 +354,15 @@ class VerlSFTConfig:
         """Build from a training recipe (``lora_rank``/``rank``, ``lora_alpha``/``alpha``,
         ``target_modules``, ``lr``, ``total_epochs``/``epochs``, ``train_batch_size``/
         ``batch_size``, ``micro_batch_size_per_gpu``/``micro_batch_size``, ``max_length``,
-        ``max_token_len_per_gpu``, ``use_dynamic_bsz``; a ``verl:`` mapping of further
+        ``max_token_len_per_gpu``, ``use_dynamic_bsz``, ``total_training_steps``/
+        ``max_steps``, ``truncation``; a ``verl:`` mapping of further
         dotted overrides). Keys for other trainers are ignored. Row counts are read from
         the parquet footers when not given, so `validate` can check the batch size."""
         kwargs: dict[str, Any] = {}
         for key in RECIPE_KEYS:
             value = _recipe_get(recipe, key)
+            if key == "total_training_steps" and value == 0:
+                value = None  # the embedded recipes' "max_steps: 0" means "not set"
             if value is not None:
                 kwargs[key] = tuple(value) if isinstance(value, list) else value
         extra = recipe.get("verl") or {}
@@ -424,6 +453,21 @@ class VerlSFTConfig:
                 f"data.max_token_len_per_gpu={self.max_token_len_per_gpu} is below "
                 f"data.max_length={self.max_length}: one full-length row would not fit"
             )
+        steps = self.total_training_steps
+        if steps is not None:
+            positive_int("total_training_steps")
+            per_epoch = self.steps_per_epoch()
+            if per_epoch is not None and per_epoch * self.total_epochs < steps:
+                raise VerlError(
+                    f"trainer.total_training_steps={steps} needs more than total_epochs="
+                    f"{self.total_epochs} x {per_epoch} steps per epoch: verl's loop ends after "
+                    "the last epoch without reaching the last step, so it saves no final "
+                    f"checkpoint. Use total_epochs >= {math.ceil(steps / per_epoch)}."
+                )
+        if self.truncation is not None and self.truncation not in ("error", "left", "right"):
+            raise VerlError(
+                f"truncation must be 'error', 'left' or 'right', got {self.truncation!r}"
+            )
         if self.resume_mode not in ("disable", "auto"):
             raise VerlError(f"resume_mode must be 'disable' or 'auto', got {self.resume_mode!r}")
         clash = sorted(set(self.extra) & MANAGED_KEYS)
@@ -432,6 +476,28 @@ class VerlSFTConfig:
                 f"recipe 'verl' overrides may not set {', '.join(clash)}: use the recipe's "
                 "own keys (they are validated)"
             )
+
+    # -- steps -------------------------------------------------------------------------------
+    def steps_per_epoch(self) -> int | None:
+        """Optimizer steps per epoch as verl counts them: each of the nproc data-parallel ranks
+        gets ``rows // nproc`` rows (``DistributedSampler(drop_last=True)``) in batches of
+        ``train_batch_size // nproc`` (``drop_last=True``). None when the row count is
+        unknown or an extra override may change the rows or the data-parallel size."""
+        if self.train_rows is None or any(
+            k.startswith("engine.") or k == "data.train_max_samples" for k in self.extra
+        ):
+            return None
+        per_rank_batch = self.train_batch_size // self.nproc_per_node
+        if per_rank_batch <= 0:
+            return None
+        return (self.train_rows // self.nproc_per_node) // per_rank_batch
+
+    def expected_total_steps(self) -> int | None:
+        """The step of verl's final checkpoint (``global_step_N``), when it can be known."""
+        if self.total_training_steps is not None:
+            return self.total_training_steps
+        per_epoch = self.steps_per_epoch()
+        return None if per_epoch is None else per_epoch * self.total_epochs
 
     # -- rendering ---------------------------------------------------------------------------
     def override_items(self) -> list[tuple[str, Any]]:
@@ -456,6 +522,8 @@ class VerlSFTConfig:
             ("data.train_batch_size", self.train_batch_size),
             ("data.micro_batch_size_per_gpu", self.micro_batch_size_per_gpu),
         ]
+        if self.truncation is not None:
+            items.append(("data.truncation", self.truncation))
         if self.use_dynamic_bsz is not None:
             items.append(("data.use_dynamic_bsz", self.use_dynamic_bsz))
         if max_tok is not None:
@@ -471,6 +539,10 @@ class VerlSFTConfig:
             ("model.target_modules", targets if isinstance(targets, str) else list(targets)),
             ("optim.lr", float(self.lr)),
             ("trainer.total_epochs", self.total_epochs),
+        ]
+        if self.total_training_steps is not None:
+            items.append(("trainer.total_training_steps", self.total_training_steps))
+        items += [
             ("trainer.default_local_dir", self.output_dir),
             ("trainer.project_name", self.project_name),
             ("trainer.experiment_name", self.experiment_name),
@@ -746,6 +818,116 @@ def run_command(
     return list(last)
 
 
+def _file_sha256(path: str | os.PathLike) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Atomically (temp file + rename), so a killed run never leaves half a record."""
+    import json
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_json(path: Path) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def run_record(cfg: VerlSFTConfig) -> dict[str, Any]:
+    """What a run in ``cfg.output_dir`` trains on: the overrides verl gets, the GPU count and
+    the sha256 of every data file. A checkpoint is only ever reused under the same record."""
+    files = {}
+    for f in (*cfg.train_files, *cfg.val_files):
+        files[f] = _file_sha256(f) if os.path.isfile(f) else None
+    return {
+        "format": 1,
+        "overrides": cfg.overrides(),
+        "nproc_per_node": cfg.nproc_per_node,
+        "files": files,
+    }
+
+
+def finished_checkpoint(cfg: VerlSFTConfig, record: Mapping[str, Any] | None = None) -> Path | None:
+    """The final ``global_step_N`` of a finished run of `cfg` in ``cfg.output_dir``, or None.
+
+    Only a run with the same `run_record` counts. Finished means: verl exited 0 (`run_verl`
+    wrote `DONE_FILE` naming the checkpoint), or -- killed after its last save, before
+    exiting -- verl's tracker names the expected last step (`expected_total_steps`): verl
+    writes the tracker only once that step's checkpoint is complete."""
+    root = Path(cfg.output_dir)
+    if _read_json(root / RUN_RECORD) != (record if record is not None else run_record(cfg)):
+        return None
+    done = _read_json(root / DONE_FILE)
+    if isinstance(done, dict) and isinstance(done.get("checkpoint"), str):
+        candidate = root / done["checkpoint"]
+        if candidate.is_dir():
+            return candidate
+    total = cfg.expected_total_steps()
+    tracker = root / TRACKER_FILE
+    if total is not None and tracker.is_file():
+        candidate = root / f"global_step_{total}"
+        if tracker.read_text().strip() == str(total) and candidate.is_dir():
+            return candidate
+    return None
+
+
+def _start_run(root: Path, record: Mapping[str, Any], *, resume: bool = False) -> None:
+    """Before launching verl (once `finished_checkpoint` found nothing to reuse): drop the done
+    marker and verl's tracker, so that after this launch they can only be this launch's --
+    except the tracker of the same run when verl is to resume from it (``resume_mode=auto``)
+    -- then record this run."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / DONE_FILE).unlink(missing_ok=True)
+    same = _read_json(root / RUN_RECORD) == record
+    if not (same and resume):
+        (root / TRACKER_FILE).unlink(missing_ok=True)
+    if not same:
+        _write_json(root / RUN_RECORD, dict(record))
+
+
+_METRIC_LINE = re.compile(r"(?:^|[\s\]:])step:(\d+) - (.+)$")
+
+
+def parse_metrics(line: str) -> tuple[int, dict[str, float]] | None:
+    """verl's console logger line ``step:12 - train/loss:0.53 - train/lr:1e-05 - ...`` (also
+    ``step:24 - val/loss:0.61``) as ``(12, {"train/loss": 0.53, ...})``; None otherwise."""
+    match = _METRIC_LINE.search(line.rstrip())
+    if not match:
+        return None
+    values: dict[str, float] = {}
+    for part in match.group(2).split(" - "):
+        key, sep, raw = part.partition(":")
+        if not sep:
+            continue
+        try:
+            values[key.strip()] = float(raw)
+        except ValueError:
+            continue
+    return (int(match.group(1)), values) if values else None
+
+
 @dataclass(frozen=True)
 class VerlResult:
     checkpoint_dir: Path  # global_step_N
@@ -754,6 +936,8 @@ class VerlResult:
     repairs: tuple[str, ...]  # what repair_adapter changed in verl's export
     adapter: Any  # coop_dag.adapters.AdapterInfo | None
     log_tail: tuple[str, ...]
+    reused_checkpoint: bool = False  # a finished run's checkpoint was found: no training
+    train_time_s: float | None = None  # verl's training process, when it ran (or the record)
 
 
 def run_verl(
@@ -767,37 +951,77 @@ def run_verl(
     timeout: float | None = None,
     merge_timeout: float | None = 3600.0,
     tail: int = 60,
+    reuse_finished: bool = True,
 ) -> VerlResult:
     """Train with verl, export the LoRA adapter and make it servable.
 
-    1. `train_command` (torchrun -m verl.trainer.sft_trainer), logs streamed to `on_log`;
-    2. `merge_command` on the latest `global_step_N` into `merged_dir`
+    1. `train_command` (torchrun -m verl.trainer.sft_trainer), logs streamed to `on_log` --
+       skipped when ``cfg.output_dir`` already holds the final checkpoint of the same run
+       (`finished_checkpoint`; `reuse_finished`), so a run killed after verl finished does
+       not train again;
+    2. `merge_command` on that checkpoint (the latest `global_step_N`) into `merged_dir`
        (default ``<output_dir>/merged``);
     3. `repair_adapter` (task_type, lora_alpha from the config, base model) and
        `validate_adapter` on ``<merged_dir>/lora_adapter``.
-    Any failing step raises VerlError carrying the last lines of its output.
+    Any failing step raises VerlError carrying its command and the last lines of its output.
     """
+    import time
+
     from coop_dag.adapters import AdapterError, repair_adapter, validate_adapter
 
     cfg.validate()
     log = on_log or (lambda _line: None)
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    train = train_command(cfg, launcher)
-    log(f"[coop-dag] verl train ({launcher.describe()}): {train.shell()}")
-    lines = run_command(
-        train, what="verl sft_trainer", on_log=log, timeout=timeout, tail=tail,
-        docker=launcher.docker,
-    )  # fmt: skip
-    ckpt = latest_checkpoint(cfg.output_dir)
+    root = Path(cfg.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    record = run_record(cfg)
+    ckpt = finished_checkpoint(cfg, record) if reuse_finished else None
+    lines: list[str] = []
+    train_time: float | None = None
+    reused = ckpt is not None
+    if ckpt is not None:
+        log(f"[coop-dag] verl already finished this run: {ckpt}; not training again")
+        done = _read_json(root / DONE_FILE)
+        if isinstance(done, dict) and isinstance(done.get("train_time_s"), int | float):
+            train_time = float(done["train_time_s"])
+    else:
+        _start_run(root, record, resume=cfg.resume_mode == "auto")
+        train = train_command(cfg, launcher)
+        log(f"[coop-dag] verl train ({launcher.describe()}): {train.shell()}")
+        started = time.monotonic()
+        lines = run_command(
+            train, what="verl sft_trainer", on_log=log, timeout=timeout, tail=tail,
+            docker=launcher.docker,
+        )  # fmt: skip
+        train_time = round(time.monotonic() - started, 2)
+        if not (root / TRACKER_FILE).is_file():  # _start_run removed any other launch's
+            raise VerlError(
+                f"verl sft_trainer exited 0 but saved no checkpoint ({TRACKER_FILE} missing in "
+                f"{root}): did its epoch loop end before total_training_steps?\n" + "\n".join(lines)
+            )
+        ckpt = latest_checkpoint(cfg.output_dir)
+        expected = cfg.expected_total_steps()
+        if expected is not None and ckpt.name != f"global_step_{expected}":
+            log(
+                f"[coop-dag] warning: verl's last checkpoint is {ckpt.name}, expected "
+                f"global_step_{expected} ({cfg.train_rows} rows, batch {cfg.train_batch_size}, "
+                f"{cfg.total_epochs} epochs on {cfg.nproc_per_node} GPUs)"
+            )
+        _write_json(
+            root / DONE_FILE,
+            {"checkpoint": ckpt.name, "train_time_s": train_time, "command": train.shell()},
+        )
     log(f"[coop-dag] verl checkpoint: {ckpt}")
     if not merge:
-        return VerlResult(ckpt, None, None, (), None, tuple(lines))
+        return VerlResult(
+            ckpt, None, None, (), None, tuple(lines),
+            reused_checkpoint=reused, train_time_s=train_time,
+        )  # fmt: skip
 
     target = Path(merged_dir) if merged_dir is not None else Path(cfg.output_dir) / "merged"
     target.mkdir(parents=True, exist_ok=True)
     merge_cmd = merge_command(ckpt, target, launcher)
     log(f"[coop-dag] verl merge: {merge_cmd.shell()}")
-    lines = run_command(
+    merge_lines = run_command(
         merge_cmd, what="verl model_merger", on_log=log, timeout=merge_timeout, tail=tail,
         docker=launcher.docker,
     )  # fmt: skip
@@ -805,7 +1029,7 @@ def run_verl(
     if not adapter_dir.is_dir():
         raise VerlError(
             f"verl model_merger wrote no {ADAPTER_SUBDIR}/ under {target} (was the model "
-            "trained with model.lora_rank > 0?)\n" + "\n".join(lines)
+            "trained with model.lora_rank > 0?)\n" + "\n".join(merge_lines)
         )
     repairs: list[str] = []
     try:
@@ -818,4 +1042,480 @@ def run_verl(
         info = validate_adapter(adapter_dir, expected_base=cfg.model_path)
     except AdapterError as exc:
         raise VerlError(f"verl's exported adapter is not servable: {exc}") from exc
-    return VerlResult(ckpt, target, adapter_dir, tuple(repairs), info, tuple(lines))
+    return VerlResult(
+        ckpt, target, adapter_dir, tuple(repairs), info, tuple(merge_lines),
+        reused_checkpoint=reused, train_time_s=train_time,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- lora_checkpoint
+
+BACKEND = "verl"  # the `trainer` recorded in lineage (the embedded one: coop_dag.train.BACKEND)
+BRIDGE_VERSION = "1"  # bump when what train_lora_verl sends to verl changes: a new run dir
+RESULT_FILE = "train_result.json"
+LOG_FILE = "verl.log"  # every line verl printed, all attempts (metrics are parsed from it)
+CONFIG_RECORD = "verl_config.yaml"
+COMMAND_RECORD = "verl_command.txt"
+# recipe lr_scheduler -> verl optim.lr_scheduler_type (verl's constant has a warmup too)
+SCHEDULERS = {"constant": "constant", "constant_with_warmup": "constant", "cosine": "cosine"}
+# recipe keys verl has no counterpart for (recorded in lineage as not applied)
+NOT_APPLIED = {
+    "lora_dropout": "verl's model config has no LoRA dropout",
+    "save_steps": "verl saves the final checkpoint only (trainer.save_freq -1)",
+    "bf16": "verl trains in its engine's dtype",
+    "torch_threads": "CPU trainer only",
+    "seed": "verl seeds its own sampler and LoRA init",
+}
+
+
+def config_for_recipe(
+    recipe: Any,
+    *,
+    train_files: str | os.PathLike | Iterable[str | os.PathLike],
+    model_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    val_files: str | os.PathLike | Iterable[str | os.PathLike] | None = None,
+    train_rows: int | None = None,
+    val_rows: int | None = None,
+    project_name: str = "coop-dag",
+    experiment_name: str = "sft",
+    nproc_per_node: int = 1,
+) -> VerlSFTConfig:
+    """The verl config for a `coop_dag.train.Recipe` (``configs/recipes.yaml``), with the
+    recipe's meaning kept: an optimizer step is ``batch_size x grad_accum`` rows (verl's
+    global ``data.train_batch_size``; ``batch_size`` rows per micro batch, capped at what
+    one GPU gets); ``max_steps`` (or a fractional ``epochs``) becomes
+    ``trainer.total_training_steps`` with enough epochs for verl's loop to reach it;
+    ``learning_rate``, ``lr_scheduler`` (constant | constant_with_warmup | cosine; verl has no
+    linear), ``warmup_steps``, ``weight_decay`` (verl's default is 0.01), ``max_grad_norm``,
+    ``lora_r``/``lora_alpha``/``target_modules``, ``max_length`` and ``truncation``.
+    `NOT_APPLIED` lists what verl cannot honour."""
+    scheduler = SCHEDULERS.get(recipe.lr_scheduler)
+    if scheduler is None:
+        raise VerlError(
+            f"recipe '{recipe.name}': lr_scheduler {recipe.lr_scheduler!r} has no verl "
+            f"counterpart (verl's optim.lr_scheduler_type: constant | cosine)"
+        )
+    train = _as_tuple(train_files)
+    if train_rows is None and train and all(Path(f).is_file() for f in train):
+        train_rows = count_parquet_rows(train)
+    rows_per_step = recipe.batch_size * recipe.grad_accum
+    micro = recipe.batch_size
+    if nproc_per_node > 0 and rows_per_step >= nproc_per_node:
+        micro = min(micro, rows_per_step // nproc_per_node)
+    per_epoch = None
+    if train_rows is not None and nproc_per_node > 0 and rows_per_step >= nproc_per_node:
+        per_epoch = (train_rows // nproc_per_node) // (rows_per_step // nproc_per_node)
+    epochs = max(1, math.ceil(recipe.epochs))
+    total: int | None = None
+    if recipe.max_steps > 0:
+        total = recipe.max_steps
+    elif not float(recipe.epochs).is_integer() and per_epoch:
+        total = max(1, math.ceil(per_epoch * recipe.epochs))  # as the embedded trainer
+    if total is not None and per_epoch:
+        epochs = math.ceil(total / per_epoch)
+    targets = recipe.target_modules
+    mapping: dict[str, Any] = {
+        "lora_rank": recipe.lora_r,
+        "lora_alpha": recipe.lora_alpha,
+        "target_modules": list(targets) if isinstance(targets, tuple) else targets,
+        "lr": recipe.learning_rate,
+        "total_epochs": epochs,
+        "train_batch_size": rows_per_step,
+        "micro_batch_size_per_gpu": micro,
+        "max_length": recipe.max_length,
+        "truncation": recipe.truncation,
+        "total_training_steps": total,
+        "verl": {
+            "optim.lr_scheduler_type": scheduler,
+            "optim.lr_warmup_steps": (
+                0 if recipe.lr_scheduler == "constant" else int(recipe.warmup_steps)
+            ),
+            "optim.weight_decay": float(recipe.weight_decay),
+            "optim.clip_grad": float(recipe.max_grad_norm),
+        },
+    }
+    return VerlSFTConfig.from_recipe(
+        mapping,
+        train_files=train,
+        val_files=val_files,
+        model_path=model_path,
+        output_dir=output_dir,
+        train_rows=train_rows,
+        val_rows=val_rows,
+        project_name=project_name,
+        experiment_name=experiment_name,
+        nproc_per_node=nproc_per_node,
+    )
+
+
+def run_key(student: Any, recipe: Any, train_sha: str, val_sha: str | None, nproc: int) -> str:
+    """What identifies a verl run (its directory): student, recipe, data, GPU count."""
+    import hashlib
+    import json
+
+    blob = json.dumps(
+        {
+            "student": student.name,
+            "tokenizer": student.tokenizer_sha256,
+            "template": student.chat_template_sha256,
+            "weights": str(student.manifest.get("cache_key") or student.model_dir),
+            "recipe": recipe.to_json(),
+            "train": train_sha,
+            "val": val_sha,
+            "nproc": nproc,
+            "backend": BACKEND,
+            "bridge_version": BRIDGE_VERSION,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def metrics_from_log(path: str | os.PathLike) -> dict[int, dict[str, float]]:
+    """Per-step metrics from a log of verl's output (`parse_metrics`); a later attempt's line
+    for a step replaces an earlier one's."""
+    steps: dict[int, dict[str, float]] = {}
+    p = Path(path)
+    if not p.is_file():
+        return steps
+    with p.open(encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            parsed = parse_metrics(line)
+            if parsed is not None:
+                step, values = parsed
+                steps.setdefault(step, {}).update(values)
+    return steps
+
+
+def _lora_params(adapter_dir: Path) -> int:
+    from safetensors import safe_open
+
+    from coop_dag.adapters import ADAPTER_WEIGHTS
+
+    total = 0
+    with safe_open(os.fspath(adapter_dir / ADAPTER_WEIGHTS), framework="pt") as f:
+        for key in f.keys():
+            if ".lora_" in key:
+                total += math.prod(f.get_slice(key).get_shape())
+    return total
+
+
+def _result_from_record(record: Mapping[str, Any]) -> Any:
+    from dataclasses import fields
+
+    from coop_dag.train import TrainResult
+
+    known = {f.name for f in fields(TrainResult)}
+    values = {k: v for k, v in record.items() if k in known}
+    for key in ("adapter_dir", "run_dir", "loss_curve_json"):
+        values[key] = Path(values[key])
+    if values.get("loss_curve_png"):
+        values["loss_curve_png"] = Path(values["loss_curve_png"])
+    return TrainResult(**values)
+
+
+def train_lora_verl(
+    student: Any,
+    train_path: str | os.PathLike,
+    val_path: str | os.PathLike | None,
+    recipe: Any,
+    work_dir: str | os.PathLike,
+    launcher: VerlLauncher,
+    *,
+    nproc: int = 1,
+    on_log: LogFn | None = None,
+    data_version: str | None = None,
+    facts: Mapping[str, Any] | None = None,
+    force: bool = False,
+    experiment_name: str = "sft",
+    timeout: float | None = None,
+    merge_timeout: float | None = 3600.0,
+) -> Any:
+    """`coop_dag.train.train_lora`'s contract, trained by verl: a LoRA adapter for `student`
+    on the TITO parquet `train_path` (validation on `val_path`), returned as the same
+    `coop_dag.train.TrainResult` with the same `lineage.json` facts (``trainer: "verl"``).
+
+    The run lives in ``<work_dir>/verl-<run_key>/``:
+
+    - ``data/{train,val}.parquet``: the TITO rows prepared for the recipe exactly as the
+      embedded trainer prepares them (`coop_dag.train.prepare_rows`: max_turn, packing,
+      truncation), except that upweight is always trained as copies -- verl's SFT loss has
+      no per-row weight, so a weighted row would silently count once (a non-integer weight
+      is refused). The parquet's tokenizer and chat template are checked first.
+    - ``verl_config.yaml`` (`VerlSFTConfig.to_yaml`, from `config_for_recipe`) and
+      ``verl_command.txt``: what verl is sent.
+    - ``checkpoints/``: verl's ``trainer.default_local_dir`` (``global_step_N``; `run_verl`
+      reuses a finished one), ``merged/``: the model merger's export, ``verl.log``: every
+      line verl printed (each also goes to `on_log`; the loss curve is parsed from it).
+    - ``adapter/``: the repaired, validated PEFT export plus ``lineage.json`` and
+      ``loss_curve.{json,png}``; ``train_result.json`` once all is done -- a rerun then
+      returns it (``reused``) without starting verl. ``force``: start the run over.
+    """
+    import shutil
+    import time
+
+    from coop_dag.adapters import ADAPTER_WEIGHTS, write_lineage
+    from coop_dag.train import (
+        EmptyTrainingSetError,
+        TrainResult,
+        check_parquet_identity,
+        copy_adapter,
+        get_recipe,
+        prepare_rows,
+        read_parquet_rows,
+        write_loss_curve,
+        write_rows,
+    )
+
+    started = time.monotonic()
+    if isinstance(student, str):
+        from coop_dag.students import get_student
+
+        student = get_student(student)
+    if isinstance(recipe, str):
+        recipe = get_recipe(recipe)
+    log = on_log or (lambda _line: None)
+    train_path = Path(train_path)
+    val_path = Path(val_path) if val_path else None
+
+    rows, meta = read_parquet_rows(train_path)
+    check_parquet_identity(
+        train_path, meta, student.tokenizer_sha256, student.chat_template_sha256,
+        student=student.name,
+    )  # fmt: skip
+    val_raw: list[dict] = []
+    if val_path is not None and val_path.is_file():
+        val_raw, val_meta = read_parquet_rows(val_path)
+        check_parquet_identity(
+            val_path, val_meta, student.tokenizer_sha256, student.chat_template_sha256,
+            student=student.name,
+        )  # fmt: skip
+    if not rows:
+        raise EmptyTrainingSetError(f"{train_path}: the training parquet has no row")
+    as_copies = recipe.replace(upweight_mode="duplicate")
+    train_rows, prep = prepare_rows(rows, as_copies)
+    if not train_rows:
+        raise EmptyTrainingSetError(
+            f"{train_path}: no training row left after preparing {prep.rows_in} rows for recipe "
+            f"'{recipe.name}': {prep.as_dict()}"
+        )
+    weighted = sorted({float(r["weight"]) for r in train_rows if float(r["weight"]) != 1.0})
+    if weighted:
+        raise VerlError(
+            f"{train_path}: rows with loss weights {weighted[:5]} cannot be trained as copies "
+            "and verl's SFT loss has no per-row weight; use integer upweights"
+        )
+    val_rows, val_prep = prepare_rows(val_raw, as_copies, expand=False)
+    if recipe.max_val_rows > 0:
+        val_rows = val_rows[: recipe.max_val_rows]
+    rows_per_step = recipe.batch_size * recipe.grad_accum
+    if val_rows and len(val_rows) < rows_per_step:
+        log(
+            f"[coop-dag] no validation: {len(val_rows)} val rows < {rows_per_step} rows per "
+            "step, and verl drops the last incomplete batch (drop_last=True)"
+        )
+        val_rows = []
+
+    train_sha = _file_sha256(train_path)
+    val_sha = _file_sha256(val_path) if val_path is not None and val_path.is_file() else None
+    key = run_key(student, recipe, train_sha, val_sha, nproc)
+    run_dir = Path(work_dir) / f"verl-{key}"
+    adapter_dir = run_dir / "adapter"
+    result_file = run_dir / RESULT_FILE
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    done = _read_json(result_file)
+    if isinstance(done, dict) and (adapter_dir / ADAPTER_WEIGHTS).is_file():
+        log(f"[coop-dag] verl run {key} already finished: {adapter_dir}")
+        done.update(reused=True, wall_time_s=round(time.monotonic() - started, 2))
+        return _result_from_record(done)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    data_meta = {
+        "format": meta.get("format"),
+        "variant": meta.get("variant"),
+        "tokenizer": meta.get("tokenizer"),
+        "chat_template_sha256": meta.get("chat_template_sha256"),
+        "prepared_for_recipe": as_copies.to_json(),
+        "prepared_for": BACKEND,
+        "source": str(train_path),
+    }
+    data_dir = run_dir / "data"
+    train_file = data_dir / "train.parquet"
+    val_file = data_dir / "val.parquet" if val_rows else None
+    if not train_file.is_file():  # deterministic: a rerun keeps the file (and the run record)
+        write_rows(train_rows, train_file, data_meta)
+    if val_file is not None and not val_file.is_file():
+        write_rows(val_rows, val_file, {**data_meta, "source": str(val_path)})
+
+    cfg = config_for_recipe(
+        recipe,
+        train_files=train_file,
+        val_files=val_file,
+        train_rows=len(train_rows),
+        val_rows=len(val_rows),
+        model_path=str(student.model_dir),
+        output_dir=run_dir / "checkpoints",
+        experiment_name=experiment_name,
+        nproc_per_node=nproc,
+    )
+    command = train_command(cfg, launcher)
+    (run_dir / CONFIG_RECORD).write_text(cfg.to_yaml())
+    (run_dir / COMMAND_RECORD).write_text(command.shell() + "\n")
+    log(
+        f"[coop-dag] verl run {run_dir}: {len(train_rows)} rows ({len(val_rows)} val), "
+        f"{cfg.expected_total_steps()} steps, recipe {recipe.name}, {launcher.describe()}"
+    )
+
+    with (run_dir / LOG_FILE).open("a", encoding="utf-8") as log_file:
+
+        def tee(line: str) -> None:
+            log_file.write(line + "\n")
+            log_file.flush()
+            log(line)
+
+        verl = run_verl(
+            cfg, launcher, on_log=tee, merged_dir=run_dir / "merged", timeout=timeout,
+            merge_timeout=merge_timeout,
+        )  # fmt: skip
+    assert verl.adapter_dir is not None and verl.adapter is not None
+
+    steps = int(verl.checkpoint_dir.name.removeprefix("global_step_"))
+    per_epoch = cfg.steps_per_epoch()
+    metrics = {s: m for s, m in metrics_from_log(run_dir / LOG_FILE).items() if s <= steps}
+    tokens, train_curve, val_curve = 0, [], []
+    for step in sorted(metrics):
+        m = metrics[step]
+        epoch = round(step / per_epoch, 4) if per_epoch else None
+        tokens += int(m.get("train/global_tokens", 0))
+        if "train/loss" in m:
+            train_curve.append(
+                {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": m["train/loss"],
+                    "learning_rate": m.get("train/lr"),
+                    "tokens_seen": tokens,
+                }
+            )
+        if "val/loss" in m:
+            val_curve.append({"step": step, "epoch": epoch, "val_loss": m["val/loss"]})
+    last = [t["loss"] for t in train_curve[-5:]]
+    train_loss = float(sum(last) / len(last)) if last else None
+    final_val = val_curve[-1]["val_loss"] if val_curve else None
+    epochs = round(steps / per_epoch, 4) if per_epoch else float(cfg.total_epochs)
+    rows_trained = steps * cfg.train_batch_size
+    trained_tokens = round(prep.trained_tokens * rows_trained / max(1, len(train_rows)))
+    train_time = verl.train_time_s or 0.0
+    trainable = _lora_params(verl.adapter_dir)
+    data_version = data_version or train_sha[:16]
+    lineage: dict[str, Any] = {
+        **(facts or {}),
+        "trainer": BACKEND,
+        "trainer_version": BRIDGE_VERSION,
+        "student": student.name,
+        "student_kind": student.kind,
+        "base_model": str(student.model_dir),
+        "tokenizer_sha256": student.tokenizer_sha256,
+        "chat_template_sha256": student.chat_template_sha256,
+        "parquet_data_version": data_version,
+        "train_parquet": str(train_path),
+        "train_parquet_sha256": train_sha,
+        "val_parquet": str(val_path) if val_path else None,
+        "val_parquet_sha256": val_sha,
+        "parquet_variant": meta.get("variant"),
+        "parquet_upweight": meta.get("upweight"),
+        "parquet_strip": meta.get("strip"),
+        "recipe": recipe.name,
+        "recipe_config": recipe.to_json(),
+        "recipe_not_applied": {
+            k: why for k, why in NOT_APPLIED.items() if k == "seed" or recipe.to_json().get(k)
+        },
+        "seed": recipe.seed,
+        "run_key": key,
+        "steps": steps,
+        "max_steps": cfg.expected_total_steps() or steps,
+        "epochs": epochs,
+        "train_rows": len(train_rows),
+        "val_rows": len(val_rows),
+        "prep": prep.as_dict(),
+        "tokens_seen": tokens,
+        "trained_tokens": trained_tokens,
+        "trained_tokens_estimated": True,  # from the prepared rows and the steps verl ran
+        "train_loss": train_loss,
+        "initial_val_loss": None,  # verl validates after steps only
+        "final_val_loss": final_val,
+        "trainable_params": trainable,
+        "total_params": None,
+        "lora_r": verl.adapter.r,
+        "lora_alpha": verl.adapter.lora_alpha,
+        "train_time_s": train_time,
+        "resumed_from_step": None,
+        "versions": {"verl": launcher.describe()},
+        "verl_nproc": nproc,
+        "verl_config": cfg.as_dict(),
+        "verl_command": command.shell(),
+        "verl_checkpoint": str(verl.checkpoint_dir),
+        "verl_export": str(verl.adapter_dir),
+        "verl_export_repairs": list(verl.repairs),
+        "verl_reused_checkpoint": verl.reused_checkpoint,
+    }
+    try:
+        from coop_dag.lineage import code_version
+
+        lineage["code_version"] = code_version()
+    except Exception:  # noqa: BLE001 - lineage must not fail the run
+        lineage["code_version"] = "unknown"
+
+    # the adapter: verl's repaired export + lineage + loss curve, staged then renamed
+    stage = run_dir / ".stage-adapter"
+    shutil.rmtree(stage, ignore_errors=True)
+    copy_adapter(verl.adapter_dir, stage)
+    write_lineage(stage, lineage)
+    title = f"{student.name} / {recipe.name} / verl / {verl.adapter.name}"
+    json_path, png_path = write_loss_curve(stage, train_curve, val_curve, title)
+    for item in stage.iterdir():
+        os.chmod(item, 0o644)
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    os.replace(stage, adapter_dir)
+
+    result = TrainResult(
+        adapter_dir=adapter_dir,
+        run_dir=run_dir,
+        run_key=key,
+        steps=steps,
+        max_steps=lineage["max_steps"],
+        epochs=epochs,
+        train_loss=train_loss,
+        initial_val_loss=None,
+        final_val_loss=final_val,
+        val_losses=val_curve,
+        train_losses=train_curve,
+        tokens_seen=tokens,
+        trained_tokens=trained_tokens,
+        wall_time_s=round(time.monotonic() - started, 2),
+        train_time_s=train_time,
+        tokens_per_s=round(tokens / train_time, 2) if train_time > 0 else 0.0,
+        trainable_params=trainable,
+        total_params=None,
+        resumed_from_step=None,
+        reused=False,
+        train_rows=len(train_rows),
+        val_rows=len(val_rows),
+        prep={"train": prep.as_dict(), "val": val_prep.as_dict()},
+        recipe=recipe.to_json(),
+        lineage=lineage,
+        loss_curve_json=adapter_dir / json_path.name,
+        loss_curve_png=adapter_dir / png_path.name if png_path else None,
+        adapter_sha12=verl.adapter.sha12,
+        extra={
+            "trainer": BACKEND,
+            "verl_checkpoint": str(verl.checkpoint_dir),
+            "verl_reused_checkpoint": verl.reused_checkpoint,
+            "verl_export_repairs": list(verl.repairs),
+        },
+    )
+    _write_json(result_file, result.as_dict())
+    return result

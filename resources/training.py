@@ -39,8 +39,9 @@ class TrainingResource(dg.ConfigurableResource):
     - ``threads``: torch threads (0: the cores no other process is using).
     - the trainer: ``kind`` (embedded | verl), for verl ``verl_python`` or ``verl_image`` and
       ``nproc``; `trainer_choice()` resolves them against the profile and `verl_launcher()`
-      builds the `coop_dag.verl.VerlLauncher` that `coop_dag.verl.run_verl` runs.
-      ``lora_checkpoint`` itself trains with the embedded CPU trainer.
+      builds the `coop_dag.verl.VerlLauncher`. ``lora_checkpoint`` trains with whichever
+      `trainer_choice()` names: the embedded CPU trainer in process, or verl as an external
+      process (`coop_dag.verl.train_lora_verl`, run dir ``<work_dir>/<variant>/verl-<key>/``).
     """
 
     adapters_dir: str = ""
