@@ -97,6 +97,15 @@ class ServingResource(dg.ConfigurableResource):
         description="embedded: concurrent requests generated as one batch (0: the server's "
         "default, 32); the rollouts' agents share the batch",
     )
+    batch_gap: float = Field(
+        default=1.0,
+        description="embedded: a batch starts once no request arrived for this many seconds. "
+        "Rollout agents answer a finished batch over a second or so (tools, sandboxes, the "
+        "pairs' evaluations); one that misses a batch waits for the whole of it",
+    )
+    batch_window: float = Field(
+        default=8.0, description="embedded: at most this many seconds a batch waits for company"
+    )
     vllm_python: str = Field(default="", description="launch vllm serve from this python")
     vllm_image: str = Field(default="", description="launch vllm serve from this image")
     max_lora_rank: int = Field(default=64, description="vLLM --max-lora-rank when launching")
@@ -164,6 +173,7 @@ class ServingResource(dg.ConfigurableResource):
                 extra += ["--default-max-tokens", str(self.default_max_tokens)]
             if self.max_batch:
                 extra += ["--max-batch", str(self.max_batch)]
+            extra += ["--batch-gap", str(self.batch_gap), "--batch-window", str(self.batch_window)]
             return ensure_embedded_server(
                 student,
                 host=self.host,
