@@ -962,8 +962,11 @@ def _file_sha(path: Path) -> str:
     return h.hexdigest()
 
 
-def run_key_for(student: Any, recipe: Recipe, train_sha: str, val_sha: str | None) -> str:
-    """What identifies a training run: resume only ever continues the same run."""
+def run_key_for(
+    student: Any, recipe: Recipe, train_sha: str, val_sha: str | None, **engine: Any
+) -> str:
+    """What identifies a training run: resume only ever continues the same run. ``engine``:
+    the trainer's own identity (default: this embedded trainer's backend and version)."""
     blob = json.dumps(
         {
             "student": student.name,
@@ -973,8 +976,7 @@ def run_key_for(student: Any, recipe: Recipe, train_sha: str, val_sha: str | Non
             "recipe": recipe.to_json(),
             "train": train_sha,
             "val": val_sha,
-            "backend": BACKEND,
-            "trainer_version": TRAINER_VERSION,
+            **(engine or {"backend": BACKEND, "trainer_version": TRAINER_VERSION}),
         },
         sort_keys=True,
     )

@@ -1151,25 +1151,17 @@ def config_for_recipe(
 
 def run_key(student: Any, recipe: Any, train_sha: str, val_sha: str | None, nproc: int) -> str:
     """What identifies a verl run (its directory): student, recipe, data, GPU count."""
-    import hashlib
-    import json
+    from coop_dag.train import run_key_for
 
-    blob = json.dumps(
-        {
-            "student": student.name,
-            "tokenizer": student.tokenizer_sha256,
-            "template": student.chat_template_sha256,
-            "weights": str(student.manifest.get("cache_key") or student.model_dir),
-            "recipe": recipe.to_json(),
-            "train": train_sha,
-            "val": val_sha,
-            "nproc": nproc,
-            "backend": BACKEND,
-            "bridge_version": BRIDGE_VERSION,
-        },
-        sort_keys=True,
+    return run_key_for(
+        student,
+        recipe,
+        train_sha,
+        val_sha,
+        nproc=nproc,
+        backend=BACKEND,
+        bridge_version=BRIDGE_VERSION,
     )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def metrics_from_log(path: str | os.PathLike) -> dict[int, dict[str, float]]:
