@@ -983,6 +983,48 @@ def run_key_for(
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def run_lineage(
+    student: Any,
+    recipe: Recipe,
+    facts: dict | None,
+    meta: dict,
+    data_version: str,
+    train: tuple[Path | str, str],
+    val: tuple[Path | str | None, str | None],
+    **trainer: Any,
+) -> dict[str, Any]:
+    """The lineage facts every trainer writes into ``lineage.json``: upstream ``facts``, the
+    trainer's identity, student, data (paths, sha256s, parquet metadata ``meta``), recipe and
+    code version. ``train``/``val``: (parquet path, sha256)."""
+    (train_path, train_sha), (val_path, val_sha) = train, val
+    try:
+        from coop_dag.lineage import code_version
+
+        code = code_version()
+    except Exception:  # noqa: BLE001 - lineage must not fail the run
+        code = "unknown"
+    return {
+        **(facts or {}),
+        **trainer,
+        "student": student.name,
+        "student_kind": student.kind,
+        "base_model": str(student.model_dir),
+        "tokenizer_sha256": student.tokenizer_sha256,
+        "chat_template_sha256": student.chat_template_sha256,
+        "parquet_data_version": data_version,
+        "train_parquet": str(train_path),
+        "train_parquet_sha256": train_sha,
+        "val_parquet": str(val_path) if val_path else None,
+        "val_parquet_sha256": val_sha,
+        "parquet_variant": meta.get("variant"),
+        "parquet_upweight": meta.get("upweight"),
+        "parquet_strip": meta.get("strip"),
+        "recipe": recipe.name,
+        "recipe_config": recipe.to_json(),
+        "code_version": code,
+    }
+
+
 def _lora_config(recipe: Recipe):
     from peft import LoraConfig
 
@@ -1265,24 +1307,11 @@ def train_lora(
     train_loss = float(sum(last) / len(last)) if last else None
     data_version = data_version or train_sha[:16]
     lineage = {
-        **(facts or {}),
-        "trainer": BACKEND,
-        "trainer_version": TRAINER_VERSION,
-        "student": student.name,
-        "student_kind": student.kind,
-        "base_model": str(student.model_dir),
-        "tokenizer_sha256": student.tokenizer_sha256,
-        "chat_template_sha256": student.chat_template_sha256,
-        "parquet_data_version": data_version,
-        "train_parquet": str(train_path),
-        "train_parquet_sha256": train_sha,
-        "val_parquet": str(val_path) if val_path else None,
-        "val_parquet_sha256": val_sha,
-        "parquet_variant": meta.get("variant"),
-        "parquet_upweight": meta.get("upweight"),
-        "parquet_strip": meta.get("strip"),
-        "recipe": recipe.name,
-        "recipe_config": recipe.to_json(),
+        **run_lineage(
+            student, recipe, facts, meta, data_version,
+            (train_path, train_sha), (val_path, val_sha),
+            trainer=BACKEND, trainer_version=TRAINER_VERSION,
+        ),  # fmt: skip
         "seed": recipe.seed,
         "run_key": key,
         "steps": steps,
@@ -1305,12 +1334,6 @@ def train_lora(
         "resumed_from_step": resumed_step,
         "versions": _versions(),
     }
-    try:
-        from coop_dag.lineage import code_version
-
-        lineage["code_version"] = code_version()
-    except Exception:  # noqa: BLE001 - lineage must not fail the run
-        lineage["code_version"] = "unknown"
     write_lineage(stage, lineage)
     title = f"{student.name} / {recipe.name} / {info.name}"
     json_path, png_path = write_loss_curve(stage, train_curve, val_curve, title)
@@ -1468,6 +1491,7 @@ __all__ = [
     "prepare_rows",
     "read_parquet_rows",
     "run_key_for",
+    "run_lineage",
     "step_loss",
     "torch_threads",
     "train_lora",

@@ -1256,6 +1256,7 @@ def train_lora_verl(
         get_recipe,
         prepare_rows,
         read_parquet_rows,
+        run_lineage,
         write_loss_curve,
         write_rows,
     )
@@ -1403,24 +1404,11 @@ def train_lora_verl(
     trainable = _lora_params(verl.adapter_dir)
     data_version = data_version or train_sha[:16]
     lineage: dict[str, Any] = {
-        **(facts or {}),
-        "trainer": BACKEND,
-        "trainer_version": BRIDGE_VERSION,
-        "student": student.name,
-        "student_kind": student.kind,
-        "base_model": str(student.model_dir),
-        "tokenizer_sha256": student.tokenizer_sha256,
-        "chat_template_sha256": student.chat_template_sha256,
-        "parquet_data_version": data_version,
-        "train_parquet": str(train_path),
-        "train_parquet_sha256": train_sha,
-        "val_parquet": str(val_path) if val_path else None,
-        "val_parquet_sha256": val_sha,
-        "parquet_variant": meta.get("variant"),
-        "parquet_upweight": meta.get("upweight"),
-        "parquet_strip": meta.get("strip"),
-        "recipe": recipe.name,
-        "recipe_config": recipe.to_json(),
+        **run_lineage(
+            student, recipe, facts, meta, data_version,
+            (train_path, train_sha), (val_path, val_sha),
+            trainer=BACKEND, trainer_version=BRIDGE_VERSION,
+        ),  # fmt: skip
         "recipe_not_applied": {
             k: why for k, why in NOT_APPLIED.items() if k == "seed" or recipe.to_json().get(k)
         },
@@ -1453,12 +1441,6 @@ def train_lora_verl(
         "verl_export_repairs": list(verl.repairs),
         "verl_reused_checkpoint": verl.reused_checkpoint,
     }
-    try:
-        from coop_dag.lineage import code_version
-
-        lineage["code_version"] = code_version()
-    except Exception:  # noqa: BLE001 - lineage must not fail the run
-        lineage["code_version"] = "unknown"
 
     # the adapter: verl's repaired export + lineage + loss curve, staged then renamed
     stage = run_dir / ".stage-adapter"
