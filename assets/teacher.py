@@ -14,6 +14,7 @@ from coop_dag.teachers import make_teacher_factory, teacher_facts
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
 from resources.rollout import RolloutResource
+from resources.serving import ServingResource
 
 
 def _pct(x: float | None) -> str:
@@ -26,12 +27,18 @@ def teacher_rollouts(
     task_pool: dict,
     dataset: DatasetResource,
     rollout: RolloutResource,
+    serving: ServingResource,
     lineage: LineageResource,
 ) -> dg.Output[dict]:
     """Two teacher agents per training pair, concurrently, messaging through Redis, with the
-    steering prompt when the variant asks for it. Resumable: finished pairs are kept."""
+    steering prompt when the variant asks for it. Resumable: finished pairs are kept. A
+    ``served`` teacher's model is served by the serving resource (vLLM) for the duration."""
     variant = VARIANTS[context.partition_key]
-    make_model = make_teacher_factory(variant)  # fails here, before any rollout, on bad creds
+    endpoint = None
+    if variant.teacher["kind"] == "served":
+        endpoint = serving.ensure(variant.teacher["model"], log=context.log.info)
+    # fails here, before any rollout, on bad credentials
+    make_model = make_teacher_factory(variant, endpoint)
     pair_ids = [p["pair_id"] for p in task_pool["pairs"] if p["split"] == "train"]
     pairs = select_pairs(dataset.root, pair_ids, dataset.subset_name)
     run_dir = rollout.run_dir(variant.name, "teacher")
@@ -53,6 +60,7 @@ def teacher_rollouts(
     summary["data_version"] = content_version({k: summary[k] for k in stable})
     facts = {
         **teacher_facts(variant),
+        **({"teacher_endpoint": endpoint.api_base} if endpoint else {}),
         "held_out_repos": task_pool["held_out_repos"],
         "dataset_dir": str(dataset.root),
     }

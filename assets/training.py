@@ -13,12 +13,14 @@ import dagster as dg
 from assets.partitions import VARIANTS, variant_partitions
 from coop_dag.adapters import AdapterError, adapter_name, validate_adapter, write_lineage
 from coop_dag.lineage import content_version
-from coop_dag.probe import ProbeResult, compare_outputs, held_out_cases, probe_key, probe_student
+from coop_dag.probe import ProbeResult, compare_outputs, held_out_cases, probe_endpoint, probe_key
+from coop_dag.serving import Endpoint, ensure_loaded
 from coop_dag.students import get_student
 from coop_dag.train import TrainResult, copy_adapter, format_event, get_recipe, train_lora
 from coop_dag.verl import train_lora_verl
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
+from resources.serving import ServingResource
 from resources.training import TrainingResource
 
 PROBE_MIN_RATE = 0.7  # the seed's plan_first threshold, applied to the first-turn probe
@@ -56,24 +58,22 @@ def _base_probe(
     student: Any,
     cases: list,
     training: TrainingResource,
-    model: Any,
-    tokenizer: Any,
+    endpoint: Endpoint,
 ) -> ProbeResult:
-    """The base model's probe, cached by what determines it (student weights, tokenizer,
-    template, cases, generation settings): it does not change between trainings."""
-    key = probe_key(student, cases, training.probe_max_new_tokens, training.probe_batch_size)
+    """The base model's probe on the serving engine, cached by what determines it (student
+    weights, tokenizer, template, cases, generation settings, engine identity): it does not
+    change between trainings."""
+    engine_id = endpoint.identity or endpoint.url
+    key = probe_key(student, cases, training.probe_max_new_tokens, engine_id)
     cache = training.work_root / "probe-cache" / f"{student.name}-{key}.json"
     if cache.is_file():
         context.log.info(f"probe[{student.name}]: cached base result {cache}")
         return ProbeResult.from_dict(json.loads(cache.read_text()))
-    result = probe_student(
-        student,
-        cases=cases,
+    result = probe_endpoint(
+        endpoint.engine,
+        endpoint.base_model_id,
+        cases,
         max_new_tokens=training.probe_max_new_tokens,
-        batch_size=training.probe_batch_size,
-        model=model,
-        tokenizer=tokenizer,
-        threads=training.threads,
         log=context.log.info,
     )
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +91,6 @@ def _train(
     recipe: Any,
     tito_parquet: dict,
     facts: dict,
-    base_model: Any,
 ) -> TrainResult:
     """The adapter, from the trainer the resource resolves: embedded (CPU, in process) or verl
     (its own environment or image; `coop_dag.verl.train_lora_verl`). Same result either way."""
@@ -129,7 +128,6 @@ def _train(
         data_version=tito_parquet["data_version"],
         facts=facts,
         force=training.force,
-        model=base_model,
     )
 
 
@@ -149,6 +147,7 @@ def lora_checkpoint(
     tito_parquet: dict,
     dataset: DatasetResource,
     training: TrainingResource,
+    serving: ServingResource,
     lineage: LineageResource,
 ):
     """A LoRA adapter for the variant's student, trained on its TITO parquet (recipe from
@@ -176,6 +175,7 @@ def lora_checkpoint(
     inside this asset: the validation loss fell; the adapter's LoRA weights are usable
     (non-zero lora_B, finite, lora_alpha > 0, CAUSAL_LM); its probe output differs from the
     base model's; its first-turn probe rate (WARN below 70 %, the seed's plan_first bar).
+    The probe runs on the serving engine (vLLM), the engine the student is evaluated with.
     """
     started = time.monotonic()
     variant = VARIANTS[context.partition_key]
@@ -188,14 +188,10 @@ def lora_checkpoint(
     student = get_student(student_name)
     recipe = get_recipe(training.recipe or variant.recipe)
     cases = held_out_cases(dataset.root, dataset.held_out, max_prompts=training.probe_prompts)
-    tokenizer = student.load_tokenizer()
-    base_model = student.load_model()
     context.log.info(
         f"lora_checkpoint[{variant.name}]: student {student.name}, recipe {recipe.name}, "
         f"data {tito_parquet['data_version']}, probe on {len(cases)} held-out prompts"
     )
-
-    probe_base = _base_probe(context, student, cases, training, base_model, tokenizer)
 
     upstream_facts = dict(tito_parquet.get("facts") or {})
     meta = tito_parquet.get("metadata") or {}
@@ -213,13 +209,15 @@ def lora_checkpoint(
         "seed": recipe.seed,
     }
 
-    result = _train(context, training, variant, student, recipe, tito_parquet, facts, base_model)
+    result = _train(context, training, variant, student, recipe, tito_parquet, facts)
     if result.reused:
         context.log.info(f"train[{variant.name}]: run {result.run_key} already finished; reused")
-    del base_model  # LoRA layers were injected into it (embedded); the probe loads afresh
+    # the probe runs where the student will be evaluated: on the serving engine
+    endpoint = serving.ensure(student.name, log=context.log.info)
+    probe_base = _base_probe(context, student, cases, training, endpoint)
     yield from _publish(
         context, training, lineage, variant, student, recipe, tito_parquet, facts, cases,
-        tokenizer, probe_base, result, started,
+        endpoint, probe_base, result, started,
     )  # fmt: skip
 
 
@@ -233,30 +231,27 @@ def _publish(
     tito_parquet: dict,
     facts: dict,
     cases: list,
-    tokenizer: Any,
+    endpoint: Endpoint,
     probe_base: ProbeResult,
     result: TrainResult,
     started: float,
 ):
-    """Whichever trainer made it: probe the adapter, copy it under its content-addressed name
-    into the adapters directory with its lineage, record lineage, yield the output and checks."""
-
-    probe_adapter = probe_student(
-        student,
-        result.adapter_dir,
-        cases=cases,
+    """Whichever trainer made it: copy the adapter under its content-addressed name into the
+    adapters directory, probe it on the serving engine, write its lineage, record lineage,
+    yield the output and checks."""
+    name = adapter_name(result.adapter_dir)
+    final = copy_adapter(result.adapter_dir, training.adapter_dir(variant.name, name))
+    ensure_loaded(endpoint.url, name, final)
+    probe_adapter = probe_endpoint(
+        endpoint.engine,
+        name,
+        cases,
         max_new_tokens=training.probe_max_new_tokens,
-        batch_size=training.probe_batch_size,
-        model=student.load_model(),
-        tokenizer=tokenizer,
-        threads=training.threads,
+        adapter=str(final),
         log=context.log.info,
     )
     compare = compare_outputs(probe_base, probe_adapter)
 
-    # the served copy, under its content-addressed name, with the probe facts in its lineage
-    name = adapter_name(result.adapter_dir)
-    final = copy_adapter(result.adapter_dir, training.adapter_dir(variant.name, name))
     probe_facts = {
         "probe_base_rate": probe_base.rate,
         "probe_adapter_rate": probe_adapter.rate,

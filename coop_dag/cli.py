@@ -39,6 +39,57 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import shlex
+
+    from coop_dag.profiles import resolve_profile
+    from coop_dag.students import get_student
+    from coop_dag.vllm import (
+        DEFAULT_MAX_MODEL_LEN,
+        EVAL_DTYPE,
+        VllmLauncher,
+        VllmServeConfig,
+        serve_command,
+    )
+
+    student = get_student(args.student)
+    adapters = {}
+    for item in args.adapter:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--adapter {item!r}: expected NAME=DIR")
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"--adapter {item!r}: {path}/adapter_config.json not found")
+        adapters[name] = str(Path(path).resolve())
+    profile = resolve_profile().server
+    python = args.vllm_python or profile.vllm_python
+    if not python:
+        raise ValueError("no vLLM python: pass --vllm-python or set COOP_DAG_VLLM_PYTHON")
+    if not Path(python).exists():
+        raise FileNotFoundError(
+            f"vLLM's python {python} does not exist: run `bash scripts/vllm_venv.sh`"
+        )
+    config = VllmServeConfig(
+        model=str(student.model_dir),
+        host=args.host,
+        port=args.port,
+        served_model_name=student.name,
+        max_model_len=DEFAULT_MAX_MODEL_LEN,
+        lora_modules=adapters,
+        dtype=args.dtype or EVAL_DTYPE,
+        device=args.device or profile.device,
+    )
+    command = serve_command(config, VllmLauncher(python=python))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **command.env}
+    if args.print_command:
+        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(command.env.items()))
+        print(f"{exports} {shlex.join(command.argv)}")
+        return 0
+    print(f"coop-dag serve: {student.name} on http://{args.host}:{args.port}", file=sys.stderr)
+    os.execve(command.argv[0], list(command.argv), env)  # the command's lifetime is vLLM's
+    return 0  # not reached
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coop-dag",
@@ -47,9 +98,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser(
-        "serve", help="start the embedded OpenAI-compatible server (see `coop-dag serve --help`)"
+    p = sub.add_parser(
+        "serve",
+        help="serve a student with vLLM (runtime LoRA, tool-call parser, token ids), in the "
+        "foreground until interrupted",
     )
+    p.add_argument("--student", help="a student of configs/students.yaml (default: its default)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a LoRA adapter to serve at start-up (repeatable); more load at runtime through "
+        "POST /v1/load_lora_adapter",
+    )
+    p.add_argument("--device", choices=("cpu", "gpu"), help="default: the profile's")
+    p.add_argument("--dtype", help="vLLM --dtype (default: the evaluation protocol's)")
+    p.add_argument("--vllm-python", help="vLLM's python (default: the profile's)")
+    p.add_argument(
+        "--print-command", action="store_true", help="print the command and exit, start nothing"
+    )
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("tasks", help="list feature pairs and their train/held-out split")
     p.add_argument("--dataset", help="CooperBench dataset dir (default: bundled)")
@@ -89,10 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["serve"]:  # its own parser, so `coop-dag serve --help` is the server's
-        from coop_dag.serve import serve_main
-
-        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

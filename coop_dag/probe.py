@@ -9,12 +9,12 @@ agent loop and the metrics do:
 - prompts: held-out features (whole held-out repos, never seen in training), each rendered
   as the coop agent's turn-0 context -- ``[system, instance]`` from
   :func:`coop_dag.prompts.render_prompts` (the *default* coop prompt, no steering), the bash
-  tool in ``tools``, the student's chat template -- through :func:`coop_dag.chat.render_ids`,
-  the one renderer TITO and serving share, with the generation prompt;
-- generation: greedy, at most ``max_new_tokens`` (the plan turn is short), stopping at the
-  student's end-of-turn id;
-- scoring, per output: the bash commands :func:`coop_dag.actions.parse_actions` finds (tool
-  calls written inline, as the student emits them), the messages
+  tool in ``tools``, sent to the serving engine (vLLM, the student's chat template) exactly
+  as the rollouts send a turn;
+- generation: greedy, at most ``max_new_tokens`` (the plan turn is short), on the engine the
+  student is evaluated with (:func:`probe_endpoint`);
+- scoring, per output: the bash commands :func:`coop_dag.actions.parse_actions` finds (the
+  tool calls vLLM's parser returned, else calls written inline), the messages
   :func:`coop_dag.messaging.parse_send_message` finds in them, and whether one of those messages
   goes to the partner and names a path of the task: ``extract_paths(body)`` intersected with
   the feature's files (the paths its ``feature.md`` names, the same regex the metrics use).
@@ -25,7 +25,8 @@ agent loop and the metrics do:
 adapter's output different from the base model's on the same prompt?" -- which would have caught
 its first attempt (token-for-token identical outputs) in seconds.
 
-No Dagster here; the ``lora_checkpoint`` asset calls :func:`run_probe` for base and adapter.
+No Dagster here; the ``lora_checkpoint`` asset calls :func:`probe_endpoint` for base and
+adapter.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from typing import Any
 
 from coop_dag import BUNDLED_DATASET
 from coop_dag.actions import BASH_TOOL, parse_actions
-from coop_dag.chat import render_ids
 from coop_dag.messaging import MessagingError, parse_send_message
 from coop_dag.paths import extract_paths
 from coop_dag.prompts import render_prompts
@@ -178,19 +178,17 @@ def first_turn_messages(case: ProbeCase) -> list[dict]:
     ]
 
 
-def prompt_ids(tokenizer: Any, case: ProbeCase, **template_kwargs: Any) -> list[int]:
-    """Turn-0 prompt ids exactly as the runtime renders them (bash tool, generation prompt)."""
-    return render_ids(tokenizer, first_turn_messages(case), [BASH_TOOL], **template_kwargs)
-
-
 # --------------------------------------------------------------------------------------
 # scoring
 # --------------------------------------------------------------------------------------
 
 
-def score_output(text: str, case: ProbeCase, n_tokens: int = 0) -> ProbeOutput:
-    """Read one first turn as the agent loop and the metrics would."""
-    commands = parse_actions(text, None)
+def score_output(
+    text: str, case: ProbeCase, n_tokens: int = 0, tool_calls: list[dict] | None = None
+) -> ProbeOutput:
+    """Read one first turn as the agent loop and the metrics would: the server's parsed
+    ``tool_calls`` first, tool calls written inline in ``text`` otherwise."""
+    commands = parse_actions(text, tool_calls)
     messages: list[dict] = []
     error = None
     for command in commands:
@@ -260,10 +258,10 @@ def compare_outputs(base: ProbeResult, adapter: ProbeResult) -> dict[str, Any]:
 PROBE_VERSION = "1"  # bump when prompts, generation or scoring change (invalidates caches)
 
 
-def probe_key(
-    student: Any, cases: Sequence[ProbeCase], max_new_tokens: int, batch_size: int
-) -> str:
-    """What determines a base model's probe result (for caching it across runs)."""
+def probe_key(student: Any, cases: Sequence[ProbeCase], max_new_tokens: int, engine: str) -> str:
+    """What determines a base model's probe result (for caching it across runs): the student's
+    weights and template, the cases, the generation settings and the serving engine's
+    identity."""
     import hashlib
     import json
 
@@ -277,7 +275,7 @@ def probe_key(
             "template": getattr(student, "chat_template_sha256", ""),
             "cases": [[c.key, c.task, list(c.files)] for c in cases],
             "max_new_tokens": max_new_tokens,
-            "batch_size": batch_size,
+            "engine": engine,
         },
         sort_keys=True,
     )
@@ -285,154 +283,59 @@ def probe_key(
 
 
 # --------------------------------------------------------------------------------------
-# generation
+# generation: greedy first turns from the serving engine (vLLM), as the rollouts query it
 # --------------------------------------------------------------------------------------
 
 
-def generate_first_turns(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[Sequence[int]],
-    *,
-    eot_id: int | None = None,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    batch_size: int = 1,
-) -> list[list[int]]:
-    """Greedy continuations (new ids, through the first end-of-turn id) of each prompt.
-    ``batch_size > 1`` left-pads prompts into batches (faster on CPU, outputs can differ in
-    rare near-ties from the unpadded ones); 1 is exact."""
-    import torch
+def case_probe(case: ProbeCase, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
+    """The case as a :class:`coop_dag.serving.Probe`: the one request builder both probes
+    (this one and `served_adapter`'s swap probe) send."""
+    from coop_dag.serving import Probe
 
-    eos = eot_id if eot_id is not None else tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    model.eval()
-    outs: list[list[int]] = []
-    with torch.no_grad():
-        for start in range(0, len(prompts), max(1, batch_size)):
-            chunk = [list(p) for p in prompts[start : start + max(1, batch_size)]]
-            width = max(len(p) for p in chunk)
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
-            gen = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=eos,
-                pad_token_id=pad,
-            )
-            for row in gen[:, width:].tolist():
-                if eos in row:
-                    row = row[: row.index(eos) + 1]
-                outs.append(row)
-    return outs
+    return Probe(
+        name=f"first-turn:{case.key}",
+        messages=tuple(first_turn_messages(case)),
+        tools=(BASH_TOOL,),
+        max_tokens=max_new_tokens,
+    )
 
 
-def run_probe(
-    model: Any,
-    tokenizer: Any,
+def probe_endpoint(
+    engine: Any,
+    model: str,
     cases: Sequence[ProbeCase],
     *,
-    eot_id: int | None = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    batch_size: int = 1,
-    template_kwargs: dict[str, Any] | None = None,
-    model_name: str = "",
     adapter: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ProbeResult:
-    """Greedy first turns of ``model`` on ``cases``, scored."""
+    """Greedy first turns of ``model`` (the base id or an adapter name) on a running server
+    (a :class:`coop_dag.vllm.VllmEngine` or its URL), scored. The cases are sent at once so
+    the engine batches them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from coop_dag.serving import run_probe as ask
+
     if not cases:
         raise ProbeError("no probe cases")
     started = time.monotonic()
-    prompts = [prompt_ids(tokenizer, c, **(template_kwargs or {})) for c in cases]
-    new = generate_first_turns(
-        model,
-        tokenizer,
-        prompts,
-        eot_id=eot_id,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-    )
-    eos = eot_id if eot_id is not None else tokenizer.eos_token_id
-    outputs = []
-    for case, ids in zip(cases, new, strict=True):
-        body = ids[:-1] if ids and ids[-1] == eos else ids
-        # special tokens kept: <tool_call> is an added token in some vocabularies
-        text = tokenizer.decode(body, skip_special_tokens=False)
-        outputs.append(score_output(text, case, len(ids)))
+    with ThreadPoolExecutor(max_workers=len(cases)) as pool:
+        answers = list(pool.map(lambda c: ask(engine, model, case_probe(c, max_new_tokens)), cases))
+    outputs = [
+        score_output(a.text, c, len(a.token_ids or []), a.tool_calls)
+        for c, a in zip(cases, answers, strict=True)
+    ]
     result = summarise(
         outputs,
-        model=model_name,
+        model=model,
         adapter=adapter,
         max_new_tokens=max_new_tokens,
         wall_time_s=round(time.monotonic() - started, 2),
-        extra={"prompt_tokens": [len(p) for p in prompts]},
     )
     if log:
-        who = f"{model_name}+{adapter}" if adapter else model_name
         log(
-            f"probe[{who}]: {result.hits}/{result.n} hits ({100 * result.rate:.0f}%), "
+            f"probe[{model}]: {result.hits}/{result.n} hits ({100 * result.rate:.0f}%), "
             f"tool calls {100 * result.tool_call_rate:.0f}%, sends {100 * result.send_rate:.0f}% "
             f"in {result.wall_time_s:.0f}s"
         )
     return result
-
-
-def probe_student(
-    student: Any,
-    adapter_dir: str | os.PathLike | None = None,
-    *,
-    cases: Sequence[ProbeCase] | None = None,
-    dataset_dir: str | os.PathLike = BUNDLED_DATASET,
-    held_out_repos: Iterable[str] = DEFAULT_HELD_OUT,
-    max_prompts: int = DEFAULT_MAX_PROMPTS,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    batch_size: int = 1,
-    model: Any = None,
-    tokenizer: Any = None,
-    threads: int = 0,
-    log: Callable[[str], None] | None = None,
-) -> ProbeResult:
-    """The probe for a :class:`coop_dag.students.Student` (or a name for
-    :func:`coop_dag.students.get_student`), optionally with a PEFT adapter directory loaded on
-    top. ``model``/``tokenizer`` reuse already-loaded ones (the model is used as is: pass the
-    base model, the adapter is wrapped around it and unloaded afterwards). ``threads``: torch
-    threads (0: :func:`coop_dag.train.auto_threads`)."""
-    import torch
-
-    from coop_dag.train import torch_threads
-
-    if isinstance(student, str):
-        from coop_dag.students import get_student
-
-        student = get_student(student)
-    tok = tokenizer if tokenizer is not None else student.load_tokenizer()
-    base = model if model is not None else student.load_model()
-    cases = (
-        list(cases)
-        if cases is not None
-        else held_out_cases(dataset_dir, held_out_repos, max_prompts=max_prompts)
-    )
-    net = base
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        net = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
-    torch.manual_seed(0)
-    try:
-        with torch_threads(threads):
-            return run_probe(
-                net,
-                tok,
-                cases,
-                eot_id=student.eot_id,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                model_name=student.name,
-                adapter=None if adapter_dir is None else str(adapter_dir),
-                log=log,
-            )
-    finally:
-        if adapter_dir is not None and model is not None:
-            net.unload()  # give the caller its base model back unchanged

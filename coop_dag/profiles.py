@@ -12,8 +12,8 @@ laptop or a GPU cluster by changing the environment, not code.
 | trainer | ``embedded`` (CPU LoRA) | ``verl`` | ``COOP_DAG_TRAINER`` |
 | verl | — | ``/opt/verl-env/bin/python`` | ``COOP_DAG_VERL_PYTHON`` / ``_IMAGE`` |
 | GPUs per training | 1 | 1 | ``COOP_DAG_VERL_NPROC`` |
-| server | ``embedded`` | ``vllm`` | ``COOP_DAG_SERVER`` |
-| vLLM | — | ``/opt/vllm-env/bin/python`` | ``COOP_DAG_VLLM_URL`` / ``_PYTHON`` / ``_IMAGE`` |
+| vLLM device | ``cpu`` | ``gpu`` | ``COOP_DAG_VLLM_DEVICE`` |
+| vLLM | ``<repo>/.venv-vllm`` | ``/opt/vllm-env`` | ``COOP_DAG_VLLM_URL`` / ``_PYTHON`` / ``_IMAGE``|
 | runs | ``<repo>/runs`` | ``/data/runs`` | ``COOP_DAG_RUNS_DIR`` |
 | adapters | ``<runs>/adapters`` | ``/data/adapters`` | ``COOP_DAG_ADAPTERS_DIR`` |
 | lineage | ``<runs>/lineage.duckdb`` | ``/data/lineage/lineage.duckdb`` | ``COOP_DAG_LINEAGE_DB`` |
@@ -55,11 +55,13 @@ PROFILES = (EMBEDDED, CLUSTER)
 
 SANDBOXES = ("local", "docker")
 TRAINERS = ("embedded", "verl")
-SERVERS = ("embedded", "vllm")
+DEVICES = ("cpu", "gpu")
 
 # Paths inside deploy/Dockerfile.gpu (the cluster run image).
 CLUSTER_VERL_PYTHON = "/opt/verl-env/bin/python"
 CLUSTER_VLLM_PYTHON = "/opt/vllm-env/bin/python"
+# Made by scripts/vllm_venv.sh (the README's commands run it): the CPU build of vLLM.
+EMBEDDED_VLLM_PYTHON = str(REPO_ROOT / ".venv-vllm" / "bin" / "python")
 CLUSTER_DATA_DIR = "/data"
 CLUSTER_REDIS_URL = "redis://redis:6379/0"  # the compose service
 
@@ -71,7 +73,7 @@ ENV_VARS: dict[str, str] = {
     "COOP_DAG_VERL_PYTHON": "python of verl's own environment (train with it)",
     "COOP_DAG_VERL_IMAGE": "container image with verl (train in it, via docker run --gpus)",
     "COOP_DAG_VERL_NPROC": "GPUs per training run (torchrun --nproc_per_node)",
-    "COOP_DAG_SERVER": "embedded | vllm",
+    "COOP_DAG_VLLM_DEVICE": "cpu | gpu: the device vLLM serves on (embedded: cpu)",
     "COOP_DAG_VLLM_URL": "attach to this running vLLM instead of launching one",
     "COOP_DAG_VLLM_PYTHON": "python of vLLM's own environment (launch vllm serve with it)",
     "COOP_DAG_VLLM_IMAGE": "container image to launch vllm serve from",
@@ -103,16 +105,16 @@ class TrainerChoice:
 
 @dataclass(frozen=True)
 class ServerChoice:
-    kind: str  # embedded | vllm
-    url: str | None = None  # vllm: attach to this ...
+    """How the student is served: always vLLM, only the device and the launch differ."""
+
+    device: str = "cpu"  # cpu | gpu
+    url: str | None = None  # attach to this ...
     vllm_python: str | None = None  # ... or launch from this environment ...
     vllm_image: str | None = None  # ... or from this image
 
     @property
     def mode(self) -> str:
-        """embedded | attach | python | container."""
-        if self.kind == "embedded":
-            return "embedded"
+        """attach | python | container."""
         if self.url:
             return "attach"
         return "python" if self.vllm_python else "container"
@@ -190,16 +192,18 @@ def resolve_profile(env: Mapping[str, str] | None = None) -> Profile:
     else:
         trainer = TrainerChoice("embedded", nproc=nproc)
 
-    server_kind = _choice(env, "COOP_DAG_SERVER", "vllm" if cluster else "embedded", SERVERS)
-    if server_kind == "vllm":
-        url = _get(env, "COOP_DAG_VLLM_URL")
-        vllm_python = None if url else _get(env, "COOP_DAG_VLLM_PYTHON")
-        vllm_image = None if (url or vllm_python) else _get(env, "COOP_DAG_VLLM_IMAGE")
-        if not (url or vllm_python or vllm_image):
-            vllm_python = CLUSTER_VLLM_PYTHON
-        server = ServerChoice("vllm", url, vllm_python, vllm_image)
-    else:
-        server = ServerChoice("embedded")
+    if _get(env, "COOP_DAG_SERVER") not in (None, "vllm"):
+        raise ProfileError(
+            f"COOP_DAG_SERVER={_get(env, 'COOP_DAG_SERVER')!r}: the embedded server is retired, "
+            "vLLM serves every model (unset the variable)"
+        )
+    device = _choice(env, "COOP_DAG_VLLM_DEVICE", "gpu" if cluster else "cpu", DEVICES)
+    url = _get(env, "COOP_DAG_VLLM_URL")
+    vllm_python = None if url else _get(env, "COOP_DAG_VLLM_PYTHON")
+    vllm_image = None if (url or vllm_python) else _get(env, "COOP_DAG_VLLM_IMAGE")
+    if not (url or vllm_python or vllm_image):
+        vllm_python = CLUSTER_VLLM_PYTHON if cluster else EMBEDDED_VLLM_PYTHON
+    server = ServerChoice(device, url, vllm_python, vllm_image)
 
     return Profile(
         name=name,

@@ -2,8 +2,7 @@
 
 The seed's silent no-op: re-loading an existing ``lora_name`` with a new path answered
 "Success" and kept serving the old weights, and a whole evaluation scored the previous
-adapter. The cure here has three layers, all through the HTTP API that vLLM and the
-embedded server (:mod:`coop_dag.serve`) share, so it works against either:
+adapter. The cure here has three layers, all through vLLM's HTTP API:
 
 1. **Content names, never reused.** A checkpoint is served as ``student-<sha12>`` (the hash
    of its weights, :func:`coop_dag.adapters.adapter_name`). New weights always get a new
@@ -54,7 +53,8 @@ __all__ = [
     "Endpoint",
     "base_model_id",
     "check_base_model",
-    "ensure_embedded_server",
+    "release_server",
+    "server_identity",
     "ensure_loaded",
     "ensure_server",
     "spawn_detached",
@@ -553,10 +553,16 @@ def ensure_loaded(engine: VllmEngine | str, name: str, path: str | os.PathLike) 
 
 
 # --------------------------------------------------------------------------------------
-# Endpoints: attach to a running server, or start one detached and leave it running
+# Endpoints: attach to a running server, or start one that lives as long as its users
 # --------------------------------------------------------------------------------------
-
-SERVE_MODULE = "coop_dag.serve"
+#
+# A started server is shared by every process of the same runs directory that asks for the
+# same identity (model, engine version, flags), and lives as long as one of them holds a
+# *lease*: `ensure_server` takes one for the calling process, `release_server` returns it and
+# stops the server when no live lease is left. So steps of one run share a server, parallel
+# steps share it too, and nothing outlives the run or command that started it; a lease of a
+# process that died is ignored. A server of another identity, or one this state directory did
+# not start, is never reused silently.
 
 
 @dataclass(frozen=True)
@@ -565,10 +571,11 @@ class Endpoint:
 
     url: str
     base_model_id: str
-    kind: str  # embedded | vllm
-    started: bool = False  # this call started it (it is left running either way)
+    kind: str = "vllm"
+    started: bool = False  # this call started it
     pid: int | None = None
     log_path: str | None = None
+    identity: str | None = None
 
     @property
     def api_base(self) -> str:
@@ -595,6 +602,7 @@ class Endpoint:
             "server_started_now": self.started,
             "server_pid": self.pid,
             "server_log": self.log_path,
+            "server_identity": self.identity,
         }
 
 
@@ -673,6 +681,40 @@ def _state_files(state_dir: Path, port: int) -> tuple[Path, Path, Path]:
     return state_dir / f"{stem}.lock", state_dir / f"{stem}.json", state_dir / f"{stem}.log"
 
 
+def _lease_dir(state_dir: Path, port: int) -> Path:
+    return state_dir / f"server-{int(port)}.leases"
+
+
+def _live_leases(state_dir: Path, port: int) -> list[int]:
+    """pids holding a lease on the server of ``port`` that are still alive (dead ones'
+    lease files are removed)."""
+    leases = _lease_dir(state_dir, port)
+    alive = []
+    for f in sorted(leases.glob("*")) if leases.is_dir() else []:
+        try:
+            pid = int(f.name)
+        except ValueError:
+            continue
+        if _pid_alive(pid):
+            alive.append(pid)
+        else:
+            f.unlink(missing_ok=True)
+    return alive
+
+
+def _take_lease(state_dir: Path, port: int) -> None:
+    leases = _lease_dir(state_dir, port)
+    leases.mkdir(parents=True, exist_ok=True)
+    (leases / str(os.getpid())).touch()
+
+
+def server_identity(argv: Sequence[str], env: dict[str, str] | None = None) -> str:
+    """sha256 (12 hex) of what makes two servers interchangeable: the command (engine
+    python, model dir, flags) and the engine's environment settings."""
+    blob = json.dumps({"argv": list(argv), "env": sorted((env or {}).items())})
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
 def check_base_model(
     engine: VllmEngine, expect_ids: Sequence[str], expect_root: str | None = None
 ) -> str:
@@ -702,36 +744,37 @@ def spawn_detached(
     cwd: str | os.PathLike | None = None,
 ) -> int:
     """Start ``argv`` in its own session (setsid), stdout/stderr appended to ``log_path``,
-    not waited for: it outlives the calling process. Returns its pid."""
+    not waited for. Returns its pid. Its process group is what `release_server` stops."""
     import subprocess
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            cwd=cwd,
-            start_new_session=True,
-            close_fds=True,
-        )
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                cwd=cwd,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise ServingError(f"cannot start {argv[0]!r}: {exc}") from None
     _CHILDREN[proc.pid] = proc  # kept so its exit is reaped (no zombie, no ResourceWarning)
     return proc.pid
 
 
 def _serve_env() -> dict[str, str]:
-    from coop_dag import REPO_ROOT
+    return {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
-    path = os.environ.get("PYTHONPATH", "")
-    parts = [str(REPO_ROOT)] + ([path] if path else [])
-    return {
-        "PYTHONPATH": os.pathsep.join(parts),
-        "HF_HUB_OFFLINE": "1",
-        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        "PYTHONUNBUFFERED": "1",
-    }
+
+def _read_state(pid_path: Path) -> dict:
+    try:
+        return json.loads(pid_path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def ensure_server(
@@ -742,53 +785,57 @@ def ensure_server(
     state_dir: str | os.PathLike,
     expect_ids: Sequence[str],
     expect_root: str | None = None,
-    kind: str = "embedded",
+    kind: str = "vllm",
     startup_timeout: float = 900.0,
     env: dict[str, str] | None = None,
-    code: str | None = None,
     log: LogFn | None = None,
 ) -> Endpoint:
-    """The server on ``host:port`` serving the expected base model: reused when it answers,
-    otherwise started detached with ``argv`` (setsid, log and pid file under
-    ``state_dir``) and left running for later steps and runs. An exclusive file lock per
-    port makes concurrent callers (parallel steps) start it once. ``code``: a fingerprint
-    of the server's code, recorded at start; a server this layer started from other code
-    is restarted instead of reused (it outlives runs, and a checkout may change under it).
-    ServingError when the port holds something else (another student, a non-server) or the
-    start fails (the log's tail included)."""
+    """The server on ``host:port`` serving the expected base model, with a lease for the
+    calling process (see the section comment): reused when this state directory started it
+    with the same identity and it answers; otherwise started (setsid, log and state file
+    under ``state_dir``). A server of ours with another identity is restarted when nobody
+    else holds a lease on it, and is an error otherwise. An exclusive file lock per port
+    makes concurrent callers start it once. ServingError when the port holds something else
+    (a server this directory did not start, a non-server) or the start fails (the log's tail
+    included)."""
     say = log or (lambda _msg: None)
     state = Path(state_dir)
     lock_path, pid_path, log_path = _state_files(state, port)
     url = _url(host, port)
     engine = VllmEngine(url, timeout=30.0)
+    identity = server_identity(argv, env)
     with _FileLock(lock_path):
-        recorded: dict = {}
-        if pid_path.is_file():
-            try:
-                recorded = json.loads(pid_path.read_text())
-            except ValueError:
-                recorded = {}
+        recorded = _read_state(pid_path)
         pid = recorded.get("pid") if _pid_alive(recorded.get("pid")) else None
-        if pid is not None and code and recorded.get("code") != code:
-            say(
-                f"server pid {pid} at {url} runs other code ({recorded.get('code')} vs "
-                f"{code}); restarting it"
-            )
+        if pid is None:
+            pid_path.unlink(missing_ok=True)
+        elif recorded.get("identity") != identity:
+            others = [p for p in _live_leases(state, port) if p != os.getpid()]
+            if others:
+                raise ServingError(
+                    f"the server at {url} (pid {pid}) serves another configuration "
+                    f"({recorded.get('identity')} vs {identity}) for live processes {others}; "
+                    "wait for them or give this one another port"
+                )
+            say(f"server pid {pid} at {url} has another identity; restarting it")
             _kill_group(int(pid))
             pid_path.unlink(missing_ok=True)
             pid = None
-        if pid is None and _port_open(host, port) and not engine.health(timeout=2.0):
+        if pid is None and _port_open(host, port):
+            what = "a server" if engine.health(timeout=2.0) else "a process that is not a server"
             raise ServingError(
-                f"port {port} on {host} is in use by a process that is not a healthy server "
-                f"(no 200 from {url}/health); free it or set the serving resource's port"
+                f"port {port} on {host} is held by {what} that {state} did not start (another "
+                "runs directory, DAGSTER_HOME or a hand-started server); stop it, attach to it "
+                "with the serving resource's url, or set the serving resource's port"
             )
-        if pid is not None and not engine.health(timeout=5.0):
-            say(f"server pid {pid} at {url} is still starting; waiting")
-            _wait(engine, pid, startup_timeout, log_path)
-        if engine.health(timeout=5.0):
+        if pid is not None:
+            if not engine.health(timeout=5.0):
+                say(f"server pid {pid} at {url} is still starting; waiting")
+                _wait(engine, pid, startup_timeout, log_path)
             base = check_base_model(engine, expect_ids, expect_root)
-            say(f"reusing the server at {url} (base model {base!r})")
-            return Endpoint(url, base, kind, False, pid, str(log_path) if pid else None)
+            _take_lease(state, port)
+            say(f"reusing the server at {url} (pid {pid}, base model {base!r})")
+            return Endpoint(url, base, kind, False, pid, str(log_path), identity)
         with open(log_path, "ab") as fh:
             fh.write(f"\n=== {' '.join(argv)}\n".encode())
         new_pid = spawn_detached(argv, log_path=log_path, env={**_serve_env(), **(env or {})})
@@ -799,15 +846,23 @@ def ensure_server(
                     "argv": list(argv),
                     "url": url,
                     "log": str(log_path),
-                    "code": code,
+                    "identity": identity,
                 },
                 indent=2,
             )
         )
+        _take_lease(state, port)
         say(f"started {kind} server pid {new_pid} at {url} (log {log_path}); waiting for it")
-        _wait(engine, new_pid, startup_timeout, log_path)
-        base = check_base_model(engine, expect_ids, expect_root)
-        return Endpoint(url, base, kind, True, new_pid, str(log_path))
+        try:
+            _wait(engine, new_pid, startup_timeout, log_path)
+            base = check_base_model(engine, expect_ids, expect_root)
+        except BaseException:
+            _kill_group(new_pid)
+            pid_path.unlink(missing_ok=True)
+            (_lease_dir(state, port) / str(os.getpid())).unlink(missing_ok=True)
+            raise
+        say(f"server at {url} is up")
+        return Endpoint(url, base, kind, True, new_pid, str(log_path), identity)
 
 
 def _wait(engine: VllmEngine, pid: int, timeout: float, log_path: Path) -> None:
@@ -819,7 +874,7 @@ def _wait(engine: VllmEngine, pid: int, timeout: float, log_path: Path) -> None:
         raise ServingError(f"{exc}\n--- {log_path} (last lines) ---\n{_tail(log_path)}") from None
 
 
-def _kill_group(pid: int, grace: float = 10.0) -> None:
+def _kill_group(pid: int, grace: float = 20.0) -> None:
     import signal
     import time
 
@@ -835,88 +890,45 @@ def _kill_group(pid: int, grace: float = 10.0) -> None:
             time.sleep(0.1)
 
 
-def stop_server(state_dir: str | os.PathLike, port: int) -> bool:
-    """Stop the server :func:`ensure_server` started on ``port`` (by its pid file; only a
-    process whose command line is the recorded one is signalled). True when one was
-    stopped."""
-    lock_path, pid_path, _ = _state_files(Path(state_dir), port)
+def release_server(state_dir: str | os.PathLike, port: int) -> bool:
+    """Return the calling process's lease on the server of ``port``; stop the server when no
+    live process holds one any more. True when it was stopped now."""
+    state = Path(state_dir)
+    lock_path, pid_path, _ = _state_files(state, port)
+    if not lock_path.exists():
+        return False
     with _FileLock(lock_path):
-        try:
-            recorded = json.loads(pid_path.read_text())
-        except (OSError, ValueError):
+        (_lease_dir(state, port) / str(os.getpid())).unlink(missing_ok=True)
+        if _live_leases(state, port):
             return False
-        pid = recorded.get("pid")
-        argv = recorded.get("argv") or []
-        stopped = False
-        ours = int(pid or 0) in _CHILDREN or (argv and " ".join(argv[1:3]) in _cmdline(pid))
-        if _pid_alive(pid) and ours:
-            _kill_group(int(pid))
-            stopped = True
-        pid_path.unlink(missing_ok=True)
-        return stopped
+        return _stop_recorded(pid_path)
 
 
-def embedded_server_argv(
-    student: str,
-    *,
-    host: str,
-    port: int,
-    python: str | None = None,
-    extra_args: Sequence[str] = (),
-) -> list[str]:
-    """``python -m coop_dag.serve --student ... --host ... --port ...``."""
-    import sys
-
-    return [
-        python or sys.executable,
-        "-m",
-        SERVE_MODULE,
-        "--student",
-        student,
-        "--host",
-        host,
-        "--port",
-        str(int(port)),
-        *extra_args,
-    ]
+def _stop_recorded(pid_path: Path) -> bool:
+    recorded = _read_state(pid_path)
+    pid = recorded.get("pid")
+    argv = recorded.get("argv") or []
+    # only the process whose command line is the recorded one is signalled (a reused pid is
+    # somebody else's)
+    ours = int(pid or 0) in _CHILDREN or (argv and " ".join(argv[1:3]) in _cmdline(pid))
+    stopped = False
+    if _pid_alive(pid) and ours:
+        _kill_group(int(pid))
+        stopped = True
+    pid_path.unlink(missing_ok=True)
+    return stopped
 
 
-def ensure_embedded_server(
-    student: str,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8100,
-    state_dir: str | os.PathLike,
-    extra_args: Sequence[str] = (),
-    startup_timeout: float = 900.0,
-    log: LogFn | None = None,
-) -> Endpoint:
-    """The embedded server for ``student`` on ``host:port``: reused when healthy and
-    serving that student, else started detached (``python -m coop_dag.serve``)."""
-    from coop_dag.students import get_student
-
-    resolved = get_student(student)
-    return ensure_server(
-        embedded_server_argv(student, host=host, port=port, extra_args=extra_args),
-        host=host,
-        port=port,
-        state_dir=state_dir,
-        expect_ids=[resolved.name, student],
-        expect_root=str(resolved.model_dir),
-        kind="embedded",
-        startup_timeout=startup_timeout,
-        code=code_fingerprint(),
-        log=log,
-    )
-
-
-def code_fingerprint() -> str:
-    """sha256 (12 hex) of the coop_dag package's Python sources: what an embedded server
-    process runs."""
-    import hashlib
-
-    package = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(package.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:12]
+def stop_server(state_dir: str | os.PathLike, port: int, *, lock: bool = True) -> bool:
+    """Stop the server :func:`ensure_server` started on ``port`` whoever holds leases (by its
+    state file; only a process whose command line is the recorded one is signalled). True
+    when one was stopped. ``lock=False``: without waiting for the state lock (at exit, while
+    a thread of this process may hold it waiting for the server to start)."""
+    state = Path(state_dir)
+    lock_path, pid_path, _ = _state_files(state, port)
+    if not lock:
+        return _stop_recorded(pid_path)
+    with _FileLock(lock_path):
+        for f in _lease_dir(state, port).glob("*"):
+            f.unlink(missing_ok=True)
+        return _stop_recorded(pid_path)

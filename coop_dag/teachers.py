@@ -181,10 +181,25 @@ def teacher_facts(variant: Variant) -> dict[str, Any]:
     }
 
 
-def make_teacher_factory(variant: Variant):
-    """The variant's teacher as an episode ModelFactory. Checks credentials up front."""
+def make_teacher_factory(variant: Variant, endpoint: Any = None):
+    """The variant's teacher as an episode ModelFactory. Checks credentials up front.
+    ``endpoint``: for a ``served`` teacher, the :class:`coop_dag.serving.Endpoint` serving
+    its model (the caller starts it)."""
     teacher = variant.teacher
     kind = teacher["kind"]
+    if kind == "served":
+        if endpoint is None:
+            raise TeacherError(
+                f"variant '{variant.name}': a served teacher needs the endpoint serving "
+                f"{teacher['model']!r}"
+            )
+        model = endpoint.chat_model(
+            endpoint.base_model_id,
+            capture_token_ids=bool(teacher.get("capture_token_ids", True)),
+            temperature=float(teacher.get("temperature", 0.0)),
+            max_tokens=int(teacher.get("max_tokens", 512)),
+        )
+        return lambda pair, feature, agent_id, partner_id: model
     if kind == "templated":
 
         def factory(pair: Pair, feature: Feature, agent_id: str, partner_id: str):

@@ -19,7 +19,9 @@ from coop_dag import CONFIG_DIR
 
 VARIANTS_ENV = "COOP_DAG_VARIANTS"
 DEFAULT_VARIANTS_FILE = CONFIG_DIR / "variants.yaml"
-TEACHER_KINDS = ("templated", "litellm", "openai_compatible")
+# served: a model of configs/students.yaml served by the serving resource (vLLM; on the CPU in
+# the embedded default), token ids captured -- the native-TITO contract of the seed's Phase B.
+TEACHER_KINDS = ("templated", "litellm", "openai_compatible", "served")
 
 
 def variants_file() -> Path:

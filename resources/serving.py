@@ -1,139 +1,109 @@
-"""The serving resource: where `served_adapter` (and `student_rollouts`) reach the student.
+"""The serving resource: vLLM serves every model, on the CPU in the embedded default and on GPUs
+in the cluster. Only the launch (vLLM's own venv, or its image), the device flags and the
+memory sizing differ between profiles.
 
-Process model (embedded default). An asset that needs the server calls
-``serving.ensure(student)``; it returns the server on ``host:port`` (fixed, from this
-resource's config), which is
+Process model. An asset that needs a model calls ``serving.ensure(student)``; it returns the
+server on ``host:port`` (from this resource's config), which is
 
-- **reused** when it answers ``/health`` and ``/v1/models`` lists that student as its base
-  model (a server for another student on the port is an error naming both: give variants
-  with different students different ports, or run them one after the other);
-- otherwise **started** as ``python -m coop_dag.serve --student S --host H --port P`` in its
-  own session (setsid), stdout/stderr appended to ``<state_dir>/server-<port>.log``, pid in
-  ``<state_dir>/server-<port>.json``, and **left running**: it outlives the step and the run,
-  so later steps (``student_rollouts``) and later runs reuse it instead of reloading the
-  model. A file lock per port makes parallel steps start it once.
+- **attached** to when ``url`` (or ``COOP_DAG_VLLM_URL``) is set: a server somebody else runs
+  (``coop-dag serve``, a cluster deployment); it must serve that student as its base model;
+- otherwise **reused** when this runs directory's serving state records a live server with
+  the same identity (model dir, engine python, flags), or **started** as
+  ``<vllm python> -m vllm.entrypoints.openai.api_server --model <student dir> ...`` in its own
+  session, log and state under ``<runs dir>/serving``.
 
-``serving.stop()`` (or ``kill`` of the recorded pid) ends it; a new run simply starts it
-again. Adapters it held are gone after a restart, which is why `served_adapter`'s output
-records the adapter path and `coop_dag.serving.ensure_loaded` puts it back.
-
-Cluster. ``kind="vllm"`` (or ``COOP_DAG_SERVER=vllm`` / profile ``cluster``): with a ``url``
-(or ``COOP_DAG_VLLM_URL``) the resource attaches to a running vLLM; otherwise it starts
-``vllm serve <student model dir> --enable-lora ...`` (vLLM's own python, or its image)
-the same detached way. ``url`` also attaches to an embedded server someone started by hand
-(``coop-dag serve``).
+Every ensure takes a lease for the calling process; at the end of the run (Dagster tears the
+resource down after execution) or at the process's exit the lease is returned, and the last
+holder stops the server: no server outlives the run that started it, unless ``keep_alive``.
+A run executed step by step in subprocesses starts the server in each step that needs it.
 """
 
 from __future__ import annotations
 
+import atexit
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
-from coop_dag.profiles import (
-    CLUSTER_VLLM_PYTHON,
-    SERVERS,
-    ProfileError,
-    ServerChoice,
-    resolve_profile,
-)
+from coop_dag.profiles import ProfileError, ServerChoice, resolve_profile
 from coop_dag.serving import (
     DEFAULT_PROBE_MAX_TOKENS,
     Endpoint,
     ServingError,
     check_base_model,
-    ensure_embedded_server,
     ensure_server,
     first_turn_probe,
+    release_server,
     stop_server,
 )
+from coop_dag.vllm import DEFAULT_MAX_MODEL_LEN, EVAL_DTYPE
 
 if TYPE_CHECKING:
     from coop_dag.verl import Command
 
-DEFAULT_EMBEDDED_PORT = 8100  # not 8000: the vllm-native teacher variant expects vLLM there
+DEFAULT_PORT = 8100  # not 8000: a hand-started vLLM for a teacher usually sits there
 
 
 class ServingResource(dg.ConfigurableResource):
-    """Serving engine for the student. Empty fields come from the profile
-    (``COOP_DAG_PROFILE`` / ``COOP_DAG_SERVER`` / ``COOP_DAG_VLLM_*``)."""
+    """vLLM for the student. Empty fields come from the profile (``COOP_DAG_PROFILE``,
+    ``COOP_DAG_VLLM_URL`` / ``_PYTHON`` / ``_IMAGE`` / ``_DEVICE``)."""
 
-    kind: str = Field(default="", description="embedded | vllm; empty: the profile's")
     url: str = Field(
         default="",
-        description="attach to the server already running at this URL (embedded or vLLM); "
-        "empty: reuse or start one on host:port (vLLM: COOP_DAG_VLLM_URL when set)",
+        description="attach to the vLLM already running at this URL; empty: reuse or start one "
+        "on host:port (COOP_DAG_VLLM_URL when set)",
     )
     host: str = "127.0.0.1"
-    port: int = Field(
-        default=DEFAULT_EMBEDDED_PORT,
-        description="fixed port of the started / reused server (one student per port)",
-    )
-    state_dir: str = Field(
-        default="", description="server logs and pid files; empty: <runs dir>/serving"
-    )
+    port: int = Field(default=DEFAULT_PORT, description="port of the started / reused server")
+    state_dir: str = Field(default="", description="server logs and state; empty: <runs>/serving")
     startup_timeout: float = Field(default=900.0, description="seconds to wait for /health")
     reasoning_parser: str = Field(
         default="",
         description="empty (the default): none -- a reasoning parser swallowed the seed "
         "student's tool calls",
     )
-    default_max_tokens: int = Field(
-        default=0, description="embedded: max_tokens when a request gives none (0: 1024)"
-    )
     probe_max_tokens: int = Field(
         default=DEFAULT_PROBE_MAX_TOKENS, description="greedy tokens of the swap probe"
     )
-    threads: int = Field(
-        default=1,
-        description="embedded: torch threads of the server (0: torch's default, one per "
-        "core). 1 by default: on a small shared CPU box the server competes with the run "
-        "and its sandboxes, and oversubscribed OpenMP threads made decoding ~25x slower",
+    vllm_python: str = Field(default="", description="launch vLLM from this python")
+    vllm_image: str = Field(default="", description="launch vLLM from this image")
+    device: str = Field(default="", description="cpu | gpu; empty: the profile's")
+    dtype: str = Field(
+        default=EVAL_DTYPE,
+        description="vLLM --dtype: part of the evaluation protocol, the same for every model "
+        "served (float32: the dtype the CPU student is trained in)",
     )
-    max_batch: int = Field(
-        default=0,
-        description="embedded: concurrent requests generated as one batch (0: the server's "
-        "default, 32); the rollouts' agents share the batch",
-    )
-    batch_gap: float = Field(
-        default=1.0,
-        description="embedded: a batch starts once no request arrived for this many seconds. "
-        "Rollout agents answer a finished batch over a second or so (tools, sandboxes, the "
-        "pairs' evaluations); one that misses a batch waits for the whole of it",
-    )
-    batch_window: float = Field(
-        default=8.0, description="embedded: at most this many seconds a batch waits for company"
-    )
-    vllm_python: str = Field(default="", description="launch vllm serve from this python")
-    vllm_image: str = Field(default="", description="launch vllm serve from this image")
+    max_model_len: int = Field(default=DEFAULT_MAX_MODEL_LEN, description="vLLM --max-model-len")
     max_lora_rank: int = Field(default=64, description="vLLM --max-lora-rank when launching")
+    max_loras: int = Field(default=4, description="adapters held at once")
+    cpu_kv_cache_gib: float = Field(
+        default=2.0, description="cpu: KV cache size in GiB (bounds the server's memory)"
+    )
+    cpu_threads: int = Field(default=0, description="cpu: model threads (0: every core)")
+    gpu_memory_utilization: float = Field(default=0.85, description="gpu: share of GPU memory")
+    keep_alive: bool = Field(
+        default=False, description="leave a started server running after the run ends"
+    )
+
+    _leases: set = PrivateAttr(default_factory=set)
 
     # -- choices ------------------------------------------------------------------------
-    def server_kind(self) -> str:
-        kind = self.kind or resolve_profile().server.kind
-        if kind not in SERVERS:
-            raise ProfileError(f"ServingResource.kind={kind!r}: expected one of {SERVERS}")
-        return kind
-
     def server_choice(self) -> ServerChoice:
-        """The server and how to reach it: fields set here beat the profile's. ``url`` with
-        ``kind="embedded"`` attaches to an embedded server (mode stays ``embedded``)."""
-        kind = self.server_kind()
+        """The server and how to reach it: fields set here beat the profile's."""
         explicit = [v for v in (self.url, self.vllm_python, self.vllm_image) if v]
         if len(explicit) > 1:
             raise ProfileError("ServingResource: set one of url, vllm_python, vllm_image")
-        if kind == "embedded":
-            return ServerChoice("embedded", self.url or None)
+        profile = resolve_profile().server
+        device = self.device or profile.device
+        if device not in ("cpu", "gpu"):
+            raise ProfileError(f"ServingResource.device={device!r}: expected cpu or gpu")
         if explicit:
             return ServerChoice(
-                "vllm", self.url or None, self.vllm_python or None, self.vllm_image or None
+                device, self.url or None, self.vllm_python or None, self.vllm_image or None
             )
-        profile = resolve_profile().server
-        if profile.kind == "vllm":
-            return profile
-        return ServerChoice("vllm", vllm_python=CLUSTER_VLLM_PYTHON)
+        return ServerChoice(device, profile.url, profile.vllm_python, profile.vllm_image)
 
     def state_root(self) -> Path:
         if self.state_dir:
@@ -146,48 +116,45 @@ class ServingResource(dg.ConfigurableResource):
 
     # -- endpoints ----------------------------------------------------------------------
     def ensure(self, student: str, *, log=None) -> Endpoint:
-        """A running server whose base model is ``student`` (see the module docstring)."""
+        """A running vLLM whose base model is ``student`` (see the module docstring)."""
         from coop_dag.students import get_student
         from coop_dag.vllm import VllmEngine, VllmError
 
         choice = self.server_choice()
-        kind = choice.kind
         resolved = get_student(student)
         expect = [resolved.name, student, str(resolved.model_dir)]
-        url = choice.url
-        if url:
-            engine = VllmEngine(url)
+        if choice.url:
+            engine = VllmEngine(choice.url)
             try:
                 engine.wait_until_healthy(min(self.startup_timeout, 60.0), interval=1.0)
             except VllmError as exc:
-                raise ServingError(f"serving resource url={url}: {exc}") from None
+                raise ServingError(f"serving resource url={choice.url}: {exc}") from None
             base = check_base_model(engine, expect, str(resolved.model_dir))
-            return Endpoint(engine.url, base, kind, False)
-        if kind == "embedded":
-            extra: list[str] = []
-            if self.reasoning_parser:
-                extra += ["--reasoning-parser", self.reasoning_parser]
-            if self.threads:
-                extra += ["--threads", str(self.threads)]
-            if self.default_max_tokens:
-                extra += ["--default-max-tokens", str(self.default_max_tokens)]
-            if self.max_batch:
-                extra += ["--max-batch", str(self.max_batch)]
-            extra += ["--batch-gap", str(self.batch_gap), "--batch-window", str(self.batch_window)]
-            return ensure_embedded_server(
-                student,
-                host=self.host,
-                port=self.port,
-                state_dir=self.state_root(),
-                extra_args=extra,
-                startup_timeout=self.startup_timeout,
-                log=log,
+            return Endpoint(engine.url, base, "vllm", False)
+        if choice.vllm_python and not Path(choice.vllm_python).exists():
+            raise ServingError(
+                f"vLLM's python {choice.vllm_python} does not exist: build its venv with "
+                "`bash scripts/vllm_venv.sh` (the README's commands do), or point "
+                "COOP_DAG_VLLM_PYTHON at another vLLM environment"
             )
-        return self._ensure_vllm(resolved, expect, log)
+        command = self.vllm_command(str(resolved.model_dir), served_model_name=resolved.name)
+        endpoint = ensure_server(
+            list(command.argv),
+            host=self.host,
+            port=self.port,
+            state_dir=self.state_root(),
+            expect_ids=expect,
+            expect_root=str(resolved.model_dir),
+            startup_timeout=self.startup_timeout,
+            env=dict(command.env),
+            log=log,
+        )
+        self._hold(self.state_root(), self.port)
+        return endpoint
 
     def vllm_command(self, model: str, *, served_model_name: str | None = None) -> Command:
-        """The ``vllm serve`` process this resource launches for ``model`` (vLLM's own python,
-        or its image with the adapters directory mounted at the same path)."""
+        """The vLLM process this resource launches for ``model`` (vLLM's own python, or its
+        image with the adapters directory mounted at the same path)."""
         from coop_dag.vllm import VllmLauncher, VllmServeConfig, lora_rank_slot, serve_command
 
         choice = self.server_choice()
@@ -204,26 +171,36 @@ class ServingResource(dg.ConfigurableResource):
             host=self.host,
             port=self.port,
             served_model_name=served_model_name,
+            max_model_len=self.max_model_len,
             max_lora_rank=lora_rank_slot(self.max_lora_rank),
+            max_loras=self.max_loras,
             reasoning_parser=self.reasoning_parser or None,
+            dtype=self.dtype or None,
+            device=choice.device,
+            cpu_kv_cache_gib=self.cpu_kv_cache_gib,
+            cpu_threads=self.cpu_threads,
+            gpu_memory_utilization=self.gpu_memory_utilization,
         )
         return serve_command(config, launcher)
 
-    def _ensure_vllm(self, student, expect: list[str], log) -> Endpoint:
-        command = self.vllm_command(str(student.model_dir), served_model_name=student.name)
-        return ensure_server(
-            list(command.argv),
-            host=self.host,
-            port=self.port,
-            state_dir=self.state_root(),
-            expect_ids=expect,
-            expect_root=str(student.model_dir),
-            kind="vllm",
-            startup_timeout=self.startup_timeout,
-            env=dict(command.env),
-            log=log,
-        )
+    # -- lifecycle ----------------------------------------------------------------------
+    def _hold(self, state: Path, port: int) -> None:
+        if self.keep_alive:
+            return
+        key = (str(state), int(port))
+        if key not in self._leases:
+            self._leases.add(key)
+            atexit.register(release_server, state, port)
+
+    def release(self) -> None:
+        """Return this process's leases; the last holder stops the server."""
+        for state, port in sorted(self._leases):
+            release_server(state, port)
+        self._leases.clear()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.release()
 
     def stop(self) -> bool:
-        """Stop the server this resource started on ``port`` (by its pid file)."""
+        """Stop the server started on ``port`` for this runs directory, whoever uses it."""
         return stop_server(self.state_root(), self.port)

@@ -33,9 +33,8 @@ class TrainingResource(dg.ConfigurableResource):
       ``$COOP_DAG_TRAIN_DIR`` or ``<repo>/runs/train``); a rerun resumes from here.
     - ``recipe``: override the variant's recipe name (empty: the variant's).
     - ``force``: retrain even when the same run (student, data, recipe) already finished.
-    - probe: ``probe_prompts`` held-out first turns, ``probe_max_new_tokens`` each,
-      ``probe_batch_size`` prompts per left-padded generate call (8: ~2x faster on CPU than
-      one by one, same hits on the measured adapter; 1: exact greedy per prompt).
+    - probe: ``probe_prompts`` held-out first turns, ``probe_max_new_tokens`` each (the
+      rollouts' per-turn cap), generated greedily by the serving engine (vLLM).
     - ``threads``: torch threads (0: the cores no other process is using).
     - the trainer: ``kind`` (embedded | verl), for verl ``verl_python`` or ``verl_image`` and
       ``nproc``; `trainer_choice()` resolves them against the profile and `verl_launcher()`
@@ -49,8 +48,7 @@ class TrainingResource(dg.ConfigurableResource):
     recipe: str = ""
     force: bool = False
     probe_prompts: int = 8
-    probe_max_new_tokens: int = 160
-    probe_batch_size: int = 8
+    probe_max_new_tokens: int = 256
     threads: int = 0
     kind: str = Field(default="", description="embedded | verl; empty: the profile's")
     verl_python: str = Field(default="", description="python of verl's own environment")

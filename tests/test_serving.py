@@ -1,13 +1,16 @@
-"""Adapter registry + probe-based swap verification (coop_dag.serving) against the real
-embedded server, the serving resource, and the `served_adapter` asset via materialize()."""
+"""Adapter registry + probe-based swap verification (coop_dag.serving) against the session's
+real vLLM server (faults injected by a real HTTP proxy in front of it), the serving resource's
+lifecycle, and the `served_adapter` asset via materialize()."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import socket
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import serve_helpers as H
@@ -28,6 +31,8 @@ from coop_dag.serving import (
 )
 from coop_dag.vllm import VllmEngine
 
+REPO = Path(__file__).resolve().parents[1]
+
 PROBE = Probe(
     name="unit-probe",
     messages=(
@@ -40,8 +45,8 @@ PROBE = Probe(
 
 
 @pytest.fixture(scope="module")
-def server():
-    return H.server()
+def server(vllm_server):
+    return vllm_server
 
 
 @pytest.fixture(scope="module")
@@ -118,35 +123,28 @@ def test_a_content_name_is_never_repointed(server, adapters, tmp_path):
     assert ensure_loaded(server.url, name, adapters["A"]) is True  # after a restart
 
 
-def test_probe_catches_a_server_that_keeps_the_old_weights(server, adapters, monkeypatch):
-    """The seed's silent no-op, simulated: the server accepts a new name and path, lists
-    them in /v1/models, but keeps serving the weights it loaded first."""
-    real = server.engine._peft_load
-    first: dict = {}
-
-    def sticky(peft_name, path, name):
-        first.setdefault("path", path)
-        return real(peft_name, first["path"], name)
-
-    monkeypatch.setattr(server.engine, "_peft_load", sticky)
+def test_probe_catches_a_server_that_keeps_the_old_weights(server, adapters):
+    """The seed's silent no-op: the server accepts a new name and path, lists them in
+    /v1/models, but keeps serving the weights it loaded first."""
     name_a, name_b = adapter_name(adapters["A"]), adapter_name(adapters["B"])
-    assert serve_adapter(server.url, adapters["A"], probe=PROBE).verified
-    with pytest.raises(SwapVerificationError, match="still serving the old weights") as err:
-        serve_adapter(server.url, adapters["B"], probe=PROBE)
-    served = err.value.served
-    assert not served.verified and served.differs_from_base  # base check alone would pass
-    assert served.unloaded == []  # nothing older is unloaded after a failed swap
-    assert set(VllmEngine(server.url).adapters()) == {name_a, name_b}
+    with H.FaultProxy(server.url, sticky=True) as proxy:
+        assert serve_adapter(proxy.url, adapters["A"], probe=PROBE).verified
+        with pytest.raises(SwapVerificationError, match="still serving the old weights") as err:
+            serve_adapter(proxy.url, adapters["B"], probe=PROBE)
+        served = err.value.served
+        assert not served.verified and served.differs_from_base  # base check alone would pass
+        assert served.unloaded == []  # nothing older is unloaded after a failed swap
+        assert set(VllmEngine(proxy.url).adapters()) == {name_a, name_b}
 
 
-def test_probe_catches_an_adapter_that_is_not_applied(server, adapters, monkeypatch):
-    H.ignore_adapters(monkeypatch, server.engine)
-    with pytest.raises(SwapVerificationError, match="exactly like the base model") as err:
-        serve_adapter(server.url, adapters["A"], probe=PROBE)
-    assert "identical log-probabilities" in str(err.value)
-    H.unload_all(server)
-    served = serve_adapter(server.url, adapters["A"], probe=PROBE, strict=False)
-    assert not served.verified and not served.differs_from_base and served.problems
+def test_probe_catches_an_adapter_that_is_not_applied(server, adapters):
+    with H.FaultProxy(server.url, base_only=True) as proxy:
+        with pytest.raises(SwapVerificationError, match="exactly like the base model") as err:
+            serve_adapter(proxy.url, adapters["A"], probe=PROBE)
+        assert "identical log-probabilities" in str(err.value)
+        H.unload_all(server)
+        served = serve_adapter(proxy.url, adapters["A"], probe=PROBE, strict=False)
+        assert not served.verified and not served.differs_from_base and served.problems
 
 
 def test_ensure_server_refuses_a_port_held_by_something_else(tmp_path):
@@ -154,7 +152,7 @@ def test_ensure_server_refuses_a_port_held_by_something_else(tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen(1)
         port = s.getsockname()[1]
-        with pytest.raises(ServingError, match=f"port {port} on 127.0.0.1 is in use"):
+        with pytest.raises(ServingError, match=f"port {port} on 127.0.0.1 is held by a process"):
             ensure_server(
                 [sys.executable, "-c", "pass"], host="127.0.0.1", port=port,
                 state_dir=tmp_path, expect_ids=["x"], startup_timeout=2,
@@ -189,14 +187,14 @@ def test_stop_server_only_signals_the_recorded_process(tmp_path):
 def test_resource_attach_checks_the_student(server):
     from resources.serving import ServingResource
 
-    res = ServingResource(url=server.url, kind="embedded")
+    res = ServingResource(url=server.url)
     ep = res.ensure(H.STUDENT)
     assert ep.url == server.url and ep.base_model_id == H.STUDENT and not ep.started
     with pytest.raises(ServingError, match="serves tiny-qwen3"):
         res.ensure("smollm2-135m")
 
 
-def test_served_adapter_asset(server, adapters, tmp_path, monkeypatch):
+def test_served_adapter_asset(server, adapters, tmp_path):
     import dagster as dg
 
     from assets.partitions import variant_partitions
@@ -218,7 +216,7 @@ def test_served_adapter_asset(server, adapters, tmp_path, monkeypatch):
         return checkpoint
 
     resources = {
-        "serving": ServingResource(url=server.url, kind="embedded", probe_max_tokens=8),
+        "serving": ServingResource(url=server.url, probe_max_tokens=8),
         "lineage": LineageResource(path=str(tmp_path / "lineage.duckdb")),
         "io_manager": dg.mem_io_manager,
     }
@@ -250,14 +248,93 @@ def test_served_adapter_asset(server, adapters, tmp_path, monkeypatch):
 
     # a server that does not apply adapters: the blocking check fails, with the evidence
     H.unload_all(server)
-    H.ignore_adapters(monkeypatch, server.engine)
-    result = dg.materialize(
-        [lora_checkpoint, served_adapter],
-        partition_key="templated",
-        resources=resources,
-        instance=instance,
-        raise_on_error=False,
-    )
+    with H.FaultProxy(server.url, base_only=True) as proxy:
+        resources["serving"] = ServingResource(url=proxy.url, probe_max_tokens=8)
+        result = dg.materialize(
+            [lora_checkpoint, served_adapter],
+            partition_key="templated",
+            resources=resources,
+            instance=instance,
+            raise_on_error=False,
+        )
     [check] = result.get_asset_check_evaluations()
     assert not check.passed
     assert "exactly like the base model" in (check.description or "")
+
+
+STAND_IN = """
+import http.server, json, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        body = b"ok" if self.path == "/health" else json.dumps(
+            {"data": [{"id": "x", "root": "/m", "parent": None}]}).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body)))
+        self.end_headers(); self.wfile.write(body)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def _stand_in(port: int, tag: str) -> list[str]:
+    """A stand-in for vLLM's HTTP surface (health, models) to test the lease logic fast; the
+    real vLLM goes through the same code in the session server and `make demo`."""
+    return [sys.executable, "-c", STAND_IN, str(port), tag]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_server_lives_while_a_process_holds_a_lease(tmp_path):
+    from coop_dag.serving import _pid_alive, release_server
+
+    port = _port()
+    kw = dict(host="127.0.0.1", port=port, state_dir=tmp_path, expect_ids=["x"])
+    first = ensure_server(_stand_in(port, "a"), **kw)
+    assert first.started and first.base_model_id == "x"
+    again = ensure_server(_stand_in(port, "a"), **kw)  # same identity: shared
+    assert not again.started and again.pid == first.pid
+    # another live process takes a lease: our release does not stop the server
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"""
+import sys, time; sys.path.insert(0, {str(REPO)!r})
+from coop_dag.serving import ensure_server
+ensure_server({_stand_in(port, "a")!r}, host="127.0.0.1", port={port},
+              state_dir={str(tmp_path)!r}, expect_ids=["x"])
+print("held", flush=True); sys.stdin.readline()
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    assert release_server(tmp_path, port) is False and _pid_alive(first.pid)
+    # another identity is refused while somebody else uses the server
+    with pytest.raises(ServingError, match="another configuration"):
+        ensure_server(_stand_in(port, "b"), **kw)
+    holder.communicate("\n", timeout=30)
+    # the holder is gone (its lease is dead): the last holder's release stops the server
+    ensure_server(_stand_in(port, "a"), **kw)
+    assert release_server(tmp_path, port) is True
+    deadline = time.monotonic() + 10
+    while _pid_alive(first.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _pid_alive(first.pid)
+
+
+def test_another_identity_restarts_a_server_nobody_else_uses(tmp_path):
+    port = _port()
+    kw = dict(host="127.0.0.1", port=port, state_dir=tmp_path, expect_ids=["x"])
+    a = ensure_server(_stand_in(port, "a"), **kw)
+    b = ensure_server(_stand_in(port, "b"), **kw)
+    assert b.started and b.pid != a.pid and b.identity != a.identity
+    stop_server(tmp_path, port)
+
+
+def test_a_server_of_another_runs_dir_is_never_reused(tmp_path):
+    port = _port()
+    kw = dict(host="127.0.0.1", port=port, expect_ids=["x"])
+    ensure_server(_stand_in(port, "a"), state_dir=tmp_path / "one", **kw)
+    try:
+        with pytest.raises(ServingError, match="did not start"):
+            ensure_server(_stand_in(port, "a"), state_dir=tmp_path / "two", **kw)
+    finally:
+        stop_server(tmp_path / "one", port)

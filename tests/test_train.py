@@ -446,7 +446,6 @@ def test_lora_checkpoint_asset(tiny, data, tmp_path, monkeypatch):
                 work_dir=str(tmp_path / "work"),
                 probe_prompts=2,
                 probe_max_new_tokens=16,
-                probe_batch_size=2,
             ),
             "lineage": LineageResource(path=str(tmp_path / "lineage.duckdb")),
         },

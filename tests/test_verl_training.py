@@ -141,7 +141,6 @@ def materialize(tmp_path, tito, verl_python, monkeypatch, *, raise_on_error=True
                 work_dir=str(tmp_path / "work"),
                 probe_prompts=2,
                 probe_max_new_tokens=16,
-                probe_batch_size=2,
             ),
             "lineage": LineageResource(path=str(tmp_path / "lineage.duckdb")),
         },

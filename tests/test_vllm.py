@@ -57,6 +57,7 @@ def test_serve_args_in_full():
         "--max-loras", "2",
         "--enable-auto-tool-choice",
         "--tool-call-parser", "qwen3_coder",
+        "--seed", "0",
     ]  # fmt: skip
     assert "--reasoning-parser" not in cfg.args()  # the seed's footgun: never by default
     assert cfg.environment() == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
@@ -68,14 +69,26 @@ def test_serve_command_in_vllm_environment():
     cfg = VllmServeConfig(model="/models/Qwen3-4B", port=8000, max_lora_rank=64)
     cmd = serve_command(cfg, VllmLauncher(python="/opt/vllm-env/bin/python"))
     assert cmd.argv == (
-        "/opt/vllm-env/bin/python", "-m", "vllm.entrypoints.cli.main", "serve",
-        "/models/Qwen3-4B",
+        "/opt/vllm-env/bin/python", "-m", "vllm.entrypoints.openai.api_server",
+        "--model", "/models/Qwen3-4B",
         "--host", "127.0.0.1", "--port", "8000",
         "--enable-lora", "--max-lora-rank", "64", "--max-loras", "4",
         "--enable-auto-tool-choice", "--tool-call-parser", "qwen3_coder",
+        "--seed", "0",
     )  # fmt: skip
     assert cmd.env == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
     assert cmd.container_name is None
+    # the CPU build: memory sized by VLLM_CPU_KVCACHE_SPACE, every core on the model
+    cpu = VllmServeConfig(model="/m", device="cpu", dtype="float32", cpu_kv_cache_gib=1.5,
+                          cpu_threads=2)  # fmt: skip
+    assert cpu.args()[-4:] == ["--dtype", "float32", "--seed", "0"]
+    assert "--gpu-memory-utilization" not in cpu.args()
+    assert cpu.environment() == {
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        "VLLM_CPU_KVCACHE_SPACE": "1.5",
+        "VLLM_CPU_OMP_THREADS_BIND": "0-1",
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    }
 
 
 def test_serve_command_in_container():
@@ -109,6 +122,7 @@ def test_serve_command_in_container():
         "--lora-modules", "student-0123456789ab=/data/adapters/student-0123456789ab",
         "--enable-auto-tool-choice", "--tool-call-parser", "qwen3_coder",
         "--reasoning-parser", "qwen3",
+        "--seed", "0",
         "--gpu-memory-utilization", "0.85",
     )  # fmt: skip
     assert cmd.env == {} and cmd.container_name == "coop-dag-vllm-test"
@@ -387,7 +401,7 @@ FAKE_VLLM_PYTHON = """
 import json, sys, time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 args = sys.argv[1:]
-assert args[:3] == ["-m", "vllm.entrypoints.cli.main", "serve"], args
+assert args[:2] == ["-m", "vllm.entrypoints.openai.api_server"], args
 import os
 assert os.environ["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
 port = int(args[args.index("--port") + 1])
