@@ -863,9 +863,11 @@ def score_pair(
                 "follow_through_patch": evidence["patch"],
                 "edit_follow_through": ok_edit,
                 "edited_plan_files": edited,
+                "edit_follow_through_reason": why_edit,
             }
         )
-        reasons += [r for r in (why, why_edit) if r]
+        # `reason(s)` explain the seed's three metrics; edit_follow_through has its own field.
+        reasons += [why] if why else []
     result["plan_first"] = all(pf)
     result["plan_content"] = all(pc)
     result["n_follow_through"] = sum(result["follow_through"].values())
