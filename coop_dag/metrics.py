@@ -463,7 +463,8 @@ def task_entities(
         names |= feature_names(text)
     tree = _base_tree(task_dir, str(mirror_dir) if mirror_dir else None) if task_dir else None
     if tree is not None:
-        sources.append(tree.source)
+        # the kind, not the path: per-pair rows are content-hashed into data versions
+        sources.append(f"base repository ({tree.kind})")
         named = set(files)
         for text in texts:
             named |= {f for p in mentioned_paths(text) for f in _resolve(p, tree.files)}
@@ -976,12 +977,23 @@ def score_pairs(
     errors = [e for r in rows for e in r["errors"]]
     for error in errors:
         (warn or log.warning)(error)
+    bases: dict[str, str] = {}  # which base repositories the s6 check read, for the summary
+    if rules == "s6":
+        roots = dataset_roots(dataset)
+        mirror = mirror_dir or os.environ.get("COOP_DAG_MIRROR_DIR")
+        for r in rows:
+            task_dir = find_task_dir(r["repo"], r["task_id"], roots)
+            tree = _base_tree(task_dir, str(mirror) if mirror else None) if task_dir else None
+            if tree is not None:
+                bases[f"{r['repo']}/{r['task_id']}"] = tree.source
     per_task: dict[str, dict] = {}
     for key in dict.fromkeys(f"{r['repo']}/{r['task_id']}" for r in rows):
         task_rows = [r for r in rows if f"{r['repo']}/{r['task_id']}" == key]
         per_task[key] = {**_counts(task_rows), "pairs": [r["pair_id"] for r in task_rows]}
+    summary = summarise(rows, errors, rules=rules, n_boot=n_boot, seed=seed)
+    summary["base_repositories"] = bases
     return {
-        "summary": summarise(rows, errors, rules=rules, n_boot=n_boot, seed=seed),
+        "summary": summary,
         "per_pair": rows,
         "per_task": per_task,
         "errors": errors,

@@ -719,6 +719,7 @@ class BaseTree:
     task_dir: Path
     files: frozenset[str]
     source: str  # "bundled:<dir>" or "mirror:<git dir>@<sha>"
+    kind: str = "bundled"  # "bundled" or "mirror@<sha>": where from, without this machine's paths
     _git_dir: Path | None = None
     _sha: str | None = None
 
@@ -764,5 +765,10 @@ def base_tree(task_dir: Path | str, mirror_dir: Path | str | None = None) -> Bas
     except TaskError:
         return None
     return BaseTree(
-        task_dir, frozenset(listing.splitlines()), f"mirror:{git_dir}@{sha}", git_dir, sha
+        task_dir,
+        frozenset(listing.splitlines()),
+        f"mirror:{git_dir}@{sha}",
+        f"mirror@{sha}",
+        git_dir,
+        sha,
     )

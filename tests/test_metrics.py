@@ -820,7 +820,7 @@ def test_base_repository_files_and_definitions_count_when_the_dataset_is_reachab
     assert flag["plan_content"] is True and flag["follow_through"]["agent1"] is True
     assert flag["agents"]["agent1"]["plan_real_paths"] == ["src/pkg/c.py"]
     assert flag["agents"]["agent1"]["plan_real_names"] == ["load_c"]  # defined in a task file
-    assert flag["task_entities"]["sources"][1].startswith("bundled:")
+    assert flag["task_entities"]["sources"] == ["task text", "base repository (bundled)"]
     monkeypatch.setenv("COOP_DAG_DATASET", str(data))
     assert score_run(tmp_path / "run")["per_pair"][0]["plan_content"] is True
     # an invented path stays invented with the base repository in view
@@ -1089,9 +1089,46 @@ def test_cli_score_names_every_rate_key(tmp_path, capsys):
     out = tmp_path / "full.json"
     assert main(["score", str(tmp_path / "run"), "--dataset", str(data), "--out", str(out)]) == 0
     capsys.readouterr()
-    sources = json.loads(out.read_text())["per_pair"][0]["task_entities"]["sources"]
-    assert sources[1] == f"bundled:{data / 'demo_task' / 'task1' / 'repo'}"
+    full = json.loads(out.read_text())
+    assert full["per_pair"][0]["task_entities"]["sources"][1] == "base repository (bundled)"
+    assert full["summary"]["base_repositories"] == {
+        "demo_task/1": f"bundled:{data / 'demo_task' / 'task1' / 'repo'}"
+    }
     assert main(["score", str(tmp_path / "run"), "--dataset", str(tmp_path / "nope")]) == 2
     assert "--dataset" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["score", str(tmp_path / "run"), "--rules", "v6"])
+
+
+def test_base_repository_from_a_mirror_at_the_dockerfile_commit(tmp_path):
+    import subprocess
+
+    from coop_dag.tasks import base_tree
+
+    mirror = tmp_path / "mirror" / "acme" / "widget"
+    (mirror / "src").mkdir(parents=True)
+    (mirror / "src" / "w.py").write_text("def spin_widget():\n    pass\n")
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"}  # fmt: skip
+
+    def git(*args):
+        return subprocess.run(
+            ["git", *args], cwd=mirror, env=env, check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "base")
+    sha = git("rev-parse", "HEAD")
+    (mirror / "src" / "later.py").write_text("x = 1\n")  # not in the base commit
+    git("add", "-A")
+    git("commit", "-q", "-m", "later")
+    task_dir = tmp_path / "data" / "widget_task" / "task1"
+    task_dir.mkdir(parents=True)
+    (task_dir / "Dockerfile").write_text(
+        f"RUN git clone https://github.com/acme/widget.git repo && cd repo && git checkout {sha}\n"
+    )
+    assert base_tree(task_dir) is None  # no mirror given: no base-repository check
+    tree = base_tree(task_dir, tmp_path / "mirror")
+    assert tree is not None and tree.files == {"src/w.py"} and tree.kind == f"mirror@{sha}"
+    assert tree.read("src/w.py").startswith("def spin_widget") and tree.read("nope.py") is None
