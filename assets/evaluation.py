@@ -195,6 +195,7 @@ def behaviour_metrics(
         metadata={
             **_metric_metadata(s),
             **{f"delta_{m}": round(v, 4) for m, v in metrics["delta_over_base"].items()},
+            "delta_over_base_stats": dg.MetadataValue.json(metrics["delta_over_base_stats"]),
             "base_table": dg.MetadataValue.md(metrics_table(b)),
         },
     )

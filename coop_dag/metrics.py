@@ -320,6 +320,11 @@ _NOT_ENTITIES = frozenset(dir(builtins)) | frozenset(keyword.kwlist) | {
     "self", "cls", "Any", "Optional", "Union", "Callable", "List", "Dict", "Tuple", "Set",
     "None", "True", "False",
 }  # fmt: skip
+# Methods of builtin types: `text.rstrip()` in a feature text names Python, not the task (a task
+# file that defines one, e.g. a cache's `get`, still makes it an entity via `defined_names`).
+_BUILTIN_METHODS = frozenset(
+    n for t in (str, bytes, dict, list, set, tuple, int, float) for n in dir(t)
+)
 
 
 def _code_shaped(name: str) -> bool:
@@ -331,7 +336,10 @@ def _class_like(name: str) -> bool:
 
 
 def _entity_name(name: str) -> bool:
-    return len(name) >= 3 and name not in _NOT_ENTITIES and name not in _prompt_names()
+    dunder = name.startswith("__") and name.endswith("__")  # Python's protocol, not the task's
+    return (
+        len(name) >= 3 and not dunder and name not in _NOT_ENTITIES and name not in _prompt_names()
+    )
 
 
 def _blank_paths(text: str) -> str:
@@ -350,26 +358,27 @@ def feature_names(text: str) -> set[str]:
     """Function/class names a feature text names: in a `code span`, every called name
     (`_convert()`) and a span that is a name -- capitalised (`Option`, `Parser.parse()` gives
     both), code-shaped (`_metavar`) or called; in a fenced block, `def`/`class` names; in prose, a
-    called code-shaped name (`parse_date()`). Builtins, keywords and the coop prompt's own names
-    (`send_message`) are not task entities."""
+    called code-shaped name (`parse_date()`). Builtins, builtin types' methods (`rstrip`),
+    keywords and the coop prompt's own names (`send_message`) are not task entities."""
     text = text or ""
     names: set[str] = set()
     for span in _CODE_SPAN_RE.findall(text):
         span = _blank_paths(span)
         names.update(m.group(1) for m in _CALL_RE.finditer(span))
         lead = _LEAD_NAME_RE.match(span)
-        if lead:
+        if lead:  # in `a.b.c(...)` only `c` is called; `a`, `b` count if they look like names
+            parts = lead.group(1).split(".")
             called = lead.group(2) == "("
             names.update(
                 part
-                for part in lead.group(1).split(".")
-                if called or _class_like(part) or "_" in part.strip("_")
+                for i, part in enumerate(parts)
+                if (called and i == len(parts) - 1) or _class_like(part) or "_" in part.strip("_")
             )
     for block in _FENCE_RE.findall(text):
         names.update(m.group(1) for m in _DEF_RE.finditer(block))
     prose = _blank_paths(text)
     names.update(m.group(1) for m in _CALL_RE.finditer(prose) if _code_shaped(m.group(1)))
-    return {n for n in names if _entity_name(n)}
+    return {n for n in names if _entity_name(n) and n not in _BUILTIN_METHODS}
 
 
 @lru_cache(maxsize=1)

@@ -777,6 +777,11 @@ def test_horizon_limits_follow_through_commands(tmp_path):
 def test_function_names_from_the_feature_text_are_real_entities(tmp_path):
     assert {"_read_flag", "Loader"} <= feature_names(TASK)
     assert "flag" not in feature_names(TASK)  # `--flag` is an option, not a function
+    # Python's own names are not the task's; the coop prompt's `send_message` is not either
+    assert not feature_names("use `text.rstrip()`, `__post_init__`, `send_message`, `len()`")
+    assert feature_names("```python\ndef _metavar(option):\n    return str(option)\n```") == {
+        "_metavar"
+    }
     assert names_in_message("I'll change _read_flag and the Loader class", {"_read_flag"}) == [
         "_read_flag"
     ]
