@@ -416,7 +416,7 @@ def agent_timeline(traj: dict, partner: str | Iterable[str] | None = None) -> Ag
         if (
             role in ("user", "tool")
             and i != first_user
-            and (role == "tool" or _is_observation(msg))
+            and (role == "tool" or _is_observation(msg) or _looks_like_observation(msg))
         ):
             if turn_start + answered < len(actions):
                 k = turn_start + answered
@@ -479,6 +479,12 @@ def _returncode(msg: dict, text: str) -> int | None:
         return code
     m = _RETURNCODE_RE.search(text or "")
     return int(m.group(1) or m.group(2)) if m else None
+
+
+def _looks_like_observation(msg: dict) -> bool:
+    """A user message that is a command's result by its text (mini-swe-agent's
+    `<returncode>N</returncode>` form), for logs that record no extra.returncode."""
+    return _text(msg.get("content")).lstrip().startswith("<returncode>")
 
 
 def _is_observation(msg: dict) -> bool:

@@ -721,10 +721,18 @@ def test_command_without_a_recorded_return_code_does_not_count(tmp_path):
     assert score_one(tmp_path, t1, traj(2, responder()))["follow_through"]["agent1"] is False
 
 
-def test_return_code_read_from_the_observation_text(tmp_path):
-    rendered = {"role": "tool", "tool_call_id": "call_0", "content": '{"returncode": 0}'}
-    t1 = traj(1, plan_then(PLAN, tool_turn(f"cat {A_FILE}"), rendered))
-    assert score_one(tmp_path, t1, traj(2, responder()))["follow_through"]["agent1"] is True
+@pytest.mark.parametrize(
+    ("observation", "ok"),
+    [
+        ({"role": "tool", "tool_call_id": "call_0", "content": '{"returncode": 0}'}, True),
+        ({"role": "user", "content": "<returncode>0</returncode>\n<output>x</output>"}, True),
+        ({"role": "user", "content": "<returncode>1</returncode>\n<output></output>"}, False),
+    ],
+    ids=["runtime-json", "mini-swe-agent", "mini-swe-agent-failed"],
+)
+def test_return_code_read_from_the_observation_text(tmp_path, observation, ok):
+    t1 = traj(1, plan_then(PLAN, tool_turn(f"cat {A_FILE}"), observation))
+    assert score_one(tmp_path, t1, traj(2, responder()))["follow_through"]["agent1"] is ok
 
 
 def test_edit_vs_read(tmp_path):
