@@ -457,14 +457,18 @@ def task_entities(
     texts: Iterable[str],
     task_dir: Path | None = None,
     mirror_dir: str | Path | None = None,
+    features: Iterable[int] = (),
 ) -> TaskEntities:
-    """Real entities of a pair from its agents' task texts and, when `task_dir` is given and its
-    base repository is readable (bundled `repo/`, or a mirror), that repository."""
+    """Real entities of a pair from its agents' task texts and, when `task_dir` is given, the
+    `features`' feature.md files there and the task's base repository if it is readable
+    (bundled `repo/`, or a mirror)."""
     texts = [t for t in texts if t]
-    sources = ["task text"] if texts else []
     if task_dir is not None:  # the dataset's feature.md files, for logs with no task message
-        for md in sorted(task_dir.glob("feature*/feature.md")):
-            texts.append(md.read_text(encoding="utf-8", errors="replace"))
+        for k in features:
+            md = task_dir / f"feature{k}" / "feature.md"
+            if md.is_file():
+                texts.append(md.read_text(encoding="utf-8", errors="replace"))
+    sources = ["task text"] if texts else []
     files: set[str] = set()
     names: set[str] = set()
     for text in texts:
@@ -813,7 +817,9 @@ def score_pair(
     if rules == "s6":
         task_dir = find_task_dir(pair.repo, pair.task_id, dataset_roots(dataset))
         mirror = mirror_dir or os.environ.get("COOP_DAG_MIRROR_DIR")
-        entities = task_entities([task_text(t) for t in trajs], task_dir, mirror)
+        entities = task_entities(
+            [task_text(t) for t in trajs], task_dir, mirror, (pair.feature_a, pair.feature_b)
+        )
         result["task_entities"] = {
             "sources": list(entities.sources),
             "n_files": len(entities.files),

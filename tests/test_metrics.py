@@ -847,8 +847,10 @@ def test_the_bundled_dataset_is_found_by_repo_name(tmp_path):
 
     task_dir = find_task_dir("argkit_task", "104", dataset_roots())
     assert task_dir == BUNDLED_DATASET / "argkit_task" / "task104"
-    entities = task_entities([], task_dir)
+    entities = task_entities([], task_dir, features=[1])
     assert "src/argkit/parser.py" in entities.files and "_convert" in entities.names
+    assert "SpecError" not in entities.names  # named by feature 4, which is not in the pair
+    assert "SpecError" in task_entities([], task_dir, features=[1, 4]).names
     assert entities.resolve_path("/workspace/repo/src/argkit/spec.py") == ["src/argkit/spec.py"]
     assert entities.resolve_path("src/argkit/options.py") == []
 
