@@ -10,6 +10,7 @@ import dagster as dg
 from assets.partitions import VARIANTS, variant_partitions
 from assets.teacher import metrics_table, score_pair_ids
 from coop_dag.lineage import content_version
+from coop_dag.metrics import paired_deltas
 from coop_dag.report import THRESHOLDS, report_markdown, report_plot, report_rows
 from coop_dag.rollouts import limits_from, rollout_pairs, select_pairs
 from coop_dag.serving import ensure_loaded
@@ -30,6 +31,7 @@ def _metric_metadata(summary: dict) -> dict:
         "plan_first_rate": summary["plan_first_rate"],
         "plan_content_rate": summary["plan_content_rate"],
         "follow_through_rate": summary["follow_through_rate"],
+        "edit_follow_through_rate": summary.get("edit_follow_through_rate", 0.0),
         "both_passed_rate": summary.get("both_passed_rate") or 0.0,
         "table": dg.MetadataValue.md(metrics_table(summary)),
     }
@@ -52,7 +54,11 @@ def _roll_out(context, model_factory_model, pairs, run_dir, variant, rollout, da
     )
 
 
-@dg.asset(partitions_def=variant_partitions, group_name="evaluation", code_version="1")
+@dg.asset(
+    partitions_def=variant_partitions,
+    group_name="evaluation",
+    code_version="2",  # §6 metric rules
+)
 def base_student_metrics(
     context: dg.AssetExecutionContext,
     task_pool: dict,
@@ -73,7 +79,7 @@ def base_student_metrics(
     summary = _roll_out(
         context, model, pairs, run_dir, variant, rollout, dataset, endpoint.base_model_id
     )
-    metrics = score_pair_ids(summary["run_dir"], summary["pair_ids"])
+    metrics = score_pair_ids(summary["run_dir"], summary["pair_ids"], warn=context.log.warning)
     metrics["data_version"] = content_version(metrics["per_pair"])
     facts = {
         "student": variant.student,
@@ -147,7 +153,7 @@ def student_rollouts(
 @dg.asset(
     partitions_def=variant_partitions,
     group_name="evaluation",
-    code_version="1",
+    code_version="2",  # §6 metric rules
     check_specs=[
         dg.AssetCheckSpec(
             f"{m}_meets_seed_bar",
@@ -165,9 +171,13 @@ def behaviour_metrics(
 ):
     """The three metrics on the student's held-out rollouts with n and Wilson intervals,
     CooperBench success rates, per-task/per-pair breakdowns, and deltas over the base."""
-    metrics = score_pair_ids(student_rollouts["run_dir"], student_rollouts["pair_ids"])
+    metrics = score_pair_ids(
+        student_rollouts["run_dir"], student_rollouts["pair_ids"], warn=context.log.warning
+    )
     s, b = metrics["summary"], base_student_metrics["summary"]
     metrics["delta_over_base"] = {m: s[f"{m}_rate"] - b[f"{m}_rate"] for m in THRESHOLDS}
+    # the same deltas over the pairs both scored, with a paired cluster-bootstrap interval
+    metrics["delta_over_base_stats"] = paired_deltas(metrics, base_student_metrics)
     metrics["data_version"] = content_version(metrics["per_pair"])
     lineage.record(
         context,
@@ -185,11 +195,15 @@ def behaviour_metrics(
         metadata={
             **_metric_metadata(s),
             **{f"delta_{m}": round(v, 4) for m, v in metrics["delta_over_base"].items()},
+            "delta_over_base_stats": dg.MetadataValue.json(metrics["delta_over_base_stats"]),
             "base_table": dg.MetadataValue.md(metrics_table(b)),
         },
     )
     for m, bar in THRESHOLDS.items():
         rate = s[f"{m}_rate"]
+        check = s["bar_checks"][m]  # the seed's check is the point estimate; the bound is said
+        lower = check["lower_bound"]
+        clears = "clears" if check["lower_bound_clears_bar"] else "does not clear"
         yield dg.AssetCheckResult(
             check_name=f"{m}_meets_seed_bar",
             passed=rate >= bar,
@@ -197,8 +211,11 @@ def behaviour_metrics(
                 "rate": rate,
                 "threshold": bar,
                 "n": s["n_agents" if m == "follow_through" else "n_pairs"],
+                "lower_bound_clears_bar": check["lower_bound_clears_bar"],
+                **({"cluster_ci95_low": lower} if lower is not None else {}),
             },
-            description=f"{m} {rate:.0%} vs bar {bar:.0%}",
+            description=f"{m} {rate:.0%} vs bar {bar:.0%}; the cluster-bootstrap 95% "
+            f"interval's lower bound {clears} it",
         )
 
 

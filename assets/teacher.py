@@ -1,6 +1,7 @@
 """Stage 1: teacher rollouts on the training pairs, the teacher's own behaviour metrics (the
 ceiling distillation is bounded by), and rejection sampling to the pairs that show it."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -81,23 +82,35 @@ def teacher_rollouts(
     return dg.Output(summary, data_version=dg.DataVersion(summary["data_version"]))
 
 
-def score_pair_ids(run_dir: str, pair_ids: list[str]) -> dict:
-    """Metrics over exactly `pair_ids` of a run directory (it may hold other pairs too)."""
+def score_pair_ids(
+    run_dir: str, pair_ids: list[str], warn: Callable[[str], None] | None = None
+) -> dict:
+    """Metrics (§6 rules) over exactly `pair_ids` of a run directory (it may hold other pairs
+    too); `warn` gets each unreadable or malformed file (pass `context.log.warning`)."""
     wanted = set(pair_ids)
-    return score_pairs([p for p in iter_pairs(Path(run_dir)) if p.pair_id in wanted])
+    return score_pairs([p for p in iter_pairs(Path(run_dir)) if p.pair_id in wanted], warn=warn)
+
+
+def _interval(ci: list | None) -> str:
+    return f"{_pct(ci[0])}–{_pct(ci[1])}" if ci else "–"
 
 
 def metrics_table(s: dict) -> str:
-    return "| metric | rate | 95% CI |\n|---|---|---|\n" + "\n".join(
-        f"| {m} | {_pct(s[f'{m}_rate'])} | {_pct(s[f'{m}_ci95'][0])}–{_pct(s[f'{m}_ci95'][1])} |"
-        for m in ("plan_first", "plan_content", "follow_through")
+    # .get: summaries materialised before edit_follow_through and the cluster bootstrap lack them
+    return "| metric | rate | n | 95% CI (Wilson) | 95% CI (cluster) |\n|---|---|---|---|---|\n" + (
+        "\n".join(
+            f"| {m} | {_pct(s[f'{m}_rate'])} | {s.get(f'{m}_n', '–')} "
+            f"| {_interval(s.get(f'{m}_ci95'))} | {_interval(s.get(f'{m}_cluster_ci95'))} |"
+            for m in ("plan_first", "plan_content", "follow_through", "edit_follow_through")
+            if f"{m}_rate" in s
+        )
     )
 
 
 @dg.asset(
     partitions_def=variant_partitions,
     group_name="teacher",
-    code_version="1",
+    code_version="2",  # §6 metric rules
     check_specs=[dg.AssetCheckSpec("teacher_follow_through_ceiling", asset="teacher_validation")],
 )
 def teacher_validation(
@@ -105,7 +118,9 @@ def teacher_validation(
 ):
     """The three behaviour metrics on the teacher's own rollouts, plus CooperBench success:
     the ceiling distillation is bounded by."""
-    metrics = score_pair_ids(teacher_rollouts["run_dir"], teacher_rollouts["pair_ids"])
+    metrics = score_pair_ids(
+        teacher_rollouts["run_dir"], teacher_rollouts["pair_ids"], warn=context.log.warning
+    )
     s = metrics["summary"]
     metrics["data_version"] = content_version(metrics["per_pair"])
     metrics["facts"] = teacher_rollouts.get("facts", {})
@@ -124,6 +139,7 @@ def teacher_validation(
             "plan_first_rate": s["plan_first_rate"],
             "plan_content_rate": s["plan_content_rate"],
             "follow_through_rate": s["follow_through_rate"],
+            "edit_follow_through_rate": s["edit_follow_through_rate"],
             "both_passed_rate": s.get("both_passed_rate") or 0.0,
             "table": dg.MetadataValue.md(metrics_table(s)),
         },

@@ -27,7 +27,12 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from coop_dag.metrics import main_score
 
-    main_score(Path(args.run_dir), Path(args.out) if args.out else None)
+    main_score(
+        Path(args.run_dir),
+        Path(args.out) if args.out else None,
+        rules=args.rules,
+        dataset=Path(args.dataset) if args.dataset else None,
+    )
     return 0
 
 
@@ -130,10 +135,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "score",
-        help="score a CooperBench-layout run dir: plan_first, plan_content, follow_through",
+        help="score a CooperBench-layout run dir: plan_first, plan_content, follow_through, "
+        "edit_follow_through (+ both_passed, merge_clean from eval.json)",
     )
     p.add_argument("run_dir", help="directory containing coop/<repo>/<task>/f<a>_f<b>/")
     p.add_argument("--out", help="write the full metrics JSON here")
+    p.add_argument(
+        "--rules",
+        choices=("s6", "seed-v5"),
+        default="s6",
+        help="s6: the seed report's §6 text (default); seed-v5: the seed's v5-tf eval script "
+        "(union of plans, any reference), to reproduce the report's numbers",
+    )
+    p.add_argument(
+        "--dataset",
+        help="CooperBench dataset dir for the base-repository check (default: $COOP_DAG_DATASET, "
+        "then the bundled dataset; a repo found in none is checked against its task text only)",
+    )
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser(

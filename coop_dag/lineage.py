@@ -57,7 +57,15 @@ def default_store_path() -> Path:
     return resolve_profile().lineage_db
 
 
-RATE_METRICS = ("plan_first", "plan_content", "follow_through", "both_passed", "merge_clean")
+RATE_METRICS = (
+    "plan_first",
+    "plan_content",
+    "follow_through",
+    "edit_follow_through",
+    "both_passed",
+    "merge_clean",
+)
+AGENT_METRICS = ("follow_through", "edit_follow_through")  # per agent: n is n_agents
 
 
 class LineageError(RuntimeError):
@@ -247,7 +255,7 @@ def metric_rows(
         if f"{name}_rate" not in summary:
             continue
         ci = summary.get(f"{name}_ci95") or [None, None]
-        n = n_agents if name == "follow_through" else n_pairs
+        n = n_agents if name in AGENT_METRICS else n_pairs
         rows.append((name, summary[f"{name}_rate"], n, ci[0], ci[1]))
     return rows
 

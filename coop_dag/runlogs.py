@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,8 @@ class PairLog:
     trajectories: dict[str, dict | None] = field(default_factory=dict)
     eval: dict | None = None
     errors: list[str] = field(default_factory=list)
+    # `agent<fid>` -> the text of its final `agent<fid>.patch`, or None when there is none.
+    patches: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def pair_id(self) -> str:
@@ -163,6 +165,15 @@ def load_pair(
         except RunLogError as err:
             pair.trajectories[agent_id] = None
             pair.errors.append(str(err))
+    for agent_id in pair.agent_ids:
+        patch = pair_dir / f"{agent_id}.patch"
+        try:
+            pair.patches[agent_id] = (
+                patch.read_text(encoding="utf-8", errors="replace") if patch.is_file() else None
+            )
+        except OSError as err:
+            pair.patches[agent_id] = None
+            pair.errors.append(f"{patch}: cannot read patch ({err})")
     eval_path = pair_dir / "eval.json"
     if eval_path.exists():
         try:
@@ -185,13 +196,24 @@ def load_trajectory(path: str | Path) -> dict:
         raise RunLogError(f"{path}: cannot read trajectory ({err})") from err
     except json.JSONDecodeError as err:
         raise RunLogError(f"{path}: malformed JSON in trajectory ({err})") from err
-    if not isinstance(data, dict):
-        raise RunLogError(f"{path}: trajectory is not a JSON object")
-    messages = data.get("messages", [])
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise RunLogError(f"{path}: trajectory 'messages' is not a list of objects")
-    data.setdefault("messages", messages)
+    problem = trajectory_problem(data)
+    if problem:
+        raise RunLogError(f"{path}: {problem}")
     return data
+
+
+def trajectory_problem(data: Any) -> str | None:
+    """Why `data` is not a usable trajectory (None when it is): not an object, or `messages`
+    missing or not a list of objects. A trajectory without `messages` is malformed, not an agent
+    that did nothing: scoring it as 0 would hide the fault (issue 17)."""
+    if not isinstance(data, dict):
+        return "trajectory is not a JSON object"
+    if "messages" not in data:
+        return "trajectory has no 'messages' field"
+    messages = data["messages"]
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return "trajectory 'messages' is not a list of objects"
+    return None
 
 
 # -- actions ------------------------------------------------------------------------------------
@@ -217,6 +239,11 @@ class Action:
     received_before: int
     timestamp: float | None = None
     error: str | None = None  # a malformed send_message: nothing was sent and nothing ran
+    # The observation answering this action: its return code (None when no observation or no
+    # code was recorded) and text. Tool messages, or user messages carrying extra.returncode
+    # (inline-XML actions), answer a turn's actions in order.
+    returncode: int | None = None
+    output: str | None = None
 
     @property
     def is_send(self) -> bool:
@@ -383,8 +410,19 @@ def agent_timeline(traj: dict, partner: str | Iterable[str] | None = None) -> Ag
     pending: list[tuple[str, str, int, str]] = []  # received, waiting for the next action index
     received: list[Received] = []
     n_turns = 0
+    turn_start, answered = 0, 0  # the current turn's first action, and how many got an answer
     for i, msg in enumerate(messages):
         role = msg.get("role")
+        if (
+            role in ("user", "tool")
+            and i != first_user
+            and (role == "tool" or _is_observation(msg) or _looks_like_observation(msg))
+        ):
+            if turn_start + answered < len(actions):
+                k = turn_start + answered
+                text = _text(msg.get("content"))
+                actions[k] = replace(actions[k], returncode=_returncode(msg, text), output=text)
+                answered += 1
         if role == "assistant":
             if isinstance(msg.get("extra"), dict) and msg["extra"].get("summary"):
                 continue  # a context-compaction summary, not a turn of the agent
@@ -395,6 +433,7 @@ def agent_timeline(traj: dict, partner: str | Iterable[str] | None = None) -> Ag
                 continue
             received.extend(Received(s, b, mi, len(actions), via) for s, b, mi, via in pending)
             pending.clear()
+            turn_start, answered = len(actions), 0
             ts = (msg.get("extra") or {}).get("timestamp")
             for item in commands:
                 if isinstance(item, OutgoingMessage):
@@ -426,6 +465,26 @@ def agent_timeline(traj: dict, partner: str | Iterable[str] | None = None) -> Ag
 def agent_actions(traj: dict, partner: str | Iterable[str] | None = None) -> list[Action]:
     """The agent's executed commands, in order, classified (see `Action`)."""
     return list(agent_timeline(traj, partner).actions)
+
+
+# The return code inside an observation's text: our runtime's JSON rendering, or CooperBench's
+# `<returncode>N</returncode>`; used when a log has no extra.returncode.
+_RETURNCODE_RE = re.compile(r'"returncode":\s*(-?\d+)|<returncode>\s*(-?\d+)\s*</returncode>')
+
+
+def _returncode(msg: dict, text: str) -> int | None:
+    extra = msg.get("extra") or {}
+    code = extra.get("returncode") if isinstance(extra, dict) else None
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code
+    m = _RETURNCODE_RE.search(text or "")
+    return int(m.group(1) or m.group(2)) if m else None
+
+
+def _looks_like_observation(msg: dict) -> bool:
+    """A user message that is a command's result by its text (mini-swe-agent's
+    `<returncode>N</returncode>` form), for logs that record no extra.returncode."""
+    return _text(msg.get("content")).lstrip().startswith("<returncode>")
 
 
 def _is_observation(msg: dict) -> bool:

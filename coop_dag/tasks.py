@@ -705,3 +705,70 @@ def checkout_from_mirror(task: Task, dest: Path, mirror_dir: Path | None) -> str
     except BaseException:
         _undo_dest(dest, existed)
         raise
+
+
+# --------------------------------------------------------------------------------------------
+# reading the base repository without a checkout (scoring: "does this path exist?")
+
+
+@dataclass(frozen=True)
+class BaseTree:
+    """The files of a task's base repository, read in place: the bundled `repo/` directory, or
+    the Dockerfile's commit in a local mirror (`git ls-tree`/`git show`, nothing checked out)."""
+
+    task_dir: Path
+    files: frozenset[str]
+    source: str  # "bundled:<dir>" or "mirror:<git dir>@<sha>"
+    kind: str = "bundled"  # "bundled" or "mirror@<sha>": where from, without this machine's paths
+    _git_dir: Path | None = None
+    _sha: str | None = None
+
+    def read(self, path: str) -> str | None:
+        """The base version of `path` (None when it is not in the tree or cannot be read)."""
+        if path not in self.files:
+            return None
+        try:
+            if self._git_dir is None:
+                return (self.task_dir / "repo" / path).read_text(encoding="utf-8", errors="replace")
+            return _git(["show", f"{self._sha}:{path}"], self._git_dir)
+        except (OSError, TaskError):
+            return None
+
+
+def base_tree(task_dir: Path | str, mirror_dir: Path | str | None = None) -> BaseTree | None:
+    """The base repository of the task in `task_dir`, or None when neither its bundled source
+    nor (with `mirror_dir`) a mirror of its Dockerfile's clone URL at the checkout sha is here."""
+    task_dir = Path(task_dir)
+    source = task_dir / "repo"
+    if source.is_dir():
+        files = set()
+        for path in source.rglob("*"):
+            rel = path.relative_to(source)
+            if (
+                path.is_file()
+                and not _BUNDLED_IGNORE(str(path.parent), [path.name])
+                and not any(part in ("__pycache__", ".pytest_cache", ".git") for part in rel.parts)
+            ):
+                files.add(rel.as_posix())
+        return BaseTree(task_dir, frozenset(files), f"bundled:{source}")
+    dockerfile = task_dir / "Dockerfile"
+    if mirror_dir is None or not dockerfile.is_file():
+        return None
+    url, sha = parse_dockerfile(dockerfile.read_text(encoding="utf-8"))
+    if url is None or sha is None:
+        return None
+    git_dir = next((c for c in mirror_candidates(url, Path(mirror_dir)) if c.is_dir()), None)
+    if git_dir is None:
+        return None
+    try:
+        listing = _git(["ls-tree", "-r", "--name-only", sha], git_dir)
+    except TaskError:
+        return None
+    return BaseTree(
+        task_dir,
+        frozenset(listing.splitlines()),
+        f"mirror:{git_dir}@{sha}",
+        f"mirror@{sha}",
+        git_dir,
+        sha,
+    )

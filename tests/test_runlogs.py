@@ -166,6 +166,9 @@ def test_load_trajectory_rejects_non_objects(tmp_path):
     bad.write_text('{"messages": "oops"}')
     with pytest.raises(RunLogError, match="messages"):
         load_trajectory(bad)
+    bad.write_text('{"agent_id": "agent1", "steps": 3}')  # no messages: malformed, not empty
+    with pytest.raises(RunLogError, match="no 'messages' field"):
+        load_trajectory(bad)
 
 
 # -- actions -------------------------------------------------------------------------------
