@@ -76,12 +76,21 @@ class ServingResource(dg.ConfigurableResource):
         "served (float32: the dtype the CPU student is trained in)",
     )
     max_model_len: int = Field(default=DEFAULT_MAX_MODEL_LEN, description="vLLM --max-model-len")
-    max_lora_rank: int = Field(default=64, description="vLLM --max-lora-rank when launching")
-    max_loras: int = Field(default=4, description="adapters held at once")
+    max_lora_rank: int = Field(
+        default=16,
+        description="vLLM --max-lora-rank (the recipes' rank): on the CPU every LoRA op is "
+        "computed at this rank, so a larger slot than the adapters need only costs time",
+    )
+    max_loras: int = Field(default=2, description="adapters in one batch")
     cpu_kv_cache_gib: float = Field(
         default=2.0, description="cpu: KV cache size in GiB (bounds the server's memory)"
     )
-    cpu_threads: int = Field(default=0, description="cpu: model threads (0: every core)")
+    cpu_threads: int = Field(
+        default=1,
+        description="cpu: model threads (0: every core). 1 by default: the rollouts' sandboxes "
+        "and evaluations share the cores, and OpenMP threads that must wait for a busy core "
+        "stall every decoding step",
+    )
     gpu_memory_utilization: float = Field(default=0.85, description="gpu: share of GPU memory")
     keep_alive: bool = Field(
         default=False, description="leave a started server running after the run ends"

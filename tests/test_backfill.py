@@ -148,8 +148,7 @@ def _meta(record) -> dict:
     return {k: v.value for k, v in record.asset_materialization.metadata.items()}
 
 
-def test_backfill_over_two_tiny_variants_runs_the_whole_graph(tmp_path):
-    from coop_dag.serving import stop_server
+def test_backfill_over_two_tiny_variants_runs_the_whole_graph(tmp_path, vllm_server):
     from coop_dag.variants import load_variants
 
     variants = load_variants(FIXTURE)
@@ -160,7 +159,6 @@ def test_backfill_over_two_tiny_variants_runs_the_whole_graph(tmp_path):
     home, runs = tmp_path / "home", tmp_path / "runs"
     home.mkdir()
     (home / "dagster.yaml").write_text("{}\n")  # the default instance, quietly
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("COOP_DAG_")}
     env.update(
         {
@@ -180,17 +178,15 @@ def test_backfill_over_two_tiny_variants_runs_the_whole_graph(tmp_path):
         "run_config": {
             "execution": {"config": {"in_process": {}}},
             "resources": {
-                "serving": {"config": {"port": port, "probe_max_tokens": 16}},
+                # the session's vLLM (tiny-qwen3): both runs' adapters on one base
+                "serving": {"config": {"url": vllm_server.url, "probe_max_tokens": 16}},
                 "training": {"config": {"probe_prompts": 2, "probe_max_new_tokens": 16}},
             },
         },
         "out": str(tmp_path / "backfill.json"),
     }
     started = time.monotonic()
-    try:
-        _run_driver(spec, env, tmp_path / "driver.log")
-    finally:
-        stop_server(runs / "serving", port)  # the embedded server outlives runs by design
+    _run_driver(spec, env, tmp_path / "driver.log")
     print(f"backfill over {names}: {time.monotonic() - started:.0f} s")
 
     check_backfill(tmp_path, variants)

@@ -408,7 +408,7 @@ def test_unknown_student_is_the_registry_error(data, tmp_path):
 # --------------------------------------------------------------------------------------
 
 
-def test_lora_checkpoint_asset(tiny, data, tmp_path, monkeypatch):
+def test_lora_checkpoint_asset(tiny, data, tmp_path, monkeypatch, vllm_server):
     import dataclasses
 
     import dagster as dg
@@ -417,6 +417,7 @@ def test_lora_checkpoint_asset(tiny, data, tmp_path, monkeypatch):
     from assets.partitions import variant_partitions
     from resources.dataset import DatasetResource
     from resources.lineage import LineageResource
+    from resources.serving import ServingResource
     from resources.training import TrainingResource
 
     variant = asset_module.VARIANTS["templated"]
@@ -447,6 +448,7 @@ def test_lora_checkpoint_asset(tiny, data, tmp_path, monkeypatch):
                 probe_prompts=2,
                 probe_max_new_tokens=16,
             ),
+            "serving": ServingResource(url=vllm_server.url),
             "lineage": LineageResource(path=str(tmp_path / "lineage.duckdb")),
         },
     )

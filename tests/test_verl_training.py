@@ -102,11 +102,13 @@ def calls(tmp_path: Path) -> list[dict]:
 
 def materialize(tmp_path, tito, verl_python, monkeypatch, *, raise_on_error=True):
     import dagster as dg
+    import serve_helpers
 
     from assets import training as asset_module
     from assets.partitions import variant_partitions
     from resources.dataset import DatasetResource
     from resources.lineage import LineageResource
+    from resources.serving import ServingResource
     from resources.training import TrainingResource
 
     variant = asset_module.VARIANTS["templated"]
@@ -142,6 +144,7 @@ def materialize(tmp_path, tito, verl_python, monkeypatch, *, raise_on_error=True
                 probe_prompts=2,
                 probe_max_new_tokens=16,
             ),
+            "serving": ServingResource(url=serve_helpers.server().url),
             "lineage": LineageResource(path=str(tmp_path / "lineage.duckdb")),
         },
     )
