@@ -29,7 +29,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from coop_dag.scratch import owned_tempdir, sweep_stale
 from coop_dag.tasks import Task, TaskError, checkout_base
 
 log = logging.getLogger(__name__)
@@ -769,7 +769,8 @@ class LocalSandbox(Sandbox):
         extra_path = [Path(p).resolve() for p in (extra_path or ())]
         # PATH dirs must be visible inside: bind them read-only (anything under /tmp is not).
         ro_binds = [*ro_binds, *(p for p in extra_path if p.exists())]
-        self.dir = Path(tempfile.mkdtemp(prefix=prefix, dir=self.root_dir))
+        sweep_stale(prefix, self.root_dir)  # workspaces a killed process left here
+        self.dir = owned_tempdir(prefix, self.root_dir)
         self._closed = False
         try:
             repo = self.dir / "repo"
