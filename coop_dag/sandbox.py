@@ -537,6 +537,9 @@ def sandbox_env(
         "SHELL": "/bin/bash",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
+        # `git status` and friends otherwise take index.lock and rewrite the index to refresh
+        # its stat cache: a look at the repository must not write to it.
+        "GIT_OPTIONAL_LOCKS": "0",
         **DEFAULT_ENV,
         **(env or {}),
     }

@@ -547,6 +547,37 @@ def test_sandbox_shows_only_the_workspace_and_the_system(tmp_path: Path, other_r
         assert "README.md" in sb.diff()
 
 
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under `root` with (mtime, size) for files (directories: path only)."""
+    out = {}
+    for path in root.rglob("*"):
+        st = path.lstat()
+        stamp = (st.st_mtime_ns, st.st_size) if path.is_file() else (0, 0)
+        out[str(path.relative_to(root))] = stamp
+    return out
+
+
+@needs_bwrap
+def test_read_only_commands_create_no_files(sandbox: LocalSandbox) -> None:
+    """Looking around (cat, ls, grep, find, git status/diff/log, python -c) leaves the
+    workspace, the sandbox home and the sandboxes' root exactly as they were."""
+    root = Path(sandbox.workdir).parent.parent
+    before = _files(root)
+    for command in (
+        "cat src/calc/core.py",
+        "ls -la . ~",
+        "grep -rn add src",
+        "find . -name '*.py'",
+        "head -n 2 tests/test_core.py; wc -l src/calc/core.py; sed -n 1p src/calc/core.py",
+        "git status; git diff; git log --oneline; git show --stat HEAD",
+        "python -c 'import calc' 2>/dev/null; PYTHONPATH=src python -c 'import calc.core'",
+    ):
+        assert sandbox.run(command).returncode == 0, command
+        assert _files(root) == before, command
+    sandbox.diff()
+    assert _files(root) == before
+
+
 @needs_bwrap
 def test_a_venv_inside_the_checkout_shows_without_the_checkout(task: Task) -> None:
     """Wherever the project checkout lives (here outside /tmp), with the run's interpreter in
