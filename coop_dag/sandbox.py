@@ -793,7 +793,7 @@ class LocalSandbox(Sandbox):
                 # (the agent's own repo and home show through), so nothing can be written
                 # beside them either. The dataset is never mounted; named so it is hidden
                 # again should a bind contain it.
-                hidden=[self.root_dir],
+                hidden=[self.root_dir] if self.root_dir != Path("/") else [],
                 secrets=[task.dir.parent.parent],
                 allow_unsandboxed=allow_unsandboxed,
                 bwrap=bwrap,
