@@ -286,7 +286,8 @@ def main() -> None:
             runner = sb._runner
             bwrap_true = bwrap_argv(
                 ws, "", writable=[runner.home], ro_binds=runner.ro_binds, hidden=runner.hidden,
-                bwrap=runner.bwrap, shell=("true",),
+                system=runner.system, symlinks=runner.symlinks, bwrap=runner.bwrap,
+                shell=("true",),
             )[:-1]  # fmt: skip
 
             def spawn(argv: list[str]) -> Callable[[], None]:

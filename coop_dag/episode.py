@@ -36,6 +36,7 @@ from coop_dag.messaging import MessageBus, conversation_records
 from coop_dag.models import ChatModel
 from coop_dag.prompts import render_prompts
 from coop_dag.sandbox import LocalSandbox, Sandbox
+from coop_dag.scratch import owned_tempdir, sweep_stale
 from coop_dag.tasks import Feature, Pair
 
 # (pair, feature, agent_id, partner_id) -> the model that plays this agent
@@ -54,6 +55,9 @@ class EpisodeSettings:
     sandbox_root: Path | None = None
     mirror_dir: Path | None = None  # local git mirrors for real CooperBench tasks
     allow_unsandboxed: bool = False  # only where bubblewrap is missing, by explicit choice
+
+
+SCRATCH_PREFIX = "coop-sbx-"  # a pair's sandboxes and evaluation, under settings.sandbox_root
 
 
 def pair_dir(run_dir: Path, pair: Pair) -> Path:
@@ -129,7 +133,7 @@ def run_pair(
     agent_ids = {pair.feature_a: "agent1", pair.feature_b: "agent2"}
     agents: list[CoopAgent] = []
     sandboxes: list[Sandbox] = []
-    scratch = Path(tempfile.mkdtemp(prefix="coop-sbx-", dir=settings.sandbox_root))
+    scratch = owned_tempdir(SCRATCH_PREFIX, settings.sandbox_root)
     error: str | None = None
     try:
         for feature in pair.features:
@@ -247,6 +251,7 @@ def run_pairs(
     on_progress: Callable[[int, int, Pair, dict], None] | None = None,
 ) -> list[dict]:
     """Run every pair not already complete; returns the results of the pairs run now."""
+    sweep_stale(SCRATCH_PREFIX, settings.sandbox_root)  # sandboxes of a killed earlier run
     todo = [p for p in pairs if not pair_is_complete(settings.run_dir, p)]
     results: list[dict] = []
     stop = threading.Event()

@@ -41,6 +41,7 @@ from coop_dag.sandbox import (
     _to_result,
     hideable,
 )
+from coop_dag.scratch import owned_tempdir, sweep_stale
 from coop_dag.tasks import Pair, TaskError, checkout_base
 
 DEFAULT_TEST_TIMEOUT = 600.0
@@ -262,7 +263,8 @@ def evaluate_pair(
 
     work_root = Path(work_dir)
     work_root.mkdir(parents=True, exist_ok=True)
-    edir = Path(tempfile.mkdtemp(prefix=f"eval-{pair.repo}-{pair.task_id}-", dir=work_root))
+    sweep_stale("eval-", work_root)  # evaluations a killed process left here
+    edir = owned_tempdir(f"eval-{pair.repo}-{pair.task_id}-", work_root)
     try:
         repo, patches, home = edir / "repo", edir / "patches", edir / "home"
         patches.mkdir()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,11 @@ from typing import Any
 import duckdb
 
 from coop_dag import REPO_ROOT
+
+# Connections of one process share one database instance, where two threads creating the
+# tables at once conflict ("Catalog write-write conflict"): the first write to a new store
+# takes turns. (Other processes wait on the file lock, see `connect`.)
+_SCHEMA_LOCK = threading.Lock()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS materialisations (
@@ -115,7 +121,15 @@ class LineageStore:
     retries: int = 50
 
     @contextmanager
-    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def connect(self, *, create: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection with the schema in place. Readers pass `create=False`: a query must
+        not leave an empty database (and its directory) behind where none was, so a missing
+        file is an error naming it (a mistyped --db would otherwise read as "no records")."""
+        if not create and not self.path.is_file():
+            raise LineageError(
+                f"lineage store not found: {self.path} (nothing was recorded there; check "
+                "--db / $COOP_DAG_LINEAGE_DB)"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for attempt in range(self.retries):
             try:
@@ -126,7 +140,8 @@ class LineageStore:
                     raise LineageError(f"lineage store {self.path} is locked: {err}") from err
                 time.sleep(0.1 + 0.05 * attempt)
         try:
-            con.execute(SCHEMA)
+            with _SCHEMA_LOCK:
+                con.execute(SCHEMA)
             yield con
         finally:
             con.close()
@@ -165,7 +180,7 @@ class LineageStore:
                 )
 
     def latest(self, asset: str, variant: str | None) -> dict | None:
-        with self.connect() as con:
+        with self.connect(create=False) as con:
             row = con.execute(
                 "SELECT asset, variant, data_version, upstream, facts, run_id, code_version, "
                 "recorded_at FROM materialisations WHERE asset = ? AND variant IS NOT DISTINCT "
@@ -178,7 +193,7 @@ class LineageStore:
         """The latest record of `asset` with `data_version`, preferring `variant`'s: content
         versions can coincide across variants (two students scoring the same on the same
         pairs), and a variant's chain must not wander into another variant's."""
-        with self.connect() as con:
+        with self.connect(create=False) as con:
             row = con.execute(
                 "SELECT asset, variant, data_version, upstream, facts, run_id, code_version, "
                 "recorded_at FROM materialisations WHERE asset = ? AND data_version = ? "
@@ -209,7 +224,7 @@ class LineageStore:
         return out
 
     def metric(self, metric: str, variant: str, asset: str = "behaviour_metrics") -> dict:
-        with self.connect() as con:
+        with self.connect(create=False) as con:
             row = con.execute(
                 "SELECT value, n, ci_low, ci_high, data_version FROM metrics WHERE metric = ? "
                 "AND asset = ? AND variant = ? ORDER BY recorded_at DESC LIMIT 1",
@@ -230,8 +245,11 @@ class LineageStore:
         }
 
     def latest_metrics(self, asset: str) -> dict[str, dict[str, float]]:
-        """{variant: {metric: value}} from each variant's latest materialisation of `asset`."""
-        with self.connect() as con:
+        """{variant: {metric: value}} from each variant's latest materialisation of `asset`
+        ({} when nothing has been recorded yet: the store does not exist)."""
+        if not self.path.is_file():
+            return {}
+        with self.connect(create=False) as con:
             rows = con.execute(
                 "SELECT m.variant, m.metric, m.value FROM metrics m JOIN ("
                 " SELECT variant, max(recorded_at) AS at FROM metrics WHERE asset = ?"

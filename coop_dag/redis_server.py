@@ -14,7 +14,6 @@ import atexit
 import os
 import shutil
 import socket
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,10 +25,12 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from coop_dag.messaging import MessagingError
+from coop_dag.scratch import owned_tempdir, sweep_stale
 
 __all__ = ["EmbeddedRedis", "connect", "redis_for"]
 
 _HOST = "127.0.0.1"
+_DIR_PREFIX = "coop-dag-redis-"
 # Valkey config: loopback only, no persistence of any kind.
 _SERVER_CONFIG = {
     "bind": _HOST,
@@ -70,8 +71,10 @@ class EmbeddedRedis:
             if self._server is not None:
                 return self
             errors: list[str] = []
+            # A killed run's server outlives it (and its data dir): end both first.
+            sweep_stale(_DIR_PREFIX, kill_orphans=True)
             for _ in range(self.attempts):
-                data_dir = Path(tempfile.mkdtemp(prefix="coop-dag-redis-"))
+                data_dir = owned_tempdir(_DIR_PREFIX)
                 port = _free_port()
                 server = ValkeyServer(
                     port=port, host=_HOST, data_dir=data_dir, config=dict(_SERVER_CONFIG)

@@ -1,9 +1,11 @@
 """Where an agent's bash commands run: one interface, two backends.
 
 - `LocalSandbox` (embedded default): a per-agent checkout of the task's base commit; every
-  command runs through bubblewrap with a read-only root, only the agent's own workspace and
-  home writable, a private `/tmp`, fresh `/dev` and `/proc`, no network, its own PID
-  namespace, and a per-command timeout that kills everything the command started.
+  command runs through bubblewrap on an empty root with only the system directories and the
+  interpreter read-only and the agent's own workspace and home writable (nothing else of the
+  host: not the project checkout, the dataset, runs/ or $HOME), a private `/tmp`, fresh
+  `/dev` and `/proc`, no network, its own PID namespace, and a per-command timeout that
+  kills everything the command started.
 - `DockerSandbox` (cluster): CooperBench's per-task images (`akhatua/cooperbench-...:task<N>`),
   one long-lived container per agent, `docker exec <container> bash -lc <command>` per command
   in `/workspace/repo`, as CooperBench's mini-swe-agent Docker environment does.
@@ -27,7 +29,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from coop_dag.scratch import owned_tempdir, sweep_stale
 from coop_dag.tasks import Task, TaskError, checkout_base
 
 log = logging.getLogger(__name__)
@@ -69,9 +71,31 @@ DEFAULT_DIFF_EXCLUDES: tuple[str, ...] = (
     ":(exclude,glob)**/.pytest_cache/**",
 )
 
-# Directories hidden behind an empty tmpfs in every local sandbox: `/run` holds unix sockets
-# (a read-only bind does not stop connect(), and e.g. docker.sock would be a way out).
-DEFAULT_HIDDEN_PATHS: tuple[str, ...] = ("/run",)
+# A local sandbox mounts nothing of the host but these, read-only: the system's programs and
+# libraries (a merged-/usr symlink such as /bin -> usr/bin is recreated as a symlink), /sys, and
+# the /etc entries tools read (users, name service, dynamic linker, alternatives, shell profile,
+# TLS roots, time zone). Plus, per sandbox, the interpreter's prefixes (`interpreter_roots`),
+# the caller's read-only binds and the workspace. So the project checkout, the dataset (gold
+# patches and tests), runs/, $HOME and /run (unix sockets such as docker.sock) are absent.
+SYSTEM_PATHS: tuple[str, ...] = (
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/sys",
+)  # fmt: skip
+ETC_PATHS: tuple[str, ...] = tuple(
+    f"/etc/{name}"
+    for name in (
+        "passwd", "group", "nsswitch.conf", "hosts", "host.conf", "hostname", "resolv.conf",
+        "gai.conf", "protocols", "services", "networks", "ld.so.cache", "ld.so.conf",
+        "ld.so.conf.d", "alternatives", "localtime", "timezone", "profile", "profile.d",
+        "bash.bashrc", "inputrc", "environment", "shells", "login.defs", "gitconfig", "ssl",
+        "ca-certificates", "mime.types", "magic", "magic.mime", "os-release", "lsb-release",
+        "debian_version", "locale.alias", "locale.conf", "terminfo", "mtab", "python3",
+        "python3.11", "python3.12", "python3.13",
+    )
+)  # fmt: skip
+
+# Kept for callers that add their own hidden paths: nothing needs hiding by default, since
+# nothing outside the list above is mounted.
+DEFAULT_HIDDEN_PATHS: tuple[str, ...] = ()
 
 DOCKER_REGISTRY = "akhatua"
 DOCKER_IMAGE_PREFIX = "cooperbench"
@@ -304,6 +328,10 @@ def _to_result(p: _Proc, timeout: float | None) -> CommandResult:
 # --------------------------------------------------------------------------- bubblewrap
 
 
+def _depth(path: str) -> int:
+    return len(Path(path).parts)
+
+
 def bwrap_argv(
     workspace: str | os.PathLike,
     command: str,
@@ -311,40 +339,48 @@ def bwrap_argv(
     writable: Iterable[str | os.PathLike] = (),
     ro_binds: Iterable[str | os.PathLike | tuple[str | os.PathLike, str | os.PathLike]] = (),
     hidden: Iterable[str | os.PathLike] = DEFAULT_HIDDEN_PATHS,
+    system: Iterable[str | os.PathLike] = (),
+    symlinks: Iterable[tuple[str, str | os.PathLike]] = (),
     chdir: str | os.PathLike | None = None,
     bwrap: str = "bwrap",
     shell: Sequence[str] = ("bash", "-lc"),
 ) -> list[str]:
     """The bubblewrap argv that runs `command` confined to `workspace`.
 
-    Mount order (later mounts shadow earlier ones): the host root read-only, fresh /dev and
-    /proc, a private tmpfs /tmp, empty tmpfs over each `hidden` path (e.g. the directory
-    holding other agents' workspaces), then `ro_binds` (a path, or a (source, dest) pair),
-    then `workspace` and `writable` bound read-write at their own paths; finally each hidden
-    tmpfs is remounted read-only, so the only writable places are the workspace, `writable`
-    and the private /tmp.
+    The sandbox's root is an empty tmpfs: only what is listed here exists inside. `system`
+    paths are bound read-only at their own paths and `symlinks` ((target, path) pairs)
+    recreated (see `system_mounts`); then fresh /dev and /proc and a private tmpfs /tmp;
+    `hidden` paths get an empty read-only tmpfs (e.g. a secret directory inside a bound one);
+    `ro_binds` (a path, or a (source, dest) pair) are bound read-only; `workspace` and
+    `writable` read-write at their own paths. Mounts are applied shallowest first, so a deeper
+    one always shows through a shallower one (a venv bound inside a hidden checkout stays
+    visible, a checkout hidden inside a bound directory stays hidden); at equal depth a hidden
+    tmpfs goes under a bind. Finally the root and the hidden tmpfs are remounted read-only, so
+    the only writable places are the workspace, `writable` and the private /tmp.
     The command runs in `chdir` (default: the workspace) with no network, its own PID
     namespace and session, and dies if the caller dies.
     """
     ws = os.fspath(workspace)
     hidden = [os.fspath(path) for path in hidden]
-    argv = [
-        bwrap,
-        "--ro-bind", "/", "/",
-        "--dev", "/dev",
-        "--proc", "/proc",
-        "--tmpfs", "/tmp",
-    ]  # fmt: skip
-    for path in hidden:
-        argv += ["--tmpfs", path]
+    ops: list[tuple[int, int, list[str]]] = []  # (depth, rank, args)
+    for target, path in symlinks:
+        ops.append((_depth(os.fspath(path)), 0, ["--symlink", target, os.fspath(path)]))
+    for path in system:
+        ops.append((_depth(os.fspath(path)), 0, ["--ro-bind", os.fspath(path), os.fspath(path)]))
+    ops += [(2, 0, ["--dev", "/dev"]), (2, 0, ["--proc", "/proc"]), (2, 0, ["--tmpfs", "/tmp"])]
+    ops += [(_depth(path), 1, ["--tmpfs", path]) for path in hidden]
     for bind in ro_binds:
         src, dst = bind if isinstance(bind, tuple) else (bind, bind)
-        argv += ["--ro-bind", os.fspath(src), os.fspath(dst)]
+        ops.append((_depth(os.fspath(dst)), 2, ["--ro-bind", os.fspath(src), os.fspath(dst)]))
     for path in (ws, *writable):
-        argv += ["--bind", os.fspath(path), os.fspath(path)]
+        ops.append((_depth(os.fspath(path)), 3, ["--bind", os.fspath(path), os.fspath(path)]))
+    argv = [bwrap]
+    for _, _, args in sorted(ops, key=lambda op: op[:2]):  # stable: same depth keeps order
+        argv += args
     for path in hidden:  # the empty tmpfs stays read-only (binds inside it stay writable)
         argv += ["--remount-ro", path]
     argv += [
+        "--remount-ro", "/",
         "--unshare-net",
         "--unshare-pid",
         "--die-with-parent",
@@ -355,6 +391,110 @@ def bwrap_argv(
         command,
     ]  # fmt: skip
     return argv
+
+
+def system_mounts(
+    paths: Iterable[str] = (*SYSTEM_PATHS, *ETC_PATHS),
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """`(binds, symlinks)` for `bwrap_argv`: the `paths` that exist on this host, symlinks
+    recreated as symlinks (so merged-/usr `/bin -> usr/bin` and `/etc/alternatives` entries
+    resolve inside the sandbox exactly as outside)."""
+    binds: list[str] = []
+    links: list[tuple[str, str]] = []
+    for path in paths:
+        if os.path.islink(path):
+            links.append((os.readlink(path), path))
+        elif os.path.exists(path):
+            binds.append(path)
+    return binds, links
+
+
+@lru_cache(maxsize=16)
+def interpreter_roots(python: str) -> tuple[Path, ...]:
+    """The directories a sandbox must show for `python` to run with its packages: its venv
+    and its base installation (`sys.prefix`, `sys.base_prefix`, ...), and the directories
+    holding the executable and the file it links to. Nothing around them: a venv inside the
+    project checkout shows, the checkout does not; a base interpreter under $HOME (pyenv, uv)
+    shows, the rest of $HOME does not. System directories are left out (always mounted)."""
+    exe = Path(os.path.abspath(python))
+    if exe == Path(os.path.abspath(sys.executable)):
+        prefixes = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    else:
+        code = "import sys; print(sys.prefix, sys.base_prefix, sys.exec_prefix, "
+        code += "sys.base_exec_prefix, sep=chr(10))"
+        try:
+            out = subprocess.run(
+                [str(exe), "-c", code], capture_output=True, text=True, timeout=60, check=True
+            ).stdout
+            prefixes = [line for line in out.splitlines() if line.strip()]
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("cannot ask %s for its prefixes (%s); guessing from its path", exe, exc)
+            prefixes = [str(exe.parent.parent), str(Path(os.path.realpath(exe)).parent.parent)]
+    candidates = [Path(p) for p in prefixes]
+    candidates += [exe.parent, Path(os.path.realpath(exe)).parent]
+    system = [Path(p) for p in SYSTEM_PATHS]
+    roots: list[Path] = []
+    for cand in candidates:
+        for path in {cand, Path(os.path.realpath(cand))}:  # a symlinked prefix shows both ways
+            if not path.is_dir() or path == Path("/"):
+                continue
+            if any(path == s or s in path.parents for s in system):
+                continue
+            roots.append(path)
+    # Keep the outermost of nested roots (a venv's bin dir lies inside the venv).
+    roots = sorted(set(roots), key=lambda p: len(p.parts))
+    kept: list[Path] = []
+    for root in roots:
+        if not any(k == root or k in root.parents for k in kept):
+            kept.append(root)
+    return tuple(kept)
+
+
+def host_secrets(extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
+    """Host directories an agent must never read, hidden again (empty tmpfs) should a bound
+    directory contain them: the project checkout and installed package (the bundled dataset
+    with its gold patches and tests), the runs directory, $HOME, and `extra` (e.g. the task's
+    dataset). A site-packages directory is never one (the package may be installed there)."""
+    from coop_dag import BUNDLED_DATASET, PACKAGE_DIR, REPO_ROOT
+
+    found = [PACKAGE_DIR, BUNDLED_DATASET, Path.home(), *(Path(e) for e in extra)]
+    if (REPO_ROOT / "pyproject.toml").exists() or (REPO_ROOT / ".git").exists():
+        found.append(REPO_ROOT)  # a checkout (editable install), not site-packages
+    runs = os.environ.get("COOP_DAG_RUNS_DIR", "").strip()
+    if runs:
+        found.append(Path(runs))
+    out: dict[Path, None] = {}
+    for path in found:  # both spellings: a bind of either would show it
+        out.setdefault(Path(os.path.abspath(path)), None)
+        out.setdefault(Path(os.path.realpath(path)), None)
+    return list(out)
+
+
+def secrets_to_hide(
+    secrets: Iterable[str | os.PathLike],
+    exposed: Iterable[str | os.PathLike | tuple[str | os.PathLike, str | os.PathLike]],
+) -> list[Path]:
+    """Where each of `secrets` would show inside the sandbox because an `exposed` bind (a
+    path, or a (source, dest) pair) contains it: the paths to hide. A secret that *is* an
+    exposed directory is left alone (hiding it would hide what the caller asked to show)."""
+    binds = []
+    for bind in exposed:
+        src, dst = bind if isinstance(bind, tuple) else (bind, bind)
+        binds.append((Path(os.path.abspath(src)), Path(os.path.abspath(dst))))
+    out: dict[Path, None] = {}
+    for secret in (Path(os.path.abspath(s)) for s in secrets):
+        for src, dst in binds:
+            if src in secret.parents:
+                out.setdefault(dst / secret.relative_to(src), None)
+            elif src == secret:
+                log.warning("sandbox shows %s although it is a protected directory", secret)
+    return list(out)
+
+
+@lru_cache(maxsize=1)
+def _host_system() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    binds, links = system_mounts()
+    return tuple(binds), tuple(links)
 
 
 @lru_cache(maxsize=4)
@@ -397,6 +537,9 @@ def sandbox_env(
         "SHELL": "/bin/bash",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
+        # `git status` and friends otherwise take index.lock and rewrite the index to refresh
+        # its stat cache: a look at the repository must not write to it.
+        "GIT_OPTIONAL_LOCKS": "0",
         **DEFAULT_ENV,
         **(env or {}),
     }
@@ -443,7 +586,13 @@ def _prepare_home(home: Path) -> None:
 
 
 class BwrapRunner:
-    """Runs commands confined to one workspace; shared by `LocalSandbox` and evaluation."""
+    """Runs commands confined to one workspace; shared by `LocalSandbox` and evaluation.
+
+    Inside, the command sees the system (`SYSTEM_PATHS`, `ETC_PATHS`), `python`'s venv and base
+    installation (`interpreter_roots`), `extra_path` and `ro_binds` read-only, the workspace
+    and home (and `writable`) read-write, and nothing else of the host. `secrets` (with
+    `host_secrets`' defaults) found inside a bound directory are hidden again.
+    """
 
     def __init__(
         self,
@@ -456,20 +605,23 @@ class BwrapRunner:
         ro_binds: Iterable[str | os.PathLike | tuple] = (),
         writable: Iterable[str | os.PathLike] = (),
         hidden: Iterable[str | os.PathLike] = DEFAULT_HIDDEN_PATHS,
+        secrets: Iterable[str | os.PathLike] = (),
         allow_unsandboxed: bool = False,
         bwrap: str = "bwrap",
         max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
     ):
         self.workspace = Path(workspace)
         self.home = Path(home)
+        self.system, self.symlinks = _host_system()
         self.ro_binds = list(ro_binds)
-        if python:  # an interpreter living under /tmp would be hidden by the private /tmp
-            exe = Path(os.path.abspath(os.fspath(python)))
-            for root in {exe.parent.parent, Path(os.path.realpath(exe)).parent.parent}:
-                if Path("/tmp") in root.parents:
-                    self.ro_binds.append(root)
+        if python:  # its venv and base installation, wherever they live (not what is around)
+            self.ro_binds += interpreter_roots(os.path.abspath(os.fspath(python)))
         self.writable = [Path(w) for w in writable]
+        # Nothing of the host is mounted beyond the system, the binds and the workspace; a
+        # secret (checkout, dataset, runs, $HOME) inside one of those binds is hidden again.
+        leaks = secrets_to_hide(host_secrets(secrets), [*self.system, *self.ro_binds])
         self.hidden = [Path(h) for h in hidden if Path(h).exists() or Path(h).is_symlink()]
+        self.hidden += [h for h in leaks if h not in self.hidden]
         self.max_output_bytes = max_output_bytes
         self.env = sandbox_env(self.home, path=sandbox_path(python, extra_path), env=env)
         ok, info = bwrap_status(bwrap)
@@ -500,6 +652,8 @@ class BwrapRunner:
             writable=[self.home, *self.writable],
             ro_binds=self.ro_binds,
             hidden=self.hidden,
+            system=self.system,
+            symlinks=self.symlinks,
             chdir=chdir,
             bwrap=self.bwrap,
         )
@@ -582,11 +736,12 @@ class LocalSandbox(Sandbox):
     """A per-agent checkout under `root_dir`, every command confined by bubblewrap.
 
     Layout: `<root_dir>/<prefix>XXXX/{repo,home}`; `workdir` is the `repo` path (the agent
-    sees host paths). `root_dir` itself is hidden inside the sandbox so agents sharing it
-    cannot see each other's workspaces. `env` adds variables, `extra_path` directories go
-    first on PATH (and are bound read-only), `ro_binds` expose host paths read-only (needed
-    for anything under /tmp, which is private inside), `rw_binds` expose them writable (e.g.
-    a messaging unix socket's directory: the sandbox has no network, loopback included).
+    sees host paths). Only the agent's own `repo` and `home` are mounted, so agents sharing
+    `root_dir` cannot see each other's workspaces, and the task's dataset (gold patches,
+    tests), the project checkout, runs/ and $HOME are absent (see `BwrapRunner`). `env` adds
+    variables, `extra_path` directories go first on PATH (and are bound read-only),
+    `ro_binds` expose host paths read-only, `rw_binds` expose them writable (e.g. a messaging
+    unix socket's directory: the sandbox has no network, loopback included).
     """
 
     def __init__(
@@ -617,7 +772,8 @@ class LocalSandbox(Sandbox):
         extra_path = [Path(p).resolve() for p in (extra_path or ())]
         # PATH dirs must be visible inside: bind them read-only (anything under /tmp is not).
         ro_binds = [*ro_binds, *(p for p in extra_path if p.exists())]
-        self.dir = Path(tempfile.mkdtemp(prefix=prefix, dir=self.root_dir))
+        sweep_stale(prefix, self.root_dir)  # workspaces a killed process left here
+        self.dir = owned_tempdir(prefix, self.root_dir)
         self._closed = False
         try:
             repo = self.dir / "repo"
@@ -633,7 +789,12 @@ class LocalSandbox(Sandbox):
                 extra_path=extra_path,
                 ro_binds=ro_binds,
                 writable=rw_binds,
-                hidden=[*DEFAULT_HIDDEN_PATHS, *hideable(self.root_dir, python)],
+                # The root holds other agents' workspaces: an empty read-only tmpfs there
+                # (the agent's own repo and home show through), so nothing can be written
+                # beside them either. The dataset is never mounted; named so it is hidden
+                # again should a bind contain it.
+                hidden=[self.root_dir] if self.root_dir != Path("/") else [],
+                secrets=[task.dir.parent.parent],
                 allow_unsandboxed=allow_unsandboxed,
                 bwrap=bwrap,
                 max_output_bytes=max_output_bytes,

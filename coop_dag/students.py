@@ -77,6 +77,17 @@ THINK_SHAPES: dict[str, str] = {
 BUILDS: Counter[str] = Counter()
 
 
+# Kind-specific fields of a registry entry (beyond kind, description, chat_template,
+# think_shape, eot_token, pad_token) and the types of the non-string ones.
+KIND_OPTIONS: dict[str, set[str]] = {
+    "gguf": {"package", "module", "gguf_file"},
+    "random_init": {"package", "module", "config", "seed", "tokenizer_subdir"},
+    "hf": {"path"},
+}
+_OPTION_TYPES: dict[str, type] = {"config": dict, "seed": int}
+_TYPE_NAMES: dict[type, str] = {str: "a string", dict: "a mapping", int: "an integer"}
+
+
 class StudentError(ValueError):
     """A bad or unknown student, a missing package or model dir; the message says which and
     how to fix it."""
@@ -134,6 +145,24 @@ def _spec(name: str, raw: Any, source: Path) -> StudentSpec:
             f"{where}: unknown think_shape {think!r} (known: {', '.join(THINK_SHAPES)})"
         )
     known = {"kind", "description", "chat_template", "think_shape", "eot_token", "pad_token"}
+    allowed = known | KIND_OPTIONS[kind]
+    unknown = sorted(set(raw) - allowed)
+    if unknown:  # a typo (e.g. gguf_fle) would otherwise be carried along and ignored
+        raise StudentError(
+            f"{where}: unknown field(s) {unknown} for kind '{kind}' (known: {sorted(allowed)})"
+        )
+    for key, value in raw.items():
+        want = _OPTION_TYPES.get(key, str)
+        if key == "pad_token" and value is None:
+            continue
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise StudentError(f"{where}: field '{key}' must be {_TYPE_NAMES[want]}, got {value!r}")
+    template = raw.get("chat_template")
+    if template and template != TEMPLATE_FROM_TOKENIZER and not (CONFIG_DIR / template).is_file():
+        raise StudentError(
+            f"{where}: field 'chat_template' names a missing file {template!r} "
+            f"(looked for {CONFIG_DIR / template})"
+        )
     return StudentSpec(
         name=name,
         kind=kind,
@@ -157,6 +186,11 @@ def load_registry(path: str | Path | None = None) -> Registry:
         raise StudentError(f"{source}: invalid YAML: {err}") from None
     if not isinstance(data, dict) or not isinstance(data.get("students"), dict):
         raise StudentError(f"{source}: expected a mapping with a 'students' mapping")
+    unknown = sorted(set(data) - {"default", "students"})
+    if unknown:
+        raise StudentError(
+            f"{source}: unknown top-level key(s) {unknown} (known: default, students)"
+        )
     students = {str(n): _spec(str(n), raw, source) for n, raw in data["students"].items()}
     default = str(data.get("default") or next(iter(students), ""))
     if default not in students:

@@ -123,6 +123,24 @@ class RecipeError(TrainError):
 # --------------------------------------------------------------------------------------
 
 
+# Integer fields and their minimum (None: any integer); float fields (ints accepted).
+_INT_FIELDS: dict[str, int | None] = {
+    "lora_r": 1,
+    "warmup_steps": 0,
+    "max_steps": 0,
+    "batch_size": 1,
+    "grad_accum": 1,
+    "max_length": 1,
+    "seed": None,
+    "save_steps": 1,
+    "max_val_rows": 0,
+    "torch_threads": 0,
+}
+_FLOAT_FIELDS = (
+    "lora_alpha", "lora_dropout", "learning_rate", "weight_decay", "max_grad_norm", "epochs",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Recipe:
     """One entry of ``configs/recipes.yaml`` (see the file's header for every key)."""
@@ -157,8 +175,35 @@ class Recipe:
         where = f"recipe '{self.name}'"
 
         def bad(key: str, why: str) -> RecipeError:
-            return RecipeError(f"{where}: {key} {why}, got {getattr(self, key)!r}")
+            return RecipeError(f"{where}: field '{key}' {why}, got {getattr(self, key)!r}")
 
+        # Types first, so a value such as max_steps: 'thirty' is named, not a TypeError later.
+        for key, minimum in _INT_FIELDS.items():
+            value = getattr(self, key)
+            need = "must be an integer" + (f" >= {minimum}" if minimum is not None else "")
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise bad(key, need)
+            if minimum is not None and value < minimum:
+                raise bad(key, need)
+        for key in _FLOAT_FIELDS:
+            value = getattr(self, key)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise bad(key, "must be a number")
+        for key in ("packing", "bf16"):
+            if not isinstance(getattr(self, key), bool):
+                raise bad(key, "must be true or false")
+        if not isinstance(self.description, str):
+            raise bad("description", "must be a string")
+        targets = self.target_modules
+        if not (
+            isinstance(targets, str)
+            or (isinstance(targets, tuple) and all(isinstance(t, str) for t in targets))
+        ):
+            raise bad("target_modules", "must be a string or a list of strings")
+        if not self.weight_decay >= 0:
+            raise bad("weight_decay", "must be >= 0")
+        if not self.max_grad_norm > 0:
+            raise bad("max_grad_norm", "must be > 0")
         if not isinstance(self.lora_r, int) or self.lora_r < 1:
             raise bad("lora_r", "must be an integer >= 1")
         if not self.lora_alpha > 0:
@@ -212,9 +257,14 @@ def _recipe(name: str, raw: dict[str, Any], source: Any) -> Recipe:
             try:
                 values[key] = float(values[key])
             except ValueError:
-                raise RecipeError(f"{source}: recipe '{name}': {key} is not a number") from None
+                raise RecipeError(
+                    f"{source}: recipe '{name}': field '{key}' must be a number, "
+                    f"got {values[key]!r}"
+                ) from None
     try:
         return Recipe(name=name, **values)
+    except RecipeError as err:  # name the file the bad value came from
+        raise RecipeError(f"{source}: {err}") from None
     except TypeError as err:
         raise RecipeError(f"{source}: recipe '{name}': {err}") from None
 
@@ -228,14 +278,25 @@ def load_recipes(path: str | os.PathLike | None = None) -> dict[str, Recipe]:
         raise RecipeError(f"recipes file not found: {source}") from None
     except yaml.YAMLError as err:
         raise RecipeError(f"{source}: invalid YAML: {err}") from None
+    if not isinstance(doc, dict):
+        raise RecipeError(f"{source}: expected a mapping with a 'recipes' mapping")
+    unknown = sorted(set(doc) - {"defaults", "recipes"})
+    if unknown:
+        raise RecipeError(
+            f"{source}: unknown top-level key(s) {unknown} (known: defaults, recipes)"
+        )
     recipes = doc.get("recipes")
     if not isinstance(recipes, dict) or not recipes:
         raise RecipeError(f"{source}: needs a non-empty 'recipes' mapping")
     defaults = doc.get("defaults") or {}
-    return {
-        str(name): _recipe(str(name), {**defaults, **(spec or {})}, source)
-        for name, spec in recipes.items()
-    }
+    if not isinstance(defaults, dict):
+        raise RecipeError(f"{source}: 'defaults' must be a mapping, got {defaults!r}")
+    out = {}
+    for name, spec in recipes.items():
+        if spec is not None and not isinstance(spec, dict):
+            raise RecipeError(f"{source}: recipe '{name}' must be a mapping, got {spec!r}")
+        out[str(name)] = _recipe(str(name), {**defaults, **(spec or {})}, source)
+    return out
 
 
 def get_recipe(name: str, path: str | os.PathLike | None = None, **overrides: Any) -> Recipe:
@@ -1308,9 +1369,15 @@ def train_lora(
     data_version = data_version or train_sha[:16]
     lineage = {
         **run_lineage(
-            student, recipe, facts, meta, data_version,
-            (train_path, train_sha), (val_path, val_sha),
-            trainer=BACKEND, trainer_version=TRAINER_VERSION,
+            student,
+            recipe,
+            facts,
+            meta,
+            data_version,
+            (train_path, train_sha),
+            (val_path, val_sha),
+            trainer=BACKEND,
+            trainer_version=TRAINER_VERSION,
         ),  # fmt: skip
         "seed": recipe.seed,
         "run_key": key,

@@ -67,14 +67,31 @@ def test_latest_wins_and_older_versions_stay_reachable(tmp_path):
 
 def test_unknown_metric_and_concurrent_writers(tmp_path):
     store = LineageStore(tmp_path / "l.duckdb")
-    with pytest.raises(LineageError, match="no metric"):
-        store.metric("plan_first", "nope")
     threads = [threading.Thread(target=store.record, args=("x", f"v{i}", str(i))) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert all(store.latest("x", f"v{i}") for i in range(8))
+    with pytest.raises(LineageError, match="no metric"):
+        store.metric("plan_first", "nope")
+
+
+def test_reading_a_missing_store_is_an_error_and_creates_nothing(tmp_path, capsys):
+    missing = tmp_path / "nowhere" / "lineage.duckdb"
+    store = LineageStore(missing)
+    for read in (
+        lambda: store.metric("plan_first", "templated"),
+        lambda: store.latest("behaviour_metrics", "templated"),
+        lambda: store.chain("behaviour_metrics", "templated"),
+    ):
+        with pytest.raises(LineageError, match=f"lineage store not found: {missing}"):
+            read()
+    assert store.latest_metrics("behaviour_metrics") == {}  # the report: nothing recorded yet
+    assert main(["lineage", "--variant", "templated", "--db", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"lineage store not found: {missing}" in err
+    assert list(tmp_path.iterdir()) == []  # no empty database, no directory
 
 
 def test_content_version_is_stable_and_sensitive():

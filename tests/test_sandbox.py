@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from coop_dag import PACKAGE_DIR
+from coop_dag import BUNDLED_DATASET, PACKAGE_DIR, REPO_ROOT
 from coop_dag.sandbox import (
     DEFAULT_ENV,
+    SYSTEM_PATHS,
     CommandResult,
     DockerSandbox,
     LocalSandbox,
@@ -31,7 +33,11 @@ from coop_dag.sandbox import (
     docker_rm_argv,
     docker_run_argv,
     format_observation,
+    host_secrets,
     image_for,
+    interpreter_roots,
+    secrets_to_hide,
+    system_mounts,
 )
 from coop_dag.tasks import Task, checkout_base
 
@@ -98,17 +104,28 @@ def processes_with(token: str) -> list[str]:
 
 
 def test_bwrap_argv_isolation_flags() -> None:
-    argv = bwrap_argv("/srv/ws/repo", "echo hi", writable=["/srv/ws/home"], hidden=["/run"])
+    argv = bwrap_argv(
+        "/srv/ws/repo",
+        "echo hi",
+        writable=["/srv/ws/home"],
+        hidden=["/run"],
+        system=["/usr", "/etc/passwd"],
+        symlinks=[("usr/bin", "/bin")],
+    )
     assert argv == [
         "bwrap",
-        "--ro-bind", "/", "/",
+        # the root is an empty tmpfs: the system, shallowest first, then the fresh mounts
+        "--symlink", "usr/bin", "/bin",
+        "--ro-bind", "/usr", "/usr",
         "--dev", "/dev",
         "--proc", "/proc",
         "--tmpfs", "/tmp",
         "--tmpfs", "/run",
+        "--ro-bind", "/etc/passwd", "/etc/passwd",
         "--bind", "/srv/ws/repo", "/srv/ws/repo",
         "--bind", "/srv/ws/home", "/srv/ws/home",
         "--remount-ro", "/run",
+        "--remount-ro", "/",
         "--unshare-net",
         "--unshare-pid",
         "--die-with-parent",
@@ -117,34 +134,74 @@ def test_bwrap_argv_isolation_flags() -> None:
         "--",
         "bash", "-lc", "echo hi",
     ]  # fmt: skip
+    assert ("--ro-bind", "/", "/") not in set(zip(argv, argv[1:], argv[2:], strict=False))
 
 
 def test_bwrap_argv_mount_order_binds_and_chdir() -> None:
     argv = bwrap_argv(
         "/r/agent-a/repo",
         "ls",
-        hidden=["/run", "/r"],
-        ro_binds=["/opt/shim", ("/srv/data", "/data")],
+        hidden=["/r", "/opt/data/checkout"],
+        ro_binds=["/opt/shim", ("/srv/data", "/data"), "/opt/data", "/r/checkout/.venv"],
+        system=["/usr"],
         chdir="/r/agent-a/repo/src",
         bwrap="/usr/bin/bwrap",
     )
     assert argv[0] == "/usr/bin/bwrap"
     pos = {tuple(argv[i : i + 3]): i for i in range(len(argv) - 2)}
-    root = pos[("--ro-bind", "/", "/")]
-    hide = argv.index("/r") - 1
+    usr = pos[("--ro-bind", "/usr", "/usr")]
+    tmp = pos[("--tmpfs", "/tmp", "--tmpfs")]
+    hide_r = pos[("--tmpfs", "/r", "--ro-bind")]
     shim = pos[("--ro-bind", "/opt/shim", "/opt/shim")]
     data = pos[("--ro-bind", "/srv/data", "/data")]
+    opt_data = pos[("--ro-bind", "/opt/data", "/opt/data")]
+    hide_checkout = argv.index("/opt/data/checkout") - 1
+    venv = pos[("--ro-bind", "/r/checkout/.venv", "/r/checkout/.venv")]
     ws = pos[("--bind", "/r/agent-a/repo", "/r/agent-a/repo")]
-    # later mounts shadow earlier ones: root < hidden dirs < read-only binds < workspace
-    ro_again = argv.index("/r", ws) - 1
-    # later mounts shadow earlier ones: root < hidden dirs < read-only binds < workspace,
-    # then the hidden tmpfs goes read-only
-    assert root < hide < shim < data < ws < ro_again
-    assert argv[hide] == "--tmpfs" and argv[ro_again] == "--remount-ro"
+    ro_again = argv.index("/r", hide_r + 2) - 1
+    # shallowest first, so a deeper mount shows through a shallower one: a venv inside a
+    # hidden directory stays visible, a checkout hidden inside a bound directory stays hidden
+    assert usr < tmp < hide_r < data < shim < opt_data < hide_checkout < venv < ws < ro_again
+    assert argv[hide_checkout] == "--tmpfs" and argv[ro_again] == "--remount-ro"
     assert argv[argv.index("--chdir") + 1] == "/r/agent-a/repo/src"
     assert argv[-4:] == ["--", "bash", "-lc", "ls"]
     # exactly one writable bind: the workspace
     assert argv.count("--bind") == 1
+
+
+def test_system_mounts_recreate_symlinks(tmp_path: Path) -> None:
+    (tmp_path / "usr" / "bin").mkdir(parents=True)
+    (tmp_path / "bin").symlink_to("usr/bin")
+    binds, links = system_mounts(
+        [str(tmp_path / "usr"), str(tmp_path / "bin"), str(tmp_path / "missing")]
+    )
+    assert binds == [str(tmp_path / "usr")]
+    assert links == [("usr/bin", str(tmp_path / "bin"))]
+
+
+def test_secrets_inside_a_bound_directory_are_hidden_again(tmp_path: Path) -> None:
+    opt, checkout = tmp_path / "opt", tmp_path / "opt" / "src" / "coop-dag"
+    assert secrets_to_hide([checkout], [opt]) == [checkout]
+    # seen through a (source, dest) bind, it is hidden where it shows
+    assert secrets_to_hide([checkout], [(opt, "/mnt/o")]) == [Path("/mnt/o/src/coop-dag")]
+    # a venv inside the checkout shows the venv only: the checkout is not inside it
+    assert secrets_to_hide([checkout], [checkout / ".venv", "/usr"]) == []
+    defaults = host_secrets([tmp_path / "dataset"])
+    assert PACKAGE_DIR in defaults and Path.home() in defaults
+    assert tmp_path / "dataset" in defaults
+
+
+def test_interpreter_roots_are_the_venv_and_its_base_not_the_checkout() -> None:
+    roots = interpreter_roots(sys.executable)
+    assert Path(sys.prefix) in roots
+    assert Path(sys.base_prefix) in roots or any(
+        p == Path(sys.base_prefix) or p in Path(sys.base_prefix).parents
+        for p in (Path("/usr"), *roots)
+    )
+    for root in roots:
+        assert root != Path("/") and root != Path.home()
+        assert root not in (REPO_ROOT, *REPO_ROOT.parents)  # never the checkout around a venv
+        assert not any(root == Path(s) or Path(s) in root.parents for s in SYSTEM_PATHS)
 
 
 def test_format_observation_short_and_long() -> None:
@@ -419,6 +476,151 @@ def test_agents_cannot_see_each_other(task: Task, tmp_path: Path) -> None:
         assert (Path(b.workdir) / "secret.txt").read_text() == "b's work\n"
         # and the other way round
         assert b.run(f"test -e {a.workdir}").returncode != 0
+
+
+def _unreadable(sb: LocalSandbox, path: Path | str) -> None:
+    """`path` exists on the host but the sandbox can neither read nor list it."""
+    assert Path(path).exists(), path
+    r = sb.run(f"cat {shlex.quote(str(path))} || ls -A {shlex.quote(str(path))}")
+    assert r.returncode != 0, f"{path} is visible inside the sandbox:\n{r.output[:500]}"
+    assert "No such file or directory" in r.output
+
+
+@pytest.fixture
+def other_run(tmp_path: Path):
+    """Another pair's rollout logs in a run directory outside /tmp (private inside anyway)."""
+    root = Path(tempfile.mkdtemp(prefix="coop-dag-test-run-", dir="/var/tmp"))
+    pair = root / "coop" / "calc_task" / "1" / "f1_f2"
+    pair.mkdir(parents=True)
+    (pair / "agent1_traj.json").write_text('{"messages": ["the answer"]}\n')
+    yield pair
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@needs_bwrap
+def test_sandbox_shows_only_the_workspace_and_the_system(tmp_path: Path, other_run: Path) -> None:
+    """The answer key stays out of reach: the task's gold patch and tests, the project
+    checkout, another pair's run directory and $HOME are unreadable by absolute path, while
+    normal work (git, pytest on the workspace, sed/grep/cat inside it) still works."""
+    from coop_dag.tasks import discover_tasks
+
+    task = discover_tasks(BUNDLED_DATASET)[0]
+    feature = next(iter(task.features.values()))
+    with LocalSandbox(task, tmp_path / "sb", timeout=60) as sb:
+        for path in (
+            feature.dir / "feature.patch",
+            feature.tests_patch,
+            task.dir,
+            BUNDLED_DATASET,
+            REPO_ROOT / "pyproject.toml",
+            REPO_ROOT / "coop_dag",
+            other_run / "agent1_traj.json",
+            other_run,
+        ):
+            _unreadable(sb, path)
+        # the checkout itself: at most the interpreter's venv shows inside it
+        r = sb.run(f"ls -A {REPO_ROOT}")
+        shown = set(r.output.split()) if r.returncode == 0 else set()
+        assert shown <= {".venv"}, shown
+        # $HOME: at most the path down to the interpreter (pyenv, uv) shows
+        home = Path.home()
+        allowed = {
+            root.relative_to(home).parts[0]
+            for root in interpreter_roots(sys.executable)
+            if home in root.parents
+        }
+        r = sb.run(f"ls -A {home}")
+        assert (set(r.output.split()) if r.returncode == 0 else set()) <= allowed
+        # normal work
+        r = sb.run(
+            "set -e; git status --short; git log --oneline | wc -l; "
+            "grep -rln 'def ' src | head -1; cat README.md >/dev/null; "
+            "sed -i 's/^/# /' README.md && head -c 2 README.md; echo; "
+            "python -c 'import sys; print(sys.prefix)'; "
+            "PYTHONPATH=src python -m pytest -q -p no:cacheprovider tests 2>&1 | tail -1"
+        )
+        assert r.returncode == 0, r.output
+        lines = r.output.splitlines()
+        assert lines[0] == "1" and lines[1].startswith("src/") and lines[2] == "# "
+        assert lines[3] == sys.prefix
+        assert "passed" in lines[-1], r.output
+        assert "README.md" in sb.diff()
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under `root` with (mtime, size) for files (directories: path only)."""
+    out = {}
+    for path in root.rglob("*"):
+        st = path.lstat()
+        stamp = (st.st_mtime_ns, st.st_size) if path.is_file() else (0, 0)
+        out[str(path.relative_to(root))] = stamp
+    return out
+
+
+@needs_bwrap
+def test_read_only_commands_create_no_files(sandbox: LocalSandbox) -> None:
+    """Looking around (cat, ls, grep, find, git status/diff/log, python -c) leaves the
+    workspace, the sandbox home and the sandboxes' root exactly as they were."""
+    root = Path(sandbox.workdir).parent.parent
+    before = _files(root)
+    for command in (
+        "cat src/calc/core.py",
+        "ls -la . ~",
+        "grep -rn add src",
+        "find . -name '*.py'",
+        "head -n 2 tests/test_core.py; wc -l src/calc/core.py; sed -n 1p src/calc/core.py",
+        "git status; git diff; git log --oneline; git show --stat HEAD",
+        "python -c 'import calc' 2>/dev/null; PYTHONPATH=src python -c 'import calc.core'",
+    ):
+        assert sandbox.run(command).returncode == 0, command
+        assert _files(root) == before, command
+    sandbox.diff()
+    assert _files(root) == before
+
+
+@needs_bwrap
+def test_a_venv_inside_the_checkout_shows_without_the_checkout(task: Task) -> None:
+    """Wherever the project checkout lives (here outside /tmp), with the run's interpreter in
+    a venv inside it: the venv runs, nothing else of the checkout is readable."""
+    base = Path(tempfile.mkdtemp(prefix="coop-dag-test-checkout-", dir="/var/tmp"))
+    try:
+        checkout = base / "coop-dag"
+        (checkout / "runs" / "coop").mkdir(parents=True)
+        (checkout / "runs" / "coop" / "traj.json").write_text("{}\n")
+        (checkout / "secret.patch").write_text("+gold\n")
+        subprocess.run(
+            [sys.base_prefix + "/bin/python3", "-m", "venv", "--without-pip", checkout / ".venv"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        python = checkout / ".venv" / "bin" / "python"
+        with LocalSandbox(task, base / "sandboxes", python=python, timeout=60) as sb:
+            r = sb.run("command -v python; python -c 'import sys; print(sys.prefix)'")
+            assert r.returncode == 0, r.output
+            assert r.output.splitlines() == [str(python), str(checkout / ".venv")]
+            _unreadable(sb, checkout / "secret.patch")
+            _unreadable(sb, checkout / "runs")
+            assert sb.run(f"ls -A {checkout}").output.split() == [".venv"]
+            assert sb.run(f"touch {checkout}/.venv/x").returncode != 0  # read-only
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@needs_bwrap
+def test_a_bind_never_reveals_the_dataset_or_other_workspaces(task: Task, tmp_path: Path) -> None:
+    """A read-only bind of a directory that contains the dataset and the sandboxes' root
+    shows the rest of that directory, not them."""
+    (tmp_path / "shared.txt").write_text("shared\n")
+    root = tmp_path / "sandboxes"
+    with (
+        LocalSandbox(task, root, prefix="agent1-", ro_binds=[tmp_path]) as a,
+        LocalSandbox(task, root, prefix="agent2-") as b,
+    ):
+        assert a.run(f"cat {tmp_path}/shared.txt").output == "shared\n"
+        _unreadable(a, task.runner)
+        _unreadable(a, Path(b.workdir) / "src")
+        assert a.run("git status --short").returncode == 0
 
 
 @needs_bwrap
