@@ -14,6 +14,7 @@ from coop_dag.report import THRESHOLDS, report_markdown, report_plot, report_row
 from coop_dag.rollouts import limits_from, rollout_pairs, select_pairs
 from coop_dag.serving import ensure_loaded
 from coop_dag.students import get_student
+from coop_dag.tasks import pair_ids_in
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
 from resources.rollout import RolloutResource
@@ -21,7 +22,8 @@ from resources.serving import ServingResource
 
 
 def _held_out(task_pool: dict) -> list[str]:
-    return [p["pair_id"] for p in task_pool["pairs"] if p["split"] == "held_out"]
+    """The test split's pairs: the only place test repositories are ever rolled out."""
+    return pair_ids_in(task_pool, "test")
 
 
 def _metric_metadata(summary: dict) -> dict:
@@ -78,7 +80,7 @@ def base_student_metrics(
     facts = {
         "student": variant.student,
         "base_model": endpoint.base_model_id,
-        "held_out_repos": task_pool["held_out_repos"],
+        "held_out_repos": task_pool["test_repos"],  # the test repositories (older name)
         "endpoint": endpoint.url,
         **get_student(variant.student).describe(),
     }
@@ -123,7 +125,7 @@ def student_rollouts(
     summary["facts"] = {
         **served_adapter.get("facts", {}),
         "adapter_name": served_adapter["adapter_name"],
-        "held_out_repos": task_pool["held_out_repos"],
+        "held_out_repos": task_pool["test_repos"],  # the test repositories (older name)
     }
     lineage.record(
         context,

@@ -10,6 +10,7 @@ from coop_dag.lineage import content_version
 from coop_dag.metrics import score_pairs
 from coop_dag.rollouts import limits_from, rollout_pairs, select_pairs
 from coop_dag.runlogs import iter_pairs
+from coop_dag.tasks import TaskError, require_train_pairs
 from coop_dag.teachers import make_teacher_factory, teacher_facts
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
@@ -28,11 +29,16 @@ def teacher_rollouts(
     rollout: RolloutResource,
     lineage: LineageResource,
 ) -> dg.Output[dict]:
-    """Two teacher agents per training pair, concurrently, messaging through Redis, with the
-    steering prompt when the variant asks for it. Resumable: finished pairs are kept."""
+    """Two teacher agents per training pair (train split only: never a validation or test
+    repository), concurrently, messaging through Redis, with the steering prompt when the
+    variant asks for it. Resumable: finished pairs are kept. Fails when there is no training
+    pair, saying why."""
     variant = VARIANTS[context.partition_key]
+    try:
+        pair_ids = require_train_pairs(task_pool)
+    except TaskError as exc:
+        raise dg.Failure(description=str(exc)) from None
     make_model = make_teacher_factory(variant)  # fails here, before any rollout, on bad creds
-    pair_ids = [p["pair_id"] for p in task_pool["pairs"] if p["split"] == "train"]
     pairs = select_pairs(dataset.root, pair_ids, dataset.subset_name)
     run_dir = rollout.run_dir(variant.name, "teacher")
     context.log.info(f"teacher_rollouts[{variant.name}]: {len(pairs)} pairs into {run_dir}")
@@ -53,7 +59,9 @@ def teacher_rollouts(
     summary["data_version"] = content_version({k: summary[k] for k in stable})
     facts = {
         **teacher_facts(variant),
-        "held_out_repos": task_pool["held_out_repos"],
+        "validation_repos": task_pool["validation_repos"],
+        "test_repos": task_pool["test_repos"],
+        "held_out_repos": task_pool["test_repos"],  # older name of test_repos
         "dataset_dir": str(dataset.root),
     }
     summary["facts"] = facts
