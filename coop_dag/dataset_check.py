@@ -38,13 +38,14 @@ from coop_dag.evaluate import parse_pytest_summary
 from coop_dag.tasks import (
     BASE_GIT_ENV,
     MERGE_STATUSES,
+    SUBSETS_DIR,
     Task,
     TaskError,
     base_files,
     check_task,
     checkout_base,
-    discover_pairs,
     load_manifest,
+    load_subset,
     load_task,
     repo_names,
 )
@@ -533,14 +534,45 @@ def validate_dataset(
         return _check_task(*item, mirror_dir, out, run_tests, python, timeout, log)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        tasks = [t for t in pool.map(one, task_dirs) if t is not None]
+        loaded = list(pool.map(one, task_dirs))
+    tasks = [t for t in loaded if t is not None]
     report.tasks = len(task_dirs)
     report.features = sum(len(t.features) for t in tasks)
-
-    for subset in sorted((root / "subsets").glob("*.json")):
-        try:
-            discover_pairs(root, subset=str(subset))
-        except TaskError as exc:
-            out.error(str(subset.relative_to(root)), "subsets", str(exc))
+    unloadable = {
+        (repo, d.name.removeprefix("task"))
+        for (repo, d), t in zip(task_dirs, loaded, strict=True)
+        if t is None
+    }
+    for path in sorted((root / SUBSETS_DIR).glob("*.json")):
+        _check_subset(root, path, {(t.repo, t.task_id): t for t in tasks}, unloadable, out)
     report.findings = out.findings
     return report
+
+
+def _check_subset(
+    root: Path,
+    path: Path,
+    tasks: dict[tuple[str, int], Task],
+    unloadable: set[tuple[str, str]],
+    out: _Collector,
+) -> None:
+    """Every task and pair a subset lists exists (tasks that failed to load are reported on
+    their own, not again here)."""
+    where = str(path.relative_to(root))
+    try:
+        subset = load_subset(root, str(path))
+    except TaskError as exc:
+        out.error(where, "subsets", str(exc))
+        return
+    for (repo, task_id), listed in subset.tasks.items():
+        task = tasks.get((repo, task_id))
+        if task is None:
+            if (repo, str(task_id)) not in unloadable:
+                out.error(where, "subsets", f"lists task {repo}/{task_id}, not in the dataset")
+            continue
+        for a, b in listed or ():
+            missing = [f for f in (a, b) if f not in task.features]
+            if missing:
+                out.error(
+                    where, "subsets", f"lists pair [{a}, {b}] of {task.key}: no feature {missing}"
+                )
