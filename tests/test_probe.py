@@ -26,7 +26,7 @@ from coop_dag.probe import (  # noqa: E402
 )
 from coop_dag.prompts import render_prompts  # noqa: E402
 from coop_dag.students import get_student  # noqa: E402
-from coop_dag.tasks import DEFAULT_HELD_OUT  # noqa: E402
+from coop_dag.tasks import BUNDLED_SPLIT, discover_tasks  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +40,25 @@ def cases():
 
 
 def test_held_out_cases(cases):
+    """By default the probe reads the bundled *validation* repositories, never the test ones."""
+    n_features = sum(
+        len(t.features) for t in discover_tasks(BUNDLED_DATASET, repos=BUNDLED_SPLIT.validation)
+    )
     assert len(cases) == 8
-    assert {c.repo for c in cases} == set(DEFAULT_HELD_OUT)
-    assert [c.agent_id for c in cases] == ["agent1", "agent2"] * 4
+    assert {c.repo for c in cases} == set(BUNDLED_SPLIT.validation)
+    assert not {c.repo for c in cases} & set(BUNDLED_SPLIT.test)
+    # agents alternate; a feature asked again (fewer features than prompts) is the other agent
+    assert [c.agent_id for c in cases[: min(8, n_features)]] == ["agent1", "agent2"] * (
+        min(8, n_features) // 2
+    )
+    assert len({c.key for c in cases}) == 8
     assert all(c.partner_id != c.agent_id and c.files for c in cases)
-    assert len({(c.repo, c.feature_id) for c in cases}) == 8
+    assert len({(c.repo, c.feature_id) for c in cases}) == min(8, n_features)
     everything = held_out_cases(max_prompts=0)
-    assert len(everything) == 8
+    assert len(everything) == n_features
     more = held_out_cases(max_prompts=16)
-    assert {(c.key) for c in more} >= {c.key for c in cases} and len({c.key for c in more}) == 16
+    assert {(c.key) for c in more} >= {c.key for c in cases}
+    assert len({c.key for c in more}) == min(16, 2 * n_features)  # each feature, each agent
     with pytest.raises(ProbeError):
         held_out_cases(BUNDLED_DATASET, [])
 

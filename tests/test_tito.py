@@ -31,6 +31,7 @@ from coop_dag.tito import (
     build_tito,
     build_tito_parquet,
     check_ends_with_eot,
+    check_no_repos,
     check_no_steering,
     check_no_think,
     check_rows_decode,
@@ -44,6 +45,7 @@ from coop_dag.tito import (
     row_loss_spans,
     run_checks,
     split_pairs,
+    steering_markers,
     strip_think_ids,
     synthesise_token_capture,
     trajectories_from_run,
@@ -875,6 +877,35 @@ def test_check_no_steering_fires(tok, good_rows):
     assert len(problems) == 1 and "turn 0" in problems[0]
 
 
+@pytest.mark.parametrize(
+    "leak",
+    [
+        "## Plan-First Coordination Protocol",  # the heading line alone
+        "**Plan-First Coordination Protocol**",  # the heading re-rendered without '##'
+        "Plan-First Coordination Protocol",
+    ],
+)
+def test_check_no_steering_fires_on_the_heading(tok, good_rows, leak):
+    assert steering_markers()[1] == steering_section().splitlines()[0]
+    ids = good_rows[0]["input_ids"]
+    bad = _broken(
+        good_rows, input_ids=ids[:-5] + tok.encode(leak, add_special_tokens=False) + ids[-5:]
+    )
+    (problem,) = check_no_steering(bad, tok)
+    assert "steering section in the prompt" in problem
+
+
+def test_check_no_repos_fires(good_rows):
+    assert {r["repo"] for r in good_rows} == {"demo_task"}
+    assert not check_no_repos(good_rows, ["webroute_task", "unitconv_task"])
+    problems = check_no_repos(good_rows, ["unitconv_task", "demo_task"])
+    assert problems == [
+        f"{len(good_rows)} row(s) from demo_task, which is a validation or test repository "
+        "(first: demo_task/7/f1_f2/agent1 turn 0)"
+    ]
+    assert not check_no_repos(good_rows, [])
+
+
 def test_check_no_think_fires(tok, vocab, good_rows):
     r = good_rows[0]
     bad = _broken(good_rows, output_ids=[vocab.think_open_id] + r["output_ids"])
@@ -917,12 +948,25 @@ def test_run_checks_names(tok, vocab, good_rows):
     assert set(checks) == {
         "rows_decode",
         "no_steering_in_inputs",
+        "no_validation_or_test_repos",
         "no_think_in_outputs",
         "outputs_end_with_eot",
         "actions_have_tool_call_form",
         "split_disjoint",
     }
     assert not any(checks.values())
+    leaked = run_checks(good_rows, [], tok, vocab.eot_id, excluded_repos=["demo_task"])
+    assert [name for name, found in leaked.items() if found] == ["no_validation_or_test_repos"]
+
+
+def test_tito_parquet_blocks_on_leaks():
+    """The two leaks that invalidate an evaluation block the asset's downstream."""
+    from definitions import defs
+
+    specs = {s.name: s for s in defs.get_assets_def("tito_parquet").check_specs}
+    assert specs["no_validation_or_test_repos"].blocking
+    assert specs["no_steering_in_inputs"].blocking
+    assert not specs["no_think_in_outputs"].blocking
 
 
 def test_from_variant():
