@@ -989,3 +989,63 @@ def test_result_paths_are_files(tok, tmp_path):
     res, paths = build_tito_parquet([make_traj()], tok, tmp_path / "o", flat())
     assert isinstance(paths["train"], Path) and paths["train"].is_file()
     assert read_tito_parquet(paths["val"])[0].num_rows == 0
+
+
+@pytest.mark.parametrize("leak_repo", ["unitconv_task", "webroute_task"])
+def test_tito_parquet_asset_blocks_a_validation_or_test_repository(
+    tmp_path, monkeypatch, leak_repo
+):
+    """Rows from a validation (or test) repository fail the blocking check, and nothing
+    downstream of tito_parquet runs."""
+    import dataclasses
+
+    import dagster as dg
+
+    from assets import tito as asset_module
+    from assets.partitions import variant_partitions
+    from resources.dataset import DatasetResource
+    from resources.lineage import LineageResource
+    from resources.rollout import RolloutResource
+
+    for name in ("COOP_DAG_DATASET", "COOP_DAG_VALIDATION_REPOS", "COOP_DAG_TEST_REPOS"):
+        monkeypatch.delenv(name, raising=False)
+    variant = asset_module.VARIANTS["templated"]
+    monkeypatch.setitem(
+        asset_module.VARIANTS, "templated", dataclasses.replace(variant, student="tiny-qwen3")
+    )
+    run = tmp_path / "run"
+    pair_ids = []
+    for repo in ("argkit_task", leak_repo):
+        pair = run / "coop" / repo / "1" / "f1_f2"
+        pair.mkdir(parents=True)
+        pair_ids.append(f"{repo}/1/f1_f2")
+        for agent, fid in (("agent1", 1), ("agent2", 2)):
+            d = make_traj_dict(agent, "agent2" if agent == "agent1" else "agent1")
+            d.update(repo=repo, task_id=1)
+            (pair / f"agent{fid}_traj.json").write_text(json.dumps(d))
+
+    @dg.asset(partitions_def=variant_partitions, name="rejection_sampled_pairs")
+    def rejection_sampled_pairs() -> dict:
+        return {"run_dir": str(run), "pair_ids": pair_ids, "data_version": "r1", "facts": {}}
+
+    ran_downstream = []
+
+    @dg.asset(partitions_def=variant_partitions)
+    def after_tito(tito_parquet: dict) -> None:
+        ran_downstream.append(tito_parquet)
+
+    result = dg.materialize(
+        [rejection_sampled_pairs, asset_module.tito_parquet, after_tito],
+        partition_key="templated",
+        resources={
+            "dataset": DatasetResource(),
+            "rollout": RolloutResource(runs_dir=str(tmp_path / "runs")),
+            "lineage": LineageResource(path=str(tmp_path / "lineage.duckdb")),
+        },
+        raise_on_error=False,
+    )
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    leak = checks["no_validation_or_test_repos"]
+    assert not leak.passed and leak_repo in leak.description
+    assert checks["no_steering_in_inputs"].passed
+    assert not ran_downstream and not result.success
