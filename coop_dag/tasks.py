@@ -9,9 +9,10 @@ checkout SHA`), resolved against a local mirror directory because nothing is fet
 Discovery follows CooperBench's `runner/tasks.py`: repository directories end in `_task`
 (files and the `subsets/` directory are skipped), tasks are `task<N>/` directories, features are
 `feature<K>/` directories, and a task's pairs are all `(a, b)` with `a < b` unless a subset
-(`<dataset>/subsets/<name>.json`) lists them. Unlike CooperBench, which skips what it cannot use,
-every malformed input here raises `TaskError` naming the offending path or value. All functions
-are pure readers except the checkouts, which clean up after themselves on failure.
+(`<dataset>/subsets/<name>.json`, or a subset file anywhere) lists them. Unlike CooperBench,
+which skips what it cannot use, every malformed input here raises `TaskError` naming the
+offending path or value. All functions are pure readers except the checkouts, which clean up
+after themselves on failure, and the task checks, which work in temporary directories.
 """
 
 from __future__ import annotations
