@@ -14,7 +14,7 @@ from coop_dag.report import THRESHOLDS, report_markdown, report_plot, report_row
 from coop_dag.rollouts import limits_from, rollout_pairs, select_pairs
 from coop_dag.serving import ensure_loaded
 from coop_dag.students import get_student
-from coop_dag.tasks import pair_ids_in
+from coop_dag.tasks import TaskError, require_pairs
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
 from resources.rollout import RolloutResource
@@ -22,8 +22,12 @@ from resources.serving import ServingResource
 
 
 def _held_out(task_pool: dict) -> list[str]:
-    """The test split's pairs: the only place test repositories are ever rolled out."""
-    return pair_ids_in(task_pool, "test")
+    """The test split's pairs: the only place test repositories are ever rolled out. None is
+    a failure saying why, not an empty evaluation."""
+    try:
+        return require_pairs(task_pool, "test")
+    except TaskError as exc:
+        raise dg.Failure(description=str(exc)) from None
 
 
 def _metric_metadata(summary: dict) -> dict:

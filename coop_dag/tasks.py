@@ -697,18 +697,30 @@ def pair_ids_in(summary: dict, split_name: str) -> list[str]:
     return [p["pair_id"] for p in summary["pairs"] if p["split"] == split_name]
 
 
+def require_pairs(summary: dict, split_name: str = "train") -> list[str]:
+    """The pair ids of one split of a task pool, or TaskError saying why there are none."""
+    ids = pair_ids_in(summary, split_name)
+    if ids:
+        return ids
+    where = summary["dataset_dir"] + (f" (subset {summary['subset']})" if summary["subset"] else "")
+    rejected = f"{summary['n_rejected_pairs']} rejected by the task checks"
+    if split_name == "train":
+        raise TaskError(
+            f"no training pairs in {where}: its {summary['n_pairs']} pair(s) are all in "
+            f"validation repositories {summary['validation_repos']} or test repositories "
+            f"{summary['test_repos']} ({rejected}); training needs at least one repository "
+            "outside both splits"
+        )
+    repos = summary[f"{split_name}_repos"]
+    raise TaskError(
+        f"no {split_name} pairs in {where}: none of its {summary['n_pairs']} pair(s) comes from "
+        f"the {split_name} repositories {repos} ({rejected})"
+    )
+
+
 def require_train_pairs(summary: dict) -> list[str]:
     """The training pair ids of a task pool, or TaskError saying why there are none."""
-    train = pair_ids_in(summary, "train")
-    if train:
-        return train
-    where = summary["dataset_dir"] + (f" (subset {summary['subset']})" if summary["subset"] else "")
-    raise TaskError(
-        f"no training pairs in {where}: its {summary['n_pairs']} pair(s) are all in validation "
-        f"repositories {summary['validation_repos']} or test repositories "
-        f"{summary['test_repos']} (or rejected: {summary['n_rejected_pairs']}); training needs "
-        "at least one repository outside both splits"
-    )
+    return require_pairs(summary, "train")
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from coop_dag.tasks import (
     TaskError,
     check_task,
     load_task,
+    require_pairs,
     require_train_pairs,
     task_pool_summary,
 )
@@ -129,6 +130,14 @@ def test_require_train_pairs_says_why_there_are_none(tmp_path: Path) -> None:
     assert "['alpha_task']" in msg and "['beta_task']" in msg
     summary = task_pool_summary(root, RepoSplit(test=["beta_task"]))
     assert require_train_pairs(summary) == [f"alpha_task/1/f{a}_f{b}" for a, b in MERGES_KEYS]
+    with pytest.raises(TaskError, match=r"no validation pairs in .*repositories \[\]"):
+        require_pairs(summary, "validation")
+    sub = write(
+        tmp_path / "only-alpha.json", json.dumps({"tasks": [{"repo": "alpha_task", "task_id": 1}]})
+    )
+    summary = task_pool_summary(root, RepoSplit(test=["beta_task"]), subset=str(sub))
+    with pytest.raises(TaskError, match=r"no test pairs in .*subset .*only-alpha.json.*beta_task"):
+        require_pairs(summary, "test")
 
 
 MERGES_KEYS = [(1, 2), (1, 3), (2, 3)]
