@@ -241,6 +241,7 @@ def run_runner(
     """`bash runner.sh PATCH...` on the checkout `repo` (REPO_DIR, PATCH_DIR, PYTHON set), then
     the checkout reset to its base commit whatever the runner did. `(exit code, output)`; a
     timeout is exit code 124."""
+    repo, patch_dir = Path(repo).resolve(), Path(patch_dir).resolve()  # the runner cd's
     env = {
         **_git_env(),
         "REPO_DIR": str(repo),

@@ -170,8 +170,10 @@ def test_manifest_is_computed_with_git(tmp_path: Path) -> None:
 # validate
 
 
-def test_validate_accepts_a_good_user_dataset(tmp_path: Path, capsys) -> None:
-    root = make_dataset(tmp_path / "ds", ("alpha_task",))
+def test_validate_accepts_a_good_user_dataset(tmp_path: Path, capsys, monkeypatch) -> None:
+    make_dataset(tmp_path / "ds", ("alpha_task",))
+    monkeypatch.chdir(tmp_path)
+    root = Path("ds")  # relative, as typed on a command line
     report = validate_dataset(root)
     assert report.ok, report.format()
     assert (report.tasks, report.features, report.bundled_rules) == (1, 3, False)
