@@ -35,7 +35,11 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
         },
     )
     summary = task_pool_summary(
-        config.root, config.split, subset=config.subset, mirror_dir=config.mirror_dir
+        config.root,
+        config.split,
+        subset=config.subset,
+        mirror_dir=config.mirror_dir,
+        check_patches=not args.no_check,
     )
     if args.json:
         print(json.dumps({"config": config.describe(), **summary}, indent=2))
@@ -154,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", help="comma-separated test repositories")
     p.add_argument("--held-out", help="older name of --test")
     p.add_argument("--json", action="store_true", help="print the task-pool summary as JSON")
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="list every pair without task_pool's checks (runner present, patches applying to "
+        "the base: needs the base, e.g. a mirror)",
+    )
     p.set_defaults(func=_cmd_tasks)
 
     p = sub.add_parser("dataset", help="check a dataset against docs/dataset-spec.md")

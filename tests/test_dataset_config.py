@@ -171,6 +171,17 @@ def test_cli_tasks_honours_env_and_lists_each_feature_once(user_dataset, monkeyp
     assert summary["n_train_pairs"] == 6 and summary["test_repos"] == ["gamma_task"]
 
 
+def test_cli_tasks_shows_rejected_tasks_unless_told_not_to_check(tmp_path, capsys):
+    root = make_dataset(tmp_path / "ds", ("alpha_task", "beta_task"))
+    (root / "beta_task" / "task1" / "feature2" / "tests.patch").unlink()
+    assert main(["tasks", "--dataset", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "rejected beta_task/1/feature2: missing tests.patch" in out
+    assert "4 pairs: 4 train, 0 validation, 0 test; 2 rejected" in out
+    assert main(["tasks", "--dataset", str(root), "--no-check"]) == 0
+    assert "6 pairs: 6 train, 0 validation, 0 test; 0 rejected" in capsys.readouterr().out
+
+
 def test_cli_tasks_error_for_unknown_repo(user_dataset, capsys):
     code = main(["tasks", "--dataset", str(user_dataset), "--test", "webroute_task"])
     assert code == 2
