@@ -38,6 +38,7 @@ from coop_dag.evaluate import parse_pytest_summary
 from coop_dag.tasks import (
     BASE_GIT_ENV,
     MERGE_STATUSES,
+    NO_BASE,
     SUBSETS_DIR,
     Task,
     TaskError,
@@ -489,10 +490,12 @@ def _check_task(
     problems = check_task(task, mirror_dir)
     for fid, reasons in problems.items():
         for reason in reasons:
-            if "missing" in reason and ("runner.sh" in reason or ".patch" in reason):
+            if reason.startswith("missing "):
                 continue  # reported above as a layout/runner error
-            out.error(task.key if fid is None else f"{task.key}/feature{fid}", "patches", reason)
-    if None in problems and any("base repository" in r for r in problems[None]):
+            no_base = reason.startswith(NO_BASE)
+            where = task.key if fid is None else f"{task.key}/feature{fid}"
+            out.error(where, "base" if no_base else "patches", reason)
+    if any(r.startswith(NO_BASE) for r in problems.get(None, [])):
         return task  # nothing more can run without a base
     patches_ok = not any(fid is not None for fid in problems)
     if run_tests and task.runner.is_file() and patches_ok:

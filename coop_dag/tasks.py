@@ -47,6 +47,7 @@ BASE_GIT_ENV = {
 SPLITS = ("train", "validation", "test")
 
 MERGE_STATUSES = ("clean", "conflicts")
+NO_BASE = "base repository unavailable"  # how check_task says a task has no readable base
 SUBSETS_DIR = "subsets"
 REPO_SUFFIX = "_task"
 
@@ -785,7 +786,7 @@ def check_task(
                 if found:
                     problems[fid] = found
     except TaskError as exc:
-        problems.setdefault(None, []).append(f"base repository unavailable: {exc}")
+        problems.setdefault(None, []).append(f"{NO_BASE}: {exc}")
     return problems
 
 

@@ -118,6 +118,10 @@ def test_task_check_reads_a_mirror_without_writing_to_it(tmp_path: Path) -> None
     # Without the mirror the whole task is rejected, saying so.
     (reason,) = check_task(load_task("widget_task", task_dir))[None]
     assert reason.startswith("base repository unavailable:") and "no mirror" in reason
+    report = validate_dataset(tmp_path / "ds", run_tests=False)
+    assert findings(report) == [("widget_task/1", "base")]
+    report = validate_dataset(tmp_path / "ds", mirror_dir=tmp_path / "mirrors", run_tests=False)
+    assert findings(report) == [("widget_task/1/feature2", "patches")]
 
 
 def test_require_train_pairs_says_why_there_are_none(tmp_path: Path) -> None:
