@@ -33,7 +33,7 @@ class TrainingResource(dg.ConfigurableResource):
       ``$COOP_DAG_TRAIN_DIR`` or ``<repo>/runs/train``); a rerun resumes from here.
     - ``recipe``: override the variant's recipe name (empty: the variant's).
     - ``force``: retrain even when the same run (student, data, recipe) already finished.
-    - probe: ``probe_prompts`` held-out first turns, ``probe_max_new_tokens`` each,
+    - probe: ``probe_prompts`` validation-repository first turns, ``probe_max_new_tokens`` each,
       ``probe_batch_size`` prompts per left-padded generate call (8: ~2x faster on CPU than
       one by one, same hits on the measured adapter; 1: exact greedy per prompt).
     - ``threads``: torch threads (0: the cores no other process is using).
