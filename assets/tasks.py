@@ -16,7 +16,7 @@ def _pairs_table(summary: dict) -> str:
 
 def _rejected_table(summary: dict) -> str:
     rows = ["| task / feature | reason |", "|---|---|"]
-    rows += [f"| {r['where']} | {r['reason']} |" for r in summary["rejected"]]
+    rows += [f"| {r['where']} | {r['reason'].replace('|', '/')} |" for r in summary["rejected"]]
     return "\n".join(rows)
 
 
