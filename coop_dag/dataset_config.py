@@ -171,7 +171,8 @@ def resolve_dataset_config(
     sources: dict[str, str] = {}
 
     value, sources["dataset"] = _pick(str(dataset_dir or ""), env, ENV_DATASET, flags["dataset"])
-    root = Path(value).expanduser() if value else BUNDLED_DATASET
+    # Absolute, like a subset path: the same meaning for every process, whatever its cwd.
+    root = Path(value).expanduser().absolute() if value else BUNDLED_DATASET
     if not root.is_dir():
         raise TaskError(f"dataset directory not found: {root} (from {sources['dataset']})")
 
