@@ -15,6 +15,7 @@ from coop_dag.report import THRESHOLDS, report_markdown, report_plot, report_row
 from coop_dag.rollouts import limits_from, rollout_pairs, select_pairs
 from coop_dag.serving import ensure_loaded
 from coop_dag.students import get_student
+from coop_dag.tasks import TaskError, require_pairs
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
 from resources.rollout import RolloutResource
@@ -22,7 +23,12 @@ from resources.serving import ServingResource
 
 
 def _held_out(task_pool: dict) -> list[str]:
-    return [p["pair_id"] for p in task_pool["pairs"] if p["split"] == "held_out"]
+    """The test split's pairs: the only place test repositories are ever rolled out. None is
+    a failure saying why, not an empty evaluation."""
+    try:
+        return require_pairs(task_pool, "test")
+    except TaskError as exc:
+        raise dg.Failure(description=str(exc)) from None
 
 
 def _metric_metadata(summary: dict) -> dict:
@@ -84,7 +90,7 @@ def base_student_metrics(
     facts = {
         "student": variant.student,
         "base_model": endpoint.base_model_id,
-        "held_out_repos": task_pool["held_out_repos"],
+        "held_out_repos": task_pool["test_repos"],  # the test repositories (older name)
         "endpoint": endpoint.url,
         **get_student(variant.student).describe(),
     }
@@ -129,7 +135,7 @@ def student_rollouts(
     summary["facts"] = {
         **served_adapter.get("facts", {}),
         "adapter_name": served_adapter["adapter_name"],
-        "held_out_repos": task_pool["held_out_repos"],
+        "held_out_repos": task_pool["test_repos"],  # the test repositories (older name)
     }
     lineage.record(
         context,

@@ -11,6 +11,7 @@ from coop_dag.lineage import content_version
 from coop_dag.metrics import score_pairs
 from coop_dag.rollouts import limits_from, rollout_pairs, select_pairs
 from coop_dag.runlogs import iter_pairs
+from coop_dag.tasks import TaskError, require_train_pairs
 from coop_dag.teachers import make_teacher_factory, teacher_facts
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
@@ -31,16 +32,21 @@ def teacher_rollouts(
     serving: ServingResource,
     lineage: LineageResource,
 ) -> dg.Output[dict]:
-    """Two teacher agents per training pair, concurrently, messaging through Redis, with the
-    steering prompt when the variant asks for it. Resumable: finished pairs are kept. A
-    ``served`` teacher's model is served by the serving resource (vLLM) for the duration."""
+    """Two teacher agents per training pair (train split only: never a validation or test
+    repository), concurrently, messaging through Redis, with the steering prompt when the
+    variant asks for it. Resumable: finished pairs are kept. Fails when there is no training
+    pair, saying why. A ``served`` teacher's model is served by the serving resource (vLLM)
+    for the duration."""
     variant = VARIANTS[context.partition_key]
+    try:
+        pair_ids = require_train_pairs(task_pool)
+    except TaskError as exc:
+        raise dg.Failure(description=str(exc)) from None
     endpoint = None
     if variant.teacher["kind"] == "served":
         endpoint = serving.ensure(variant.teacher["model"], log=context.log.info)
     # fails here, before any rollout, on bad credentials
     make_model = make_teacher_factory(variant, endpoint)
-    pair_ids = [p["pair_id"] for p in task_pool["pairs"] if p["split"] == "train"]
     pairs = select_pairs(dataset.root, pair_ids, dataset.subset_name)
     run_dir = rollout.run_dir(variant.name, "teacher")
     context.log.info(f"teacher_rollouts[{variant.name}]: {len(pairs)} pairs into {run_dir}")
@@ -62,7 +68,9 @@ def teacher_rollouts(
     facts = {
         **teacher_facts(variant),
         **({"teacher_endpoint": endpoint.api_base} if endpoint else {}),
-        "held_out_repos": task_pool["held_out_repos"],
+        "validation_repos": task_pool["validation_repos"],
+        "test_repos": task_pool["test_repos"],
+        "held_out_repos": task_pool["test_repos"],  # older name of test_repos
         "dataset_dir": str(dataset.root),
     }
     summary["facts"] = facts

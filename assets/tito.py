@@ -1,6 +1,9 @@
 """Stage 2: exact token pairs for the student (TITO parquet), with the seed's failure modes as
 asset checks: steering leaking into prompts, think spans in outputs, missing end-of-turn,
-a tool-call format that did not survive, trajectories on both sides of the split."""
+a tool-call format that did not survive, trajectories on both sides of the split, and rows from
+a validation or test repository. The two leaks that would invalidate the evaluation (steering
+text in a prompt, an evaluation repository in training) are blocking: the adapter is not
+trained on such a parquet."""
 
 import dagster as dg
 
@@ -9,17 +12,20 @@ from coop_dag.lineage import content_version, file_version
 from coop_dag.prompts import steering_section
 from coop_dag.students import get_student
 from coop_dag.tito import TitoConfig, build_tito, run_checks, trajectories_from_run
+from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
 from resources.rollout import RolloutResource
 
 CHECKS = {
     "rows_decode": "every row decodes with the student tokenizer",
-    "no_steering_in_inputs": "no steering-section text in any input",
+    "no_steering_in_inputs": "no steering text (the section, its heading) in any input",
+    "no_validation_or_test_repos": "no row from a validation or test repository",
     "no_think_in_outputs": "no <think>/</think> in any trained output",
     "outputs_end_with_eot": "every output ends with the end-of-turn token",
     "actions_have_tool_call_form": "every turn that executed an action carries the tool-call form",
     "split_disjoint": "train and val share no trajectory",
 }
+BLOCKING = {"no_steering_in_inputs", "no_validation_or_test_repos"}
 
 
 @dg.asset(
@@ -27,13 +33,14 @@ CHECKS = {
     group_name="tito",
     code_version="1",
     check_specs=[
-        dg.AssetCheckSpec(name, asset="tito_parquet", description=desc)
+        dg.AssetCheckSpec(name, asset="tito_parquet", description=desc, blocking=name in BLOCKING)
         for name, desc in CHECKS.items()
     ],
 )
 def tito_parquet(
     context: dg.AssetExecutionContext,
     rejection_sampled_pairs: dict,
+    dataset: DatasetResource,
     rollout: RolloutResource,
     lineage: LineageResource,
 ):
@@ -116,7 +123,22 @@ def tito_parquet(
             "stats": dg.MetadataValue.json(stats),
         },
     )
-    problems = run_checks(result.train, result.val, tokenizer, student.eot_id, steering_section())
+    # Evaluation repositories as configured now and as recorded when the rollouts ran.
+    upstream = rejection_sampled_pairs.get("facts", {})
+    excluded = {
+        *dataset.split.held_out,
+        *upstream.get("validation_repos", ()),
+        *upstream.get("test_repos", ()),
+        *upstream.get("held_out_repos", ()),
+    }
+    problems = run_checks(
+        result.train,
+        result.val,
+        tokenizer,
+        student.eot_id,
+        steering_section(),
+        excluded_repos=excluded,
+    )
     for name, found in problems.items():
         yield dg.AssetCheckResult(
             check_name=name,

@@ -1,5 +1,5 @@
 """Stage 3: the LoRA adapter, trained on the variant's TITO parquet by the embedded CPU trainer
-or by verl (``TrainingResource.trainer_choice()``), probed on held-out first turns against the
+or by verl (``TrainingResource.trainer_choice()``), probed on validation first turns against the
 base model, and dropped into the adapters directory under its content-addressed name."""
 
 import base64
@@ -187,10 +187,11 @@ def lora_checkpoint(
         )
     student = get_student(student_name)
     recipe = get_recipe(training.recipe or variant.recipe)
-    cases = held_out_cases(dataset.root, dataset.held_out, max_prompts=training.probe_prompts)
+    # The probe reads validation repositories only: test repositories are never tuned on.
+    cases = held_out_cases(dataset.root, dataset.validation, max_prompts=training.probe_prompts)
     context.log.info(
         f"lora_checkpoint[{variant.name}]: student {student.name}, recipe {recipe.name}, "
-        f"data {tito_parquet['data_version']}, probe on {len(cases)} held-out prompts"
+        f"data {tito_parquet['data_version']}, probe on {len(cases)} validation prompts"
     )
 
     upstream_facts = dict(tito_parquet.get("facts") or {})
@@ -205,7 +206,8 @@ def lora_checkpoint(
         "upweight": meta.get("upweight", variant.upweight),
         "strip": meta.get("strip", variant.strip),
         "parquet_data_version": tito_parquet["data_version"],
-        "held_out_repos": list(dataset.held_out),
+        "validation_repos": list(dataset.validation),
+        "held_out_repos": list(dataset.test),  # the test repositories (older name)
         "seed": recipe.seed,
     }
 
@@ -405,7 +407,7 @@ def _publish(
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"rate": probe_adapter.rate, "base_rate": probe_base.rate},
         description=(
-            f"held-out first turns with a plan send_message naming a task path: "
+            f"validation first turns with a plan send_message naming a task path: "
             f"{_pct(probe_base.rate)} base -> {_pct(probe_adapter.rate)} adapter"
         ),
     )

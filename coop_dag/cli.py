@@ -1,8 +1,10 @@
-"""`coop-dag` command line: inspect tasks and score CooperBench-layout run directories."""
+"""`coop-dag` command line: inspect tasks, check datasets and score CooperBench-layout run
+directories."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -11,15 +13,104 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
-    from coop_dag import BUNDLED_DATASET
-    from coop_dag.tasks import DEFAULT_HELD_OUT, task_pool_summary
+    from coop_dag.dataset_config import resolve_dataset_config
+    from coop_dag.tasks import SPLITS, task_pool_summary
 
-    held = args.held_out.split(",") if args.held_out else list(DEFAULT_HELD_OUT)
-    summary = task_pool_summary(Path(args.dataset or BUNDLED_DATASET), held, args.subset)
+    if args.test and args.held_out and args.test != args.held_out:
+        raise ValueError(f"--test {args.test} and its older name --held-out {args.held_out} differ")
+    config = resolve_dataset_config(
+        dataset_dir=args.dataset,
+        subset=args.subset,
+        mirror_dir=args.mirror_dir,
+        validation_repos=args.validation,
+        test_repos=args.test or args.held_out,
+        require_split=False,  # listing a dataset needs no split; unset: everything is train
+        flag_names={
+            "dataset": "--dataset",
+            "subset": "--subset",
+            "mirror": "--mirror-dir",
+            "validation": "--validation",
+            "test": "--test",
+        },
+    )
+    summary = task_pool_summary(
+        config.root,
+        config.split,
+        subset=config.subset,
+        mirror_dir=config.mirror_dir,
+        check_patches=not args.no_check,
+    )
+    if args.json:
+        print(json.dumps({"config": config.describe(), **summary}, indent=2))
+        return 0
+    src = config.sources
+    print(f"dataset     {config.root}{' (bundled)' if config.bundled else ''}  [{src['dataset']}]")
+    print(f"subset      {config.subset or 'all pairs'}  [{src['subset']}]")
+    if config.mirror_dir:
+        print(f"mirror      {config.mirror_dir}  [{src['mirror']}]")
+    for name in ("validation", "test"):
+        repos = getattr(config.split, name)
+        print(f"{name:<11} {', '.join(repos) or 'none (every pair is train)'}  [{src[name]}]")
+    by_task: dict[tuple[str, int], list[dict]] = {}
     for pair in summary["pairs"]:
-        files = ", ".join(pair["files_a"] + pair["files_b"])
-        print(f"{pair['pair_id']:<40} {pair['split']:<9} {files}")
-    print(f"{len(summary['pairs'])} pairs; held out: {', '.join(summary['held_out_repos'])}")
+        by_task.setdefault((pair["repo"], pair["task_id"]), []).append(pair)
+    for (repo, task_id), pairs in by_task.items():
+        print(f"\n{repo}/{task_id}  [{pairs[0]['split']}]")
+        fids = sorted({f for p in pairs for f in (p["feature_a"], p["feature_b"])})
+        for fid in fids:
+            info = summary["features"][f"{repo}/{task_id}/feature{fid}"]
+            files = ", ".join(info["files"]) or "(no task files)"
+            note = "" if info["source"] == "files_modified" else f"  ({info['source']})"
+            print(f"  feature{fid:<3} {files}{note}")
+        merges = ", ".join(
+            f"f{p['feature_a']}_f{p['feature_b']}" + (f" {p['merge']}" if p["merge"] else "")
+            for p in pairs
+        )
+        print(f"  pairs      {merges}")
+    for r in summary["rejected"]:
+        print(f"rejected {r['where']}: {r['reason']}")
+    counts = ", ".join(f"{summary[f'n_{n}_pairs']} {n}" for n in SPLITS)
+    print(f"\n{summary['n_pairs']} pairs: {counts}; {summary['n_rejected_pairs']} rejected")
+    return 0
+
+
+def _cmd_dataset_validate(args: argparse.Namespace) -> int:
+    from coop_dag.dataset_check import validate_dataset
+    from coop_dag.dataset_config import resolve_mirror
+
+    mirror, _ = resolve_mirror(args.mirror_dir, flag="--mirror-dir")
+    report = validate_dataset(
+        Path(args.dir),
+        mirror_dir=mirror,
+        bundled=True if args.bundled_rules else None,
+        run_tests=not args.no_tests,
+        python=args.python or sys.executable,
+        timeout=args.timeout,
+        jobs=args.jobs,
+        log=(lambda msg: print(msg, file=sys.stderr)) if args.verbose else (lambda _msg: None),
+    )
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.format())
+    return 0 if report.ok else 1
+
+
+def _cmd_dataset_manifest(args: argparse.Namespace) -> int:
+    from coop_dag.dataset_check import write_manifests
+    from coop_dag.dataset_config import resolve_mirror
+
+    mirror, _ = resolve_mirror(args.mirror_dir, flag="--mirror-dir")
+    results = write_manifests(Path(args.dir), mirror, dry_run=args.check)
+    for task, manifest, changed in results:
+        merges = manifest["merges"]
+        conflicts = sorted(k for k, v in merges.items() if v == "conflicts")
+        state = ("differs" if args.check else "written") if changed else "unchanged"
+        print(
+            f"{task.manifest_path}: {state}; {len(merges)} pairs, "
+            f"conflicts: {', '.join(conflicts) or 'none'}"
+        )
+    stale = sum(changed for _, _, changed in results)
+    if args.check and stale:
+        print(f"{stale} manifest(s) out of date: run `coop-dag dataset manifest {args.dir}`")
+        return 1
     return 0
 
 
@@ -126,11 +217,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("tasks", help="list feature pairs and their train/held-out split")
-    p.add_argument("--dataset", help="CooperBench dataset dir (default: bundled)")
-    p.add_argument("--subset", help="subset name under <dataset>/subsets/")
-    p.add_argument("--held-out", help="comma-separated held-out repos")
+    p = sub.add_parser(
+        "tasks",
+        help="list each task's features with their task files, its pairs and their "
+        "train/validation/test split",
+        description="Settings resolve like the dataset resource's: flag, then environment "
+        "variable (COOP_DAG_DATASET, COOP_DAG_SUBSET, COOP_DAG_MIRROR_DIR, "
+        "COOP_DAG_VALIDATION_REPOS, COOP_DAG_TEST_REPOS), then default (the bundled dataset "
+        "and its split).",
+    )
+    p.add_argument("--dataset", help="CooperBench-format dataset dir (default: bundled)")
+    p.add_argument("--subset", help="subset name under <dataset>/subsets/, or a subset file path")
+    p.add_argument("--mirror-dir", help="local git mirrors of real tasks' repositories")
+    p.add_argument("--validation", help="comma-separated validation repositories")
+    p.add_argument("--test", help="comma-separated test repositories")
+    p.add_argument("--held-out", help="older name of --test")
+    p.add_argument("--json", action="store_true", help="print the task-pool summary as JSON")
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="list every pair without task_pool's checks (runner present, patches applying to "
+        "the base: needs the base, e.g. a mirror)",
+    )
     p.set_defaults(func=_cmd_tasks)
+
+    p = sub.add_parser("dataset", help="check a dataset against docs/dataset-spec.md")
+    dsub = p.add_subparsers(dest="dataset_command", required=True)
+    v = dsub.add_parser(
+        "validate",
+        help="check layout, runner, patches, tests (fail without, pass with each feature) "
+        "and merge results; exit 1 on any error",
+    )
+    v.add_argument("dir", help="dataset directory")
+    v.add_argument("--mirror-dir", help="local git mirrors (default: $COOP_DAG_MIRROR_DIR)")
+    v.add_argument(
+        "--bundled-rules",
+        action="store_true",
+        help="apply the bundled-dataset rules as errors (default: only to the bundled dataset)",
+    )
+    v.add_argument("--no-tests", action="store_true", help="skip running runner.sh")
+    v.add_argument("--python", help="interpreter the runner uses (PYTHON; default: this one)")
+    v.add_argument("--timeout", type=float, default=300.0, help="seconds per runner call")
+    v.add_argument("--jobs", type=int, default=1, help="tasks checked at once")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    v.set_defaults(func=_cmd_dataset_validate)
+    m = dsub.add_parser(
+        "manifest", help="compute each task's manifest.json (gold merge results) and write it"
+    )
+    m.add_argument("dir", help="dataset directory")
+    m.add_argument("--mirror-dir", help="local git mirrors (default: $COOP_DAG_MIRROR_DIR)")
+    m.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a manifest is out of date"
+    )
+    m.set_defaults(func=_cmd_dataset_manifest)
 
     p = sub.add_parser(
         "score",

@@ -6,7 +6,8 @@ tool calls) were all visible in the *first turn* on a held-out prompt, long befo
 This probe renders those first turns exactly as the runtime does and reads them the way the
 agent loop and the metrics do:
 
-- prompts: held-out features (whole held-out repos, never seen in training), each rendered
+- prompts: features of the *validation* repositories (whole repos, never seen in training;
+  test repositories are left to the held-out rollouts, never probed or tuned on), each rendered
   as the coop agent's turn-0 context -- ``[system, instance]`` from
   :func:`coop_dag.prompts.render_prompts` (the *default* coop prompt, no steering), the bash
   tool in ``tools``, sent to the serving engine (vLLM, the student's chat template) exactly
@@ -17,7 +18,7 @@ agent loop and the metrics do:
   tool calls vLLM's parser returned, else calls written inline), the messages
   :func:`coop_dag.messaging.parse_send_message` finds in them, and whether one of those messages
   goes to the partner and names a path of the task: ``extract_paths(body)`` intersected with
-  the feature's files (the paths its ``feature.md`` names, the same regex the metrics use).
+  the feature's task files (its Files Modified list, see :func:`coop_dag.tasks.task_files`).
   ``rate`` is the share of prompts with such a message (a "hit"); ``tool_call_rate`` and
   ``send_rate`` decompose a miss.
 
@@ -43,7 +44,7 @@ from coop_dag.actions import BASH_TOOL, parse_actions
 from coop_dag.messaging import MessagingError, parse_send_message
 from coop_dag.paths import extract_paths
 from coop_dag.prompts import render_prompts
-from coop_dag.tasks import DEFAULT_HELD_OUT, Feature, discover_tasks
+from coop_dag.tasks import BUNDLED_SPLIT, Feature, discover_tasks
 
 # The teacher's plan turn is 115-135 SmolLM2 tokens (prose + the XML tool call + the heredoc);
 # a cap below that cuts a good turn before its closing tags and scores it a miss.
@@ -136,12 +137,13 @@ class ProbeResult:
 
 def held_out_cases(
     dataset_dir: str | os.PathLike = BUNDLED_DATASET,
-    held_out_repos: Iterable[str] = DEFAULT_HELD_OUT,
+    held_out_repos: Iterable[str] = BUNDLED_SPLIT.validation,
     *,
     max_prompts: int = DEFAULT_MAX_PROMPTS,
     agents: Sequence[str] = AGENTS,
 ) -> list[ProbeCase]:
-    """Held-out first-turn cases: every feature of the held-out repos in (repo, task,
+    """First-turn cases on repositories kept out of training -- pass the *validation*
+    repositories (the default: the bundled ones): every feature of those repos in (repo, task,
     feature) order, the agent id cycling through ``agents`` (agent1, agent2, agent1, ...), at
     most ``max_prompts`` (``<= 0``: all features; with more prompts than features, every
     feature is asked again as the next agent)."""

@@ -13,7 +13,7 @@ laptop or a GPU cluster by changing the environment, not code.
 | verl | — | ``/opt/verl-env/bin/python`` | ``COOP_DAG_VERL_PYTHON`` / ``_IMAGE`` |
 | GPUs per training | 1 | 1 | ``COOP_DAG_VERL_NPROC`` |
 | vLLM device | ``cpu`` | ``gpu`` | ``COOP_DAG_VLLM_DEVICE`` |
-| vLLM | ``<repo>/.venv-vllm`` | ``/opt/vllm-env`` | ``COOP_DAG_VLLM_URL`` / ``_PYTHON`` / ``_IMAGE``|
+| vLLM | ``<repo>/.venv-vllm`` | ``/opt/vllm-env`` | ``COOP_DAG_VLLM_URL``, ``_PYTHON``, ``_IMAGE``|
 | runs | ``<repo>/runs`` | ``/data/runs`` | ``COOP_DAG_RUNS_DIR`` |
 | adapters | ``<runs>/adapters`` | ``/data/adapters`` | ``COOP_DAG_ADAPTERS_DIR`` |
 | lineage | ``<runs>/lineage.duckdb`` | ``/data/lineage/lineage.duckdb`` | ``COOP_DAG_LINEAGE_DB`` |

@@ -11,8 +11,8 @@ adapter. The cure here has three layers, all through vLLM's HTTP API:
 2. **The mapping, confirmed.** After loading, ``/v1/models`` must list the name with
    ``root`` = the path given (:meth:`coop_dag.vllm.VllmEngine.load_adapter` also checks).
 3. **A probe.** A fixed held-out first-turn prompt (:func:`first_turn_probe`: the first
-   held-out pair of the bundled dataset, agent1's first turn under the default coop prompt,
-   with the bash tool -- exactly what ``student_rollouts`` will send), decoded greedily by
+   validation pair of the bundled dataset, agent1's first turn under the default coop prompt,
+   with the bash tool -- the shape of what ``student_rollouts`` will send), decoded greedily by
    the base model and by the adapter: the adapter's output must differ from the base's
    (the check the seed recommended after its adapter answered token for token like the
    base). When an older adapter of the same variant is still loaded, the new one must also
@@ -136,17 +136,18 @@ def first_turn_probe(
     *,
     max_tokens: int = DEFAULT_PROBE_MAX_TOKENS,
 ) -> Probe:
-    """The first turn of agent1 on the first held-out pair (sorted), default coop prompt
-    (no steering), with the bash tool: what a served student sees first in
-    ``student_rollouts``, on a repository it never trained on. Defaults: the bundled
-    dataset and its held-out repositories, so the probe is the same everywhere."""
+    """The first turn of agent1 on the first pair (sorted) of ``held_out`` repositories, default
+    coop prompt (no steering), with the bash tool: what a served student sees first in a
+    rollout, on a repository it never trained on. Defaults: the bundled dataset and its
+    *validation* repositories (probes never read test repositories), so the probe is the same
+    everywhere."""
     from coop_dag import BUNDLED_DATASET
     from coop_dag.actions import BASH_TOOL
     from coop_dag.prompts import render_prompts
-    from coop_dag.tasks import DEFAULT_HELD_OUT, discover_pairs
+    from coop_dag.tasks import BUNDLED_SPLIT, discover_pairs
 
     root = Path(dataset_dir) if dataset_dir is not None else BUNDLED_DATASET
-    repos = list(held_out) if held_out else list(DEFAULT_HELD_OUT)
+    repos = list(held_out) if held_out else list(BUNDLED_SPLIT.validation)
     pairs = discover_pairs(root, repos=repos)
     if not pairs:
         raise ServingError(f"no held-out pair in {root} for repositories {repos}")

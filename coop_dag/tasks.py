@@ -1,5 +1,6 @@
 """CooperBench task model: discovery of `<repo>_task/task<N>/feature<K>/` trees, feature pairs,
-held-out-by-repository splits, and base-repository checkouts.
+the train / validation / test split by repository, task files, patch checks, and
+base-repository checkouts.
 
 Bundled tasks carry their base source in `task<N>/repo/` (our extension to CooperBench's
 layout); real CooperBench tasks name it in their Dockerfile (`git clone URL repo && git
@@ -8,9 +9,10 @@ checkout SHA`), resolved against a local mirror directory because nothing is fet
 Discovery follows CooperBench's `runner/tasks.py`: repository directories end in `_task`
 (files and the `subsets/` directory are skipped), tasks are `task<N>/` directories, features are
 `feature<K>/` directories, and a task's pairs are all `(a, b)` with `a < b` unless a subset
-(`<dataset>/subsets/<name>.json`) lists them. Unlike CooperBench, which skips what it cannot use,
-every malformed input here raises `TaskError` naming the offending path or value. All functions
-are pure readers except the checkouts, which clean up after themselves on failure.
+(`<dataset>/subsets/<name>.json`, or a subset file anywhere) lists them. Unlike CooperBench,
+which skips what it cannot use, every malformed input here raises `TaskError` naming the
+offending path or value. All functions are pure readers except the checkouts, which clean up
+after themselves on failure, and the task checks, which work in temporary directories.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from itertools import combinations
 from pathlib import Path
 from urllib.parse import urlparse
@@ -39,10 +44,10 @@ BASE_GIT_ENV = {
     "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
 }
 
-# Repositories held out for evaluation in the bundled dataset (whole repos, never tasks).
-DEFAULT_HELD_OUT: tuple[str, ...] = ("webroute_task", "mdrender_task")
+SPLITS = ("train", "validation", "test")
 
 MERGE_STATUSES = ("clean", "conflicts")
+NO_BASE = "base repository unavailable"  # how check_task says a task has no readable base
 SUBSETS_DIR = "subsets"
 REPO_SUFFIX = "_task"
 
@@ -62,13 +67,55 @@ class TaskError(ValueError):
 
 
 @dataclass(frozen=True)
+class RepoSplit:
+    """Whole repositories kept out of training (never single tasks): `validation` feeds the
+    first-turn probe and any tuning, `test` only the held-out student and base rollouts. Every
+    other repository of the dataset is `train` (teacher rollouts, TITO)."""
+
+    validation: tuple[str, ...] = ()
+    test: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("validation", "test"):
+            value = getattr(self, name)
+            repos = (value,) if isinstance(value, str) else tuple(value or ())
+            bad = [r for r in repos if not isinstance(r, str) or not r]
+            if bad:
+                raise TaskError(f"{name} repositories must be non-empty names, got {bad}")
+            object.__setattr__(self, name, tuple(dict.fromkeys(repos)))
+        both = sorted(set(self.validation) & set(self.test))
+        if both:
+            raise TaskError(f"repositories {both} are in both the validation and the test split")
+
+    @property
+    def held_out(self) -> tuple[str, ...]:
+        """Every repository kept out of training (validation, then test)."""
+        return self.validation + self.test
+
+    def split_of(self, repo: str) -> str:
+        if repo in self.test:
+            return "test"
+        return "validation" if repo in self.validation else "train"
+
+
+# The bundled dataset's split. It applies to the bundled dataset only (another dataset names
+# its own, see coop_dag.dataset_config); change these lists when bundled repositories change.
+BUNDLED_SPLIT = RepoSplit(validation=("unitconv_task",), test=("webroute_task", "mdrender_task"))
+# Older name of the bundled test repositories (the two-way split's "held out").
+DEFAULT_HELD_OUT: tuple[str, ...] = BUNDLED_SPLIT.test
+
+
+@dataclass(frozen=True)
 class Feature:
     repo: str
     task_id: int
     feature_id: int
     dir: Path
     description: str
-    files: tuple[str, ...]  # paths named in feature.md, via the shared regex
+    # The task files: the Files Modified list when feature.md has one, else the paths its prose
+    # names that exist in the base repository (`files_source` says which; "none": neither).
+    files: tuple[str, ...]
+    files_source: str = "files_modified"
 
     @property
     def feature_patch(self) -> Path:
@@ -205,6 +252,11 @@ def _repo_dirs(root: Path) -> list[Path]:
     )
 
 
+def repo_names(dataset_dir: Path | str) -> list[str]:
+    """The repository directory names (`<name>_task`) of a dataset, sorted."""
+    return [p.name for p in _repo_dirs(_dataset_root(dataset_dir))]
+
+
 def files_modified(text: str) -> list[str]:
     """Paths in the `**Files Modified**` (or `## Files Modified`) section of a feature.md, up to
     the next bold heading, `---` rule or markdown heading, via the shared path regex; `[]` when
@@ -217,11 +269,54 @@ def files_modified(text: str) -> list[str]:
     return extract_paths(rest[: end.start()] if end else rest)
 
 
+def task_files(
+    text: str, base_files: Callable[[], frozenset[str] | None] | None = None
+) -> tuple[tuple[str, ...], str]:
+    """`(files, source)` of a feature.md: its Files Modified list (`"files_modified"`) when it has
+    one; otherwise the paths its prose names that exist in the base repository (`"prose"`).
+    Prose alone names too much (`file1.txt`, `script.py`, bare basenames of real files), so an
+    unverifiable path is dropped: with the base unknown (`base_files` None or returning None)
+    there is no fallback, `((), "none")`."""
+    listed = files_modified(text)
+    if listed:
+        return tuple(listed), "files_modified"
+    known = base_files() if base_files is not None else None
+    prose = tuple(p for p in extract_paths(text) if known is not None and p in known)
+    return (prose, "prose") if prose else ((), "none")
+
+
+def base_files(task_dir: Path, mirror_dir: Path | None = None) -> frozenset[str] | None:
+    """Repo-relative paths of every file in the task's base repository: the bundled `repo/`
+    tree, or the Dockerfile's commit read from the mirror (no checkout). None when the base
+    cannot be read here (no bundled source, no mirror): the checkout reports why, later."""
+    task_dir = Path(task_dir)
+    source = task_dir / "repo"
+    if source.is_dir():
+        return frozenset(
+            p.relative_to(source).as_posix()
+            for p in source.rglob("*")
+            if p.is_file()
+            and not any(part in ("__pycache__", ".git", ".pytest_cache") for part in p.parts)
+        )
+    try:
+        mirror, _url, sha = _mirror_source(task_dir, mirror_dir)
+        return frozenset(_git(["ls-tree", "-r", "--name-only", sha], mirror).splitlines())
+    except TaskError:
+        return None
+
+
 # --------------------------------------------------------------------------------------------
 # discovery
 
 
-def load_feature(repo: str, task_id: int, feature_dir: Path) -> Feature:
+def load_feature(
+    repo: str,
+    task_id: int,
+    feature_dir: Path,
+    base: Callable[[], frozenset[str] | None] | None = None,
+) -> Feature:
+    """One `feature<K>/` directory; `base` lists the base repository's files for the prose
+    fallback of `task_files` (only called when feature.md has no Files Modified section)."""
     feature_dir = Path(feature_dir)
     md = feature_dir / "feature.md"
     if not md.is_file():
@@ -230,21 +325,25 @@ def load_feature(repo: str, task_id: int, feature_dir: Path) -> Feature:
     if not m:
         raise TaskError(f"feature directory is not named feature<K>: {feature_dir}")
     text = md.read_text(encoding="utf-8")
-    return Feature(repo, task_id, int(m.group(1)), feature_dir, text, tuple(extract_paths(text)))
+    files, source = task_files(text, base)
+    return Feature(repo, task_id, int(m.group(1)), feature_dir, text, files, source)
 
 
-def load_task(repo: str, task_dir: Path) -> Task:
-    """One `task<N>/` directory with its features (at least two, each with a feature.md)."""
+def load_task(repo: str, task_dir: Path, mirror_dir: Path | None = None) -> Task:
+    """One `task<N>/` directory with its features (at least two, each with a feature.md).
+    `mirror_dir` lets features without a Files Modified section check prose paths against a
+    mirrored base (bundled sources need none)."""
     task_dir = Path(task_dir)
     m = _TASK_DIR_RE.fullmatch(task_dir.name)
     if not m:
         raise TaskError(f"task directory is not named task<N>: {task_dir}")
     task_id = int(m.group(1))
+    base = cache(lambda: base_files(task_dir, mirror_dir))  # read once, and only if needed
     features: dict[int, Feature] = {}
     for child in task_dir.iterdir():
         if not child.is_dir() or not child.name.startswith("feature"):
             continue
-        feature = load_feature(repo, task_id, child)
+        feature = load_feature(repo, task_id, child, base)
         if feature.feature_id in features:
             raise TaskError(
                 f"duplicate feature id {feature.feature_id} in {task_dir}: "
@@ -258,11 +357,15 @@ def load_task(repo: str, task_dir: Path) -> Task:
     return Task(repo, task_id, task_dir, dict(sorted(features.items())))
 
 
-def discover_tasks(dataset_dir: Path | str, repos: str | Iterable[str] | None = None) -> list[Task]:
+def discover_tasks(
+    dataset_dir: Path | str,
+    repos: str | Iterable[str] | None = None,
+    mirror_dir: Path | None = None,
+) -> list[Task]:
     """Every task of a CooperBench-format dataset, sorted by (repo, task_id).
 
     `repos` restricts discovery to those repository directories; naming one that does not
-    exist raises TaskError.
+    exist raises TaskError. `mirror_dir`: see `load_task`.
     """
     root = _dataset_root(dataset_dir)
     wanted = _names(repos)
@@ -279,7 +382,7 @@ def discover_tasks(dataset_dir: Path | str, repos: str | Iterable[str] | None = 
     for repo_dir in repo_dirs:
         for task_dir in repo_dir.iterdir():
             if task_dir.is_dir() and task_dir.name.startswith("task"):
-                tasks.append(load_task(repo_dir.name, task_dir))
+                tasks.append(load_task(repo_dir.name, task_dir, mirror_dir))
     tasks.sort(key=lambda t: (t.repo, t.task_id))
     return tasks
 
@@ -292,19 +395,39 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def load_subset(dataset_dir: Path | str, name: str) -> Subset:
-    """Read and validate `<dataset_dir>/subsets/<name>.json` (CooperBench's subset format:
-    `{"name", "description", "stats", "tasks": [{"repo", "task_id", "pairs"?: [[a, b], ...]}]}`).
-    Pairs are normalised to `a < b` (CooperBench names pair logs by sorted feature ids)."""
+def is_subset_path(value: str) -> bool:
+    """A subset given as a file (anything with a path separator or a `.json` suffix) rather than
+    a name under `<dataset>/subsets/`."""
+    return "/" in value or "\\" in value or value.endswith(".json")
+
+
+def subset_file(dataset_dir: Path | str, name: str) -> Path:
+    """The file of a subset: `<dataset_dir>/subsets/<name>.json` for a name, the path itself
+    for a path (a subset may live anywhere). Raises TaskError when it does not exist."""
     root = _dataset_root(dataset_dir)
-    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+    if not isinstance(name, str) or not name.strip() or name in (".", ".."):
         raise TaskError(f"invalid subset name: {name!r}")
+    if is_subset_path(name):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise TaskError(f"subset file not found: {path}")
+        return path
     path = root / SUBSETS_DIR / f"{name}.json"
     if not path.is_file():
         available = sorted(p.stem for p in (root / SUBSETS_DIR).glob("*.json"))
         raise TaskError(
-            f"subset {name!r} not found at {path} (available: {', '.join(available) or 'none'})"
+            f"subset {name!r} not found at {path} (available: {', '.join(available) or 'none'}; "
+            "a subset file elsewhere is given by its path)"
         )
+    return path
+
+
+def load_subset(dataset_dir: Path | str, name: str) -> Subset:
+    """Read and validate a subset given by name (`<dataset_dir>/subsets/<name>.json`) or by
+    path (see `subset_file`), in CooperBench's subset format:
+    `{"name", "description", "stats", "tasks": [{"repo", "task_id", "pairs"?: [[a, b], ...]}]}`.
+    Pairs are normalised to `a < b` (CooperBench names pair logs by sorted feature ids)."""
+    path = subset_file(dataset_dir, name)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -318,7 +441,7 @@ def load_subset(dataset_dir: Path | str, name: str) -> Subset:
     description = data.get("description", "")
     if not isinstance(description, str):
         raise _subset_error(path, "description", "expected a string")
-    declared = data.get("name", name)
+    declared = data.get("name", path.stem)
     if not isinstance(declared, str):
         raise _subset_error(path, "name", "expected a string")
 
@@ -360,16 +483,18 @@ def discover_pairs(
     dataset_dir: Path | str,
     subset: str | Subset | None = None,
     repos: str | Iterable[str] | None = None,
+    mirror_dir: Path | None = None,
 ) -> list[Pair]:
     """Feature pairs of the dataset, sorted by (repo, task_id, a, b).
 
     Without `subset`: all pairs `a < b` of every task. With a subset (name or loaded `Subset`):
     exactly the pairs it lists (all pairs of a task it lists without pairs). A subset entry whose
     repository, task or features do not exist raises TaskError. `repos` restricts to those
-    repositories (subset entries of other repositories are then ignored).
+    repositories (subset entries of other repositories are then ignored). `mirror_dir`: see
+    `load_task`.
     """
     wanted = _names(repos)
-    tasks = discover_tasks(dataset_dir, repos=wanted)
+    tasks = discover_tasks(dataset_dir, repos=wanted, mirror_dir=mirror_dir)
     if subset is None:
         pairs = [pair for task in tasks for pair in task.pairs()]
     else:
@@ -404,24 +529,26 @@ def discover_pairs(
     return pairs
 
 
-def split_pairs(
-    pairs: Sequence[Pair], held_out_repos: str | Iterable[str]
-) -> tuple[list[Pair], list[Pair]]:
-    """`(train, held_out)`: a pair is held out iff its repository is. Whole repositories move,
-    so no task (and no repository) is ever on both sides. Held-out names that match no pair's
-    repository raise TaskError (a typo would silently leak evaluation repos into training)."""
-    held = _names(held_out_repos) or ()
-    present = {p.repo for p in pairs}
-    unknown = [r for r in held if r not in present]
-    if unknown:
-        raise TaskError(
-            f"unknown held-out repositories {unknown} (repositories with pairs: "
-            f"{sorted(present) or 'none'})"
-        )
-    held_set = set(held)
-    train = [p for p in pairs if p.repo not in held_set]
-    held_out = [p for p in pairs if p.repo in held_set]
-    return train, held_out
+def check_split(split: RepoSplit, known_repos: Iterable[str], where: Path | str) -> None:
+    """Every validation and test repository is one of `known_repos` (a typo would silently
+    leak an evaluation repository into training); TaskError naming the split otherwise."""
+    known = set(known_repos)
+    for name in ("validation", "test"):
+        unknown = [r for r in getattr(split, name) if r not in known]
+        if unknown:
+            raise TaskError(
+                f"unknown {name} repositories {unknown}: not in {where} "
+                f"(repositories: {', '.join(sorted(known)) or 'none'})"
+            )
+
+
+def split_pairs(pairs: Sequence[Pair], split: RepoSplit) -> dict[str, list[Pair]]:
+    """`{"train": [...], "validation": [...], "test": [...]}` by repository: whole repositories
+    move, so no task (and no repository) is ever in two splits. Order is kept."""
+    out: dict[str, list[Pair]] = {name: [] for name in SPLITS}
+    for pair in pairs:
+        out[split.split_of(pair.repo)].append(pair)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -461,29 +588,50 @@ def load_manifest(task: Task) -> dict | None:
 
 def task_pool_summary(
     dataset_dir: Path | str,
-    held_out_repos: str | Iterable[str],
+    split: RepoSplit,
     subset: str | Subset | None = None,
+    *,
+    mirror_dir: Path | None = None,
+    check_patches: bool = True,
 ) -> dict:
-    """A JSON-serialisable description of the task pool: every pair with its split and the file
-    paths each feature.md names, pairs per repository, the held-out repositories, features with
-    no extractable path, and each pair's gold merge status from the task manifest when present.
+    """A JSON-serialisable description of the task pool: every accepted pair with its split
+    (`train` / `validation` / `test`), each feature's task files (and where they came from),
+    pairs per repository and split, each pair's gold merge status from the task manifest when
+    present, and the tasks and features rejected by `check_task` with the reason (their pairs
+    are left out; `check_patches=False` skips the check).
 
-    Held-out names must be repositories of the dataset (TaskError otherwise); a held-out
-    repository with no pair in the chosen subset simply contributes no held-out pairs.
+    Split names must be repositories of the dataset (TaskError otherwise); a split repository
+    with no pair in the chosen subset simply contributes no pairs. TaskError too when nothing
+    survives the check.
     """
     root = _dataset_root(dataset_dir)
-    held = _names(held_out_repos) or ()
-    known_repos = {p.name for p in _repo_dirs(root)}
-    unknown = [r for r in held if r not in known_repos]
-    if unknown:
+    check_split(split, repo_names(root), root)
+    found = discover_pairs(root, subset=subset, mirror_dir=mirror_dir)
+
+    rejected: list[dict] = []
+    bad: set[tuple[str, int, int | None]] = set()
+    if check_patches:
+        tasks = {(p.repo, p.task_id): p.task for p in found}
+        used = {(p.repo, p.task_id): set() for p in found}
+        for p in found:
+            used[(p.repo, p.task_id)].update((p.feature_a, p.feature_b))
+        for key, task in tasks.items():
+            for fid, reasons in check_task(task, mirror_dir, features=used[key]).items():
+                bad.add((task.repo, task.task_id, fid))
+                where = task.key if fid is None else f"{task.key}/feature{fid}"
+                rejected += [{"where": where, "reason": r} for r in reasons]
+    pairs = [
+        p
+        for p in found
+        if not {(p.repo, p.task_id, None), (p.repo, p.task_id, p.feature_a),
+                (p.repo, p.task_id, p.feature_b)} & bad
+    ]  # fmt: skip
+    if found and not pairs:
         raise TaskError(
-            f"unknown held-out repositories {unknown} in {root} "
-            f"(repositories: {sorted(known_repos) or 'none'})"
+            f"no task of {root} passed the task checks: "
+            + "; ".join(f"{r['where']}: {r['reason']}" for r in rejected[:5])
         )
-    pairs = discover_pairs(root, subset=subset)
-    present = {p.repo for p in pairs}
-    train, held_out = split_pairs(pairs, [r for r in held if r in present])
-    held_ids = {p.pair_id for p in held_out}
+    by_split = split_pairs(pairs, split)
 
     manifests: dict[tuple[str, int], dict | None] = {}
     records = []
@@ -506,7 +654,7 @@ def task_pool_summary(
                 "task_id": pair.task_id,
                 "feature_a": pair.feature_a,
                 "feature_b": pair.feature_b,
-                "split": "held_out" if pair.pair_id in held_ids else "train",
+                "split": split.split_of(pair.repo),
                 "files_a": list(fa.files),
                 "files_b": list(fb.files),
                 "merge": merge,
@@ -521,19 +669,125 @@ def task_pool_summary(
         "subset": sub_name,
         "n_tasks": len(manifests),
         "n_pairs": len(records),
-        "n_train_pairs": len(train),
-        "n_held_out_pairs": len(held_out),
-        "repos": sorted(present),
-        "held_out_repos": list(held),
+        **{f"n_{name}_pairs": len(by_split[name]) for name in SPLITS},
+        "repos": sorted(pairs_per_repo),
+        "validation_repos": list(split.validation),
+        "test_repos": list(split.test),
+        "held_out_repos": list(split.test),  # older name of the test repositories
         "pairs_per_repo": pairs_per_repo,
+        "features": {
+            f"{repo}/{task_id}/feature{fid}": {"files": list(f.files), "source": f.files_source}
+            for (repo, task_id, fid), f in sorted(features_seen.items())
+        },
         "features_without_paths": [
             f"{repo}/{task_id}/feature{fid}"
             for (repo, task_id, fid), f in sorted(features_seen.items())
             if not f.files
         ],
+        "rejected": rejected,
+        "n_rejected_pairs": len(found) - len(pairs),
         "merge_status": merge_counts,
         "pairs": records,
     }
+
+
+def pair_ids_in(summary: dict, split_name: str) -> list[str]:
+    """The pair ids of one split (`train`, `validation`, `test`) of a `task_pool_summary`."""
+    if split_name not in SPLITS:
+        raise TaskError(f"unknown split {split_name!r}, expected one of {SPLITS}")
+    return [p["pair_id"] for p in summary["pairs"] if p["split"] == split_name]
+
+
+def require_pairs(summary: dict, split_name: str = "train") -> list[str]:
+    """The pair ids of one split of a task pool, or TaskError saying why there are none."""
+    ids = pair_ids_in(summary, split_name)
+    if ids:
+        return ids
+    where = summary["dataset_dir"] + (f" (subset {summary['subset']})" if summary["subset"] else "")
+    rejected = f"{summary['n_rejected_pairs']} rejected by the task checks"
+    if split_name == "train":
+        raise TaskError(
+            f"no training pairs in {where}: its {summary['n_pairs']} pair(s) are all in "
+            f"validation repositories {summary['validation_repos']} or test repositories "
+            f"{summary['test_repos']} ({rejected}); training needs at least one repository "
+            "outside both splits"
+        )
+    repos = summary[f"{split_name}_repos"]
+    raise TaskError(
+        f"no {split_name} pairs in {where}: none of its {summary['n_pairs']} pair(s) comes from "
+        f"the {split_name} repositories {repos} ({rejected})"
+    )
+
+
+def require_train_pairs(summary: dict) -> list[str]:
+    """The training pair ids of a task pool, or TaskError saying why there are none."""
+    return require_pairs(summary, "train")
+
+
+# --------------------------------------------------------------------------------------------
+# task checks (what task_pool accepts)
+
+
+def _patch_problem(patch: Path, cwd: Path, env: dict[str, str]) -> str | None:
+    """Why `patch` cannot be used on the base at `cwd`/`env` (None: it applies)."""
+    if not patch.is_file():
+        return f"missing {patch.name} ({patch})"
+    if not patch.read_text(encoding="utf-8", errors="replace").strip():
+        return f"empty {patch.name} ({patch})"
+    args = ["apply", "--check", "--cached", "--whitespace=nowarn", str(patch.resolve())]
+    try:
+        _git(args, cwd, env)
+    except TaskError as exc:
+        stderr = str(exc).split(f"failed in {cwd}: ", 1)[-1]
+        return f"{patch.name} does not apply to the base: {' '.join(stderr.split())[:300]}"
+    return None
+
+
+@contextmanager
+def base_index(task: Task, mirror_dir: Path | None = None) -> Iterator[tuple[Path, dict]]:
+    """`(cwd, env)` in which git commands with `--cached` see the task's base tree: a temporary
+    bundled checkout, or the mirror itself with a temporary index file (nothing is written to
+    the mirror; `git apply --check --cached` only reads)."""
+    with tempfile.TemporaryDirectory(prefix="coop-dag-base-") as tmp:
+        if task.bundled_source.is_dir():
+            repo = Path(tmp) / "repo"
+            checkout_base(task, repo)
+            yield repo, {}
+            return
+        mirror, _url, sha = _mirror_source(task.dir, mirror_dir)
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        try:
+            _git(["read-tree", f"{sha}^{{tree}}"], mirror, env)
+        except TaskError:
+            raise TaskError(f"task {task.key}: commit {sha} not found in mirror {mirror}") from None
+        yield mirror, env
+
+
+def check_task(
+    task: Task, mirror_dir: Path | None = None, features: Iterable[int] | None = None
+) -> dict[int | None, list[str]]:
+    """What makes a task unusable, `{None: [...]}` for the whole task (no runner.sh, no base)
+    and `{feature_id: [...]}` per feature (feature.patch or tests.patch missing, empty or not
+    applying to the base); `{}` when everything checked is fine. `features` limits the
+    per-feature checks (default: all)."""
+    problems: dict[int | None, list[str]] = {}
+    if not task.runner.is_file():
+        problems[None] = [f"missing runner.sh ({task.runner})"]
+    wanted = sorted(task.features if features is None else features)
+    try:
+        with base_index(task, mirror_dir) as (cwd, env):
+            for fid in wanted:
+                feature = task.features[fid]
+                found = [
+                    why
+                    for patch in (feature.feature_patch, feature.tests_patch)
+                    if (why := _patch_problem(patch, cwd, env))
+                ]
+                if found:
+                    problems[fid] = found
+    except TaskError as exc:
+        problems.setdefault(None, []).append(f"{NO_BASE}: {exc}")
+    return problems
 
 
 # --------------------------------------------------------------------------------------------
@@ -653,6 +907,41 @@ def mirror_candidates(url: str, mirror_dir: Path) -> list[Path]:
     return out
 
 
+def _mirror_source(task_dir: Path, mirror_dir: Path | None) -> tuple[Path, str, str]:
+    """`(mirror, url, sha)` of a real task: its Dockerfile's clone URL found in `mirror_dir`
+    (see `mirror_candidates`) and the commit it checks out. TaskError names what is missing."""
+    task_dir = Path(task_dir)
+    key = f"{task_dir.parent.name}/{task_dir.name.removeprefix('task')}"
+    dockerfile, bundled = task_dir / "Dockerfile", task_dir / "repo"
+    if not dockerfile.is_file():
+        raise TaskError(
+            f"task {key} has neither bundled source ({bundled}) nor a Dockerfile ({dockerfile})"
+        )
+    url, sha = parse_dockerfile(dockerfile.read_text(encoding="utf-8"))
+    if url is None:
+        raise TaskError(f"task {key}: no `git clone <url> repo` line in {dockerfile}")
+    if sha is None:
+        raise TaskError(
+            f"task {key}: no `git checkout <sha>` after the clone of {url} in {dockerfile}"
+        )
+    if mirror_dir is None:
+        raise TaskError(
+            f"task {key} has no bundled source ({bundled}) and no mirror "
+            f"directory was given to clone {url} from"
+        )
+    mirror_dir = Path(mirror_dir)
+    if not mirror_dir.is_dir():
+        raise TaskError(f"task {key}: mirror directory {mirror_dir} not found (needed for {url})")
+    candidates = mirror_candidates(url, mirror_dir)
+    source = next((c for c in candidates if c.is_dir()), None)
+    if source is None:
+        raise TaskError(
+            f"task {key}: no mirror of {url} in {mirror_dir} "
+            f"(tried {', '.join(str(c) for c in candidates)})"
+        )
+    return source, url, sha
+
+
 def checkout_from_mirror(task: Task, dest: Path, mirror_dir: Path | None) -> str:
     """Real CooperBench task: clone its Dockerfile's URL from a local mirror at its sha.
 
@@ -661,36 +950,7 @@ def checkout_from_mirror(task: Task, dest: Path, mirror_dir: Path | None) -> str
     Dockerfile's `git checkout <sha>`. Returns the full sha. Nothing is fetched from a network.
     """
     dest = Path(dest)
-    if not task.dockerfile.is_file():
-        raise TaskError(
-            f"task {task.key} has neither bundled source ({task.bundled_source}) "
-            f"nor a Dockerfile ({task.dockerfile})"
-        )
-    url, sha = parse_dockerfile(task.dockerfile.read_text(encoding="utf-8"))
-    if url is None:
-        raise TaskError(f"task {task.key}: no `git clone <url> repo` line in {task.dockerfile}")
-    if sha is None:
-        raise TaskError(
-            f"task {task.key}: no `git checkout <sha>` after the clone of {url} "
-            f"in {task.dockerfile}"
-        )
-    if mirror_dir is None:
-        raise TaskError(
-            f"task {task.key} has no bundled source ({task.bundled_source}) and no mirror "
-            f"directory was given to clone {url} from"
-        )
-    mirror_dir = Path(mirror_dir)
-    if not mirror_dir.is_dir():
-        raise TaskError(
-            f"task {task.key}: mirror directory {mirror_dir} not found (needed for {url})"
-        )
-    candidates = mirror_candidates(url, mirror_dir)
-    source = next((c for c in candidates if c.is_dir()), None)
-    if source is None:
-        raise TaskError(
-            f"task {task.key}: no mirror of {url} in {mirror_dir} "
-            f"(tried {', '.join(str(c) for c in candidates)})"
-        )
+    source, url, sha = _mirror_source(task.dir, mirror_dir)
     existed = _prepare_dest(dest)
     try:
         _git(["clone", "-q", "--no-checkout", str(source.resolve()), str(dest.resolve())], source)

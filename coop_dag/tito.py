@@ -1186,10 +1186,18 @@ def check_rows_decode(rows: Any, tokenizer: Any) -> list[str]:
     return problems
 
 
-def check_no_steering(rows: Any, tokenizer: Any, section: str | None = None) -> list[str]:
-    """No row's ids contain the steering section (or its heading line)."""
+def steering_markers(section: str | None = None) -> list[str]:
+    """Texts whose presence in a row means steering leaked: the whole section, its heading
+    line, and the heading's words without the markdown marks (a re-rendering may drop them)."""
     section = (section if section is not None else steering_section()).strip()
-    markers = [m for m in {section, section.splitlines()[0].strip()} if m]
+    heading = section.splitlines()[0].strip() if section else ""
+    bare = heading.lstrip("#").strip().strip("*_").strip()
+    return [m for m in dict.fromkeys((section, heading, bare)) if m]
+
+
+def check_no_steering(rows: Any, tokenizer: Any, section: str | None = None) -> list[str]:
+    """No row's ids contain the steering section, its heading line or the heading's words."""
+    markers = steering_markers(section)
     problems = []
     for row in _distinct(rows):
         text = tokenizer.decode(_ids(row))
@@ -1197,6 +1205,22 @@ def check_no_steering(rows: Any, tokenizer: Any, section: str | None = None) -> 
         if hit:
             problems.append(f"{_where(row)}: steering section in the prompt ({hit[:60]!r})")
     return problems
+
+
+def check_no_repos(rows: Any, repos: Iterable[str]) -> list[str]:
+    """No row comes from one of `repos` (the validation and test repositories: training on
+    them would leak what the probe and the held-out rollouts measure)."""
+    excluded = set(repos)
+    hits: dict[str, list[str]] = {}
+    for row in _rows(rows):
+        repo = row.get("repo")
+        if repo in excluded:
+            hits.setdefault(repo, []).append(_where(row))
+    return [
+        f"{len(where)} row(s) from {repo}, which is a validation or test repository "
+        f"(first: {where[0]})"
+        for repo, where in sorted(hits.items())
+    ]
 
 
 def check_no_think(rows: Any, tokenizer: Any) -> list[str]:
@@ -1267,13 +1291,20 @@ def check_split_disjoint(train_rows: Any, val_rows: Any) -> list[str]:
 
 
 def run_checks(
-    train_rows: Any, val_rows: Any, tokenizer: Any, eot_id: int, section: str | None = None
+    train_rows: Any,
+    val_rows: Any,
+    tokenizer: Any,
+    eot_id: int,
+    section: str | None = None,
+    excluded_repos: Iterable[str] = (),
 ) -> dict[str, list[str]]:
-    """All checks by name (what the Dagster asset turns into asset checks)."""
+    """All checks by name (what the Dagster asset turns into asset checks). `excluded_repos`:
+    the validation and test repositories no row may come from."""
     rows = _rows(train_rows) + _rows(val_rows)
     return {
         "rows_decode": check_rows_decode(rows, tokenizer),
         "no_steering_in_inputs": check_no_steering(rows, tokenizer, section),
+        "no_validation_or_test_repos": check_no_repos(rows, excluded_repos),
         "no_think_in_outputs": check_no_think(rows, tokenizer),
         "outputs_end_with_eot": check_ends_with_eot(rows, eot_id),
         "actions_have_tool_call_form": check_tool_call_form(rows, tokenizer),

@@ -1,47 +1,70 @@
-"""Where tasks come from: the bundled CooperBench-format dataset or a real `dataset/` checkout."""
+"""Where tasks come from: the bundled CooperBench-format dataset or a real `dataset/` checkout.
 
-import os
+Resolution (config value, then environment, then default) is `coop_dag.dataset_config`'s, the
+same as the `coop-dag` command line; README "Configuring the dataset" has the table."""
+
 from pathlib import Path
 
 import dagster as dg
 
-from coop_dag import BUNDLED_DATASET
-from coop_dag.tasks import DEFAULT_HELD_OUT
+from coop_dag.dataset_config import DatasetConfig, resolve_dataset_config
+from coop_dag.tasks import RepoSplit
 
 
 class DatasetResource(dg.ConfigurableResource):
-    """Task source. Leave `dataset_dir` empty for the bundled dataset (embedded default).
-    Environment fallbacks: COOP_DAG_DATASET, COOP_DAG_SUBSET, COOP_DAG_MIRROR_DIR,
-    COOP_DAG_HELD_OUT (comma-separated repos)."""
+    """Task source and repository split. Every field left empty falls back to its environment
+    variable (COOP_DAG_DATASET, COOP_DAG_SUBSET, COOP_DAG_MIRROR_DIR, COOP_DAG_VALIDATION_REPOS,
+    COOP_DAG_TEST_REPOS or its older name COOP_DAG_HELD_OUT), then to the default: the bundled
+    dataset with its bundled split (`coop_dag.tasks.BUNDLED_SPLIT`). Another dataset must name
+    its validation and test repositories."""
 
     dataset_dir: str = ""
-    subset: str = ""
+    subset: str = ""  # a name under <dataset>/subsets/ or a path to a subset file anywhere
     mirror_dir: str = ""  # local git mirrors for real CooperBench repos (offline clones)
-    held_out_repos: list[str] = []  # empty: the bundled default, or COOP_DAG_HELD_OUT
+    validation_repos: list[str] = []  # first-turn probe and any tuning
+    test_repos: list[str] = []  # held-out student and base rollouts only
+    held_out_repos: list[str] = []  # older name of test_repos
+
+    @property
+    def config(self) -> DatasetConfig:
+        if self.held_out_repos and self.test_repos and self.held_out_repos != self.test_repos:
+            raise ValueError(
+                f"dataset resource: test_repos {self.test_repos} and its older name "
+                f"held_out_repos {self.held_out_repos} disagree: set test_repos only"
+            )
+        return resolve_dataset_config(
+            dataset_dir=self.dataset_dir,
+            subset=self.subset,
+            mirror_dir=self.mirror_dir,
+            validation_repos=self.validation_repos,
+            test_repos=self.test_repos or self.held_out_repos,
+        )
 
     @property
     def root(self) -> Path:
-        return Path(self.dataset_dir or os.environ.get("COOP_DAG_DATASET") or BUNDLED_DATASET)
+        return self.config.root
 
     @property
     def subset_name(self) -> str | None:
-        return self.subset or os.environ.get("COOP_DAG_SUBSET") or None
+        return self.config.subset
 
     @property
     def mirror(self) -> Path | None:
-        value = self.mirror_dir or os.environ.get("COOP_DAG_MIRROR_DIR")
-        return Path(value) if value else None
+        return self.config.mirror_dir
+
+    @property
+    def split(self) -> RepoSplit:
+        return self.config.split
+
+    @property
+    def validation(self) -> list[str]:
+        return self.config.validation
+
+    @property
+    def test(self) -> list[str]:
+        return self.config.test
 
     @property
     def held_out(self) -> list[str]:
-        if self.held_out_repos:
-            return list(self.held_out_repos)
-        env = os.environ.get("COOP_DAG_HELD_OUT", "")
-        if env:
-            return [r.strip() for r in env.split(",") if r.strip()]
-        if self.root.resolve() == BUNDLED_DATASET.resolve():
-            return list(DEFAULT_HELD_OUT)
-        raise ValueError(
-            f"dataset {self.root} is not the bundled one: set the dataset resource's "
-            "held_out_repos (or COOP_DAG_HELD_OUT) to the repositories to hold out"
-        )
+        """Older name of `test`."""
+        return self.config.test

@@ -33,8 +33,8 @@ class TrainingResource(dg.ConfigurableResource):
       ``$COOP_DAG_TRAIN_DIR`` or ``<repo>/runs/train``); a rerun resumes from here.
     - ``recipe``: override the variant's recipe name (empty: the variant's).
     - ``force``: retrain even when the same run (student, data, recipe) already finished.
-    - probe: ``probe_prompts`` held-out first turns, ``probe_max_new_tokens`` each (the
-      rollouts' per-turn cap), generated greedily by the serving engine (vLLM).
+    - probe: ``probe_prompts`` validation-repository first turns, ``probe_max_new_tokens`` each
+      (the rollouts' per-turn cap), generated greedily by the serving engine (vLLM).
     - ``threads``: torch threads (0: the cores no other process is using).
     - the trainer: ``kind`` (embedded | verl), for verl ``verl_python`` or ``verl_image`` and
       ``nproc``; `trainer_choice()` resolves them against the profile and `verl_launcher()`

@@ -215,7 +215,7 @@ def check_backfill(tmp_path: Path, variants: dict) -> None:
         # unpartitioned upstream: once
         (pool,) = _materialisations(instance, "task_pool")
         assert pool.run_id in in_backfill
-        n_held_out = _meta(pool)["n_held_out_pairs"]
+        n_held_out = _meta(pool)["n_test_pairs"]
         assert n_held_out > 0
 
         per_variant: dict[str, dict[str, dict]] = {}

@@ -26,7 +26,7 @@ import pytest
 from coop_dag import BUNDLED_DATASET, PACKAGE_DIR
 from coop_dag.tasks import (
     BASE_GIT_ENV,
-    DEFAULT_HELD_OUT,
+    BUNDLED_SPLIT,
     Task,
     checkout_base,
     discover_pairs,
@@ -111,20 +111,22 @@ def test_bundled_dataset_size() -> None:
     assert not small, f"tasks with fewer than 4 features: {small}"
     pairs = discover_pairs(BUNDLED_DATASET)
     assert len(pairs) >= 48, f"expected >= 48 pairs, found {len(pairs)}"
-    assert set(DEFAULT_HELD_OUT) <= repos
-    train, held = split_pairs(pairs, DEFAULT_HELD_OUT)
-    assert train and held
-    assert not {p.repo for p in train} & {p.repo for p in held}
+    assert set(BUNDLED_SPLIT.held_out) <= repos
+    split = split_pairs(pairs, BUNDLED_SPLIT)
+    assert split["train"] and split["validation"] and split["test"]
+    sides = [{p.repo for p in split[name]} for name in ("train", "validation", "test")]
+    assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
 
 
 def test_bundled_task_pool_summary() -> None:
-    summary = task_pool_summary(BUNDLED_DATASET, DEFAULT_HELD_OUT)
+    summary = task_pool_summary(BUNDLED_DATASET, BUNDLED_SPLIT)
     assert summary["n_pairs"] == len(discover_pairs(BUNDLED_DATASET))
+    assert summary["rejected"] == [], "every bundled task passes the task_pool checks"
     assert summary["features_without_paths"] == []
     assert summary["merge_status"]["unknown"] == 0, "every pair has a manifest merge status"
-    assert {p["repo"] for p in summary["pairs"] if p["split"] == "held_out"} == set(
-        DEFAULT_HELD_OUT
-    )
+    for name in ("validation", "test"):
+        in_split = {p["repo"] for p in summary["pairs"] if p["split"] == name}
+        assert in_split == set(getattr(BUNDLED_SPLIT, name))
 
 
 def test_bundled_lite_subset() -> None:
@@ -134,8 +136,8 @@ def test_bundled_lite_subset() -> None:
     assert all(listed is not None and len(listed) == 2 for listed in subset.tasks.values())
     pairs = discover_pairs(BUNDLED_DATASET, subset="lite")  # every listed pair exists
     assert len(pairs) == 2 * len(tasks)
-    summary = task_pool_summary(BUNDLED_DATASET, DEFAULT_HELD_OUT, subset="lite")
-    assert summary["n_held_out_pairs"] > 0 and summary["n_train_pairs"] > 0
+    summary = task_pool_summary(BUNDLED_DATASET, BUNDLED_SPLIT, subset="lite")
+    assert summary["n_test_pairs"] > 0 and summary["n_train_pairs"] > 0
     assert summary["merge_status"]["clean"] > 0 and summary["merge_status"]["conflicts"] > 0
 
 

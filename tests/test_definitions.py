@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from coop_dag.tasks import BUNDLED_SPLIT
 from coop_dag.variants import load_variants
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,13 +34,14 @@ def test_task_pool_materialises_with_split_by_repo():
     assert result.success
     summary = result.output_for_node("task_pool")
     assert len(summary["pairs"]) >= 48
-    held = set(summary["held_out_repos"])
-    assert held == {"webroute_task", "mdrender_task"}
+    assert summary["test_repos"] == list(BUNDLED_SPLIT.test)
+    assert summary["validation_repos"] == list(BUNDLED_SPLIT.validation)
     for pair in summary["pairs"]:
-        assert (pair["split"] == "held_out") == (pair["repo"] in held)
+        assert pair["split"] == BUNDLED_SPLIT.split_of(pair["repo"])
     meta = result.get_asset_materialization_events()[0].event_specific_data.materialization.metadata
     assert meta["n_pairs"].value == len(summary["pairs"])
-    assert meta["n_held_out_pairs"].value >= 12
+    assert meta["n_test_pairs"].value >= 12 and meta["n_validation_pairs"].value >= 6
+    assert meta["n_rejected_pairs"].value == 0
 
 
 def test_cli_materialize_task_pool_from_repo_root(tmp_path):

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from coop_dag import REPO_ROOT
+from coop_dag.dataset_config import ENV_VARS as DATASET_ENV_VARS
 from coop_dag.profiles import (
     CLUSTER_VERL_PYTHON,
     CLUSTER_VLLM_PYTHON,
@@ -254,11 +255,9 @@ def test_compose_environment_covers_the_profile(compose):
     assert env["COOP_DAG_PROFILE"] == "cluster"
     assert env["COOP_DAG_REDIS_URL"] == "redis://redis:6379/0"
     assert "redis" in compose["services"]
-    assert set(k for k in env if k.startswith("COOP_DAG_")) <= set(ENV_VARS) | {
-        "COOP_DAG_DATASET",
-        "COOP_DAG_MIRROR_DIR",
-        "COOP_DAG_UI_PORT",
-    }
+    assert set(k for k in env if k.startswith("COOP_DAG_")) <= set(ENV_VARS) | set(
+        DATASET_ENV_VARS
+    ) | {"COOP_DAG_UI_PORT"}
 
 
 # --------------------------------------------------------------------------- Dockerfiles

@@ -63,11 +63,11 @@ def _clean(request):
 
 def test_first_turn_probe_is_the_held_out_default_prompt():
     from coop_dag.prompts import steering_section
-    from coop_dag.tasks import DEFAULT_HELD_OUT
+    from coop_dag.tasks import BUNDLED_SPLIT
 
     probe = first_turn_probe()
     assert probe.name.startswith("first-turn:") and probe.name.endswith(":agent1")
-    assert probe.name.split(":")[1].split("/")[0] in DEFAULT_HELD_OUT
+    assert probe.name.split(":")[1].split("/")[0] in BUNDLED_SPLIT.validation  # never test
     assert [m["role"] for m in probe.messages] == ["system", "user"]
     assert steering_section() not in probe.messages[1]["content"]  # the student's prompt
     assert probe.tools == (BASH_TOOL,)

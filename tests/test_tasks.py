@@ -14,11 +14,14 @@ import pytest
 from coop_dag import BUNDLED_DATASET
 from coop_dag.tasks import (
     BASE_GIT_ENV,
+    BUNDLED_SPLIT,
     DEFAULT_HELD_OUT,
     Pair,
+    RepoSplit,
     Subset,
     Task,
     TaskError,
+    check_split,
     checkout_base,
     checkout_from_mirror,
     discover_pairs,
@@ -27,6 +30,7 @@ from coop_dag.tasks import (
     load_feature,
     load_manifest,
     load_subset,
+    load_task,
     mirror_candidates,
     parse_dockerfile,
     split_pairs,
@@ -300,29 +304,51 @@ def test_subset_pairs(dataset: Path) -> None:
 
 def test_split_by_repository_never_by_task(dataset: Path) -> None:
     pairs = discover_pairs(dataset)
-    train, held = split_pairs(pairs, ["alpha_task"])
-    assert len(train) + len(held) == len(pairs)
-    assert {p.repo for p in held} == {"alpha_task"}
-    assert {p.repo for p in train} == {"beta_task", "gamma_task"}
-    assert not {p.repo for p in train} & {p.repo for p in held}
-    train_tasks = {(p.repo, p.task_id) for p in train}
-    held_tasks = {(p.repo, p.task_id) for p in held}
-    assert not train_tasks & held_tasks
-    # Every pair of a held-out task is held out (both tasks of alpha_task, all 4 pairs).
-    assert ids(held) == [p for p in ids(pairs) if p.startswith("alpha_task/")]
+    split = split_pairs(pairs, RepoSplit(validation=["gamma_task"], test=["alpha_task"]))
+    train, val, test = split["train"], split["validation"], split["test"]
+    assert len(train) + len(val) + len(test) == len(pairs)
+    assert {p.repo for p in test} == {"alpha_task"}
+    assert {p.repo for p in val} == {"gamma_task"}
+    assert {p.repo for p in train} == {"beta_task"}
+    tasks = [{(p.repo, p.task_id) for p in side} for side in (train, val, test)]
+    assert not (tasks[0] & tasks[1] or tasks[0] & tasks[2] or tasks[1] & tasks[2])
+    # Every pair of a test task is test (both tasks of alpha_task, all 4 pairs).
+    assert ids(test) == [p for p in ids(pairs) if p.startswith("alpha_task/")]
     # A bare string is one repository name, not its characters.
-    assert split_pairs(pairs, "gamma_task")[1] == [pairs[-1]]
-    assert split_pairs(pairs, []) == (pairs, [])
+    assert split_pairs(pairs, RepoSplit(test="gamma_task"))["test"] == [pairs[-1]]
+    assert split_pairs(pairs, RepoSplit()) == {"train": pairs, "validation": [], "test": []}
 
 
-def test_split_unknown_held_out_repo(dataset: Path) -> None:
-    pairs = discover_pairs(dataset)
-    with pytest.raises(TaskError, match=r"alpa_task"):
-        split_pairs(pairs, ["alpa_task", "beta_task"])
+def test_repo_split_rules() -> None:
+    split = RepoSplit(validation=["v_task", "v_task"], test=("t_task",))
+    assert split.validation == ("v_task",) and split.held_out == ("v_task", "t_task")
+    assert [split.split_of(r) for r in ("v_task", "t_task", "x_task")] == [
+        "validation",
+        "test",
+        "train",
+    ]
+    with pytest.raises(TaskError, match=r"a_task.\] are in both the validation and the test"):
+        RepoSplit(validation=["a_task"], test=["a_task", "b_task"])
+    with pytest.raises(TaskError, match="non-empty"):
+        RepoSplit(test=[""])
 
 
-def test_default_held_out_names_bundled_repos() -> None:
-    assert DEFAULT_HELD_OUT == ("webroute_task", "mdrender_task")
+def test_split_unknown_repo(dataset: Path) -> None:
+    known = ["alpha_task", "beta_task", "gamma_task"]
+    check_split(RepoSplit(validation=["beta_task"], test=["alpha_task"]), known, dataset)
+    with pytest.raises(TaskError, match=r"unknown test repositories \['alpa_task'\]"):
+        check_split(RepoSplit(test=["alpa_task", "beta_task"]), known, dataset)
+    with pytest.raises(TaskError, match=r"unknown validation repositories \['x_task'\]"):
+        check_split(RepoSplit(validation=["x_task"]), known, dataset)
+
+
+def test_bundled_split_names_bundled_repos() -> None:
+    assert BUNDLED_SPLIT.test == ("webroute_task", "mdrender_task")
+    assert BUNDLED_SPLIT.validation  # the probe needs validation repositories
+    assert DEFAULT_HELD_OUT == BUNDLED_SPLIT.test  # the older name
+    repos = {t.repo for t in discover_tasks(BUNDLED_DATASET)}
+    assert set(BUNDLED_SPLIT.held_out) <= repos
+    assert repos - set(BUNDLED_SPLIT.held_out), "some bundled repository trains"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,18 +381,17 @@ Python Compatibility: see `setup.cfg`.
     fdir = write(tmp_path / "feature1" / "feature.md", md).parent
     feature = load_feature("x_task", 5, fdir)
     assert feature.feature_id == 1 and feature.description == md
-    assert feature.files == (
-        "src/pkg/client.py",
-        "docs/retries.md",
-        "src/pkg/retry.py",
-        "src/pkg/settings.py",
-        "setup.cfg",
+    # The task files are the Files Modified list, not every path the prose names.
+    assert (
+        feature.files
+        == feature.files_modified
+        == (
+            "src/pkg/client.py",
+            "src/pkg/retry.py",
+            "src/pkg/settings.py",
+        )
     )
-    assert feature.files_modified == (
-        "src/pkg/client.py",
-        "src/pkg/retry.py",
-        "src/pkg/settings.py",
-    )
+    assert feature.files_source == "files_modified"
     assert files_modified("no such section, just `a/b.py`") == []
     # CooperBench's variants of the heading.
     assert files_modified("**Files Modified:**\n- `a/b.py`\n") == ["a/b.py"]
@@ -378,12 +403,53 @@ Python Compatibility: see `setup.cfg`.
 
 def test_discovered_features_carry_paths(dataset: Path) -> None:
     task = discover_tasks(dataset, repos=["alpha_task"])[0]
-    assert task.features[1].files == (
-        "src/widget/core.py",
-        "src/widget/util.py",
-        "src/widget/__init__.py",
-    )
+    assert task.features[1].files == ("src/widget/core.py", "src/widget/__init__.py")
     assert task.features[3].files == ()
+    assert task.features[3].files_source == "none"
+
+
+PROSE_MD = """**Title**: Spin faster
+
+**Description**:
+Like `script.py` in the docs, read `data.txt` and `file1.txt`, then change `core.py`:
+the real code is in `src/widget/core.py`, and `src/widget/util.py` has the helper.
+"""
+
+
+def test_task_files_without_files_modified_fall_back_to_prose_paths_in_base(
+    dataset: Path, upstream: dict
+) -> None:
+    """Without a Files Modified section, only prose paths that exist in the base repository
+    count: `script.py`, `data.txt`, `file1.txt` and the bare basename `core.py` do not."""
+    task_dir = dataset / "alpha_task" / "task1"
+    write(task_dir / "feature2" / "feature.md", PROSE_MD)
+    mirrors = dataset.parent / "mirrors"
+    subprocess.run(
+        [
+            "git",
+            "clone",
+            "-q",
+            "--bare",
+            str(upstream["path"]),
+            str(mirrors / "acme" / "widget.git"),
+        ],
+        check=True,
+        env=GIT_ENV,
+    )
+    with_mirror = load_task("alpha_task", task_dir, mirrors).features[2]
+    assert with_mirror.files == ("src/widget/core.py", "src/widget/util.py")
+    assert with_mirror.files_source == "prose"
+    # The base cannot be read (no mirror): nothing unverifiable is kept.
+    without = load_task("alpha_task", task_dir).features[2]
+    assert (without.files, without.files_source) == ((), "none")
+    # A bundled-style source tree works the same way, without a mirror.
+    bundled = dataset / "delta_task" / "task4"
+    for rel, text in UPSTREAM_FILES_V1.items():
+        write(bundled / "repo" / rel, text)
+    add_feature(bundled, 1, PROSE_MD)
+    add_feature(bundled, 2)
+    feature = load_task("delta_task", bundled).features[1]
+    assert feature.files == ("src/widget/core.py", "src/widget/util.py")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,12 +457,17 @@ def test_discovered_features_carry_paths(dataset: Path) -> None:
 
 
 def test_task_pool_summary(dataset: Path) -> None:
-    summary = task_pool_summary(dataset, held_out_repos=["beta_task"])
+    split = RepoSplit(validation=["gamma_task"], test=["beta_task"])
+    # No task here has a base the check could read: the summary itself is what is tested.
+    summary = task_pool_summary(dataset, split, check_patches=False)
     assert json.loads(json.dumps(summary)) == summary
     assert summary["n_pairs"] == len(summary["pairs"]) == 8
     assert summary["pairs_per_repo"] == {"alpha_task": 4, "beta_task": 3, "gamma_task": 1}
-    assert summary["held_out_repos"] == ["beta_task"]
-    assert (summary["n_train_pairs"], summary["n_held_out_pairs"]) == (5, 3)
+    assert (summary["validation_repos"], summary["test_repos"]) == (["gamma_task"], ["beta_task"])
+    assert summary["held_out_repos"] == ["beta_task"]  # the older name of test_repos
+    counts = [summary[f"n_{name}_pairs"] for name in ("train", "validation", "test")]
+    assert counts == [4, 1, 3]
+    assert summary["rejected"] == [] and summary["n_rejected_pairs"] == 0
     assert summary["features_without_paths"] == ["alpha_task/1/feature3"]
     by_id = {p["pair_id"]: p for p in summary["pairs"]}
     p = by_id["beta_task/7/f1_f10"]
@@ -406,20 +477,29 @@ def test_task_pool_summary(dataset: Path) -> None:
         "task_id": 7,
         "feature_a": 1,
         "feature_b": 10,
-        "split": "held_out",
-        "files_a": ["src/widget/core.py", "src/widget/util.py", "src/widget/__init__.py"],
+        "split": "test",
+        "files_a": ["src/widget/core.py", "src/widget/__init__.py"],
         "files_b": ["src/widget/util.py", "src/widget/__init__.py"],
         "merge": "conflicts",
     }
     assert by_id["beta_task/7/f1_f2"]["merge"] == "clean"
     assert by_id["alpha_task/1/f1_f3"]["merge"] is None  # no manifest: unknown
     assert by_id["alpha_task/1/f1_f3"]["files_b"] == []
-    assert {p["split"] for p in summary["pairs"] if p["repo"] != "beta_task"} == {"train"}
+    assert {p["split"] for p in summary["pairs"] if p["repo"] == "alpha_task"} == {"train"}
+    assert {p["split"] for p in summary["pairs"] if p["repo"] == "gamma_task"} == {"validation"}
     assert summary["merge_status"] == {"clean": 2, "conflicts": 1, "unknown": 5}
+    # Each feature's files once, with where they came from.
+    assert summary["features"]["beta_task/7/feature10"] == {
+        "files": ["src/widget/util.py", "src/widget/__init__.py"],
+        "source": "files_modified",
+    }
+    assert summary["features"]["alpha_task/1/feature3"] == {"files": [], "source": "none"}
 
 
 def test_task_pool_summary_with_subset(dataset: Path) -> None:
-    summary = task_pool_summary(dataset, ["gamma_task"], subset="lite")
+    summary = task_pool_summary(
+        dataset, RepoSplit(test=["gamma_task"]), subset="lite", check_patches=False
+    )
     assert summary["subset"] == "lite"
     assert [p["pair_id"] for p in summary["pairs"]] == [
         "alpha_task/1/f1_f3",
@@ -427,12 +507,12 @@ def test_task_pool_summary_with_subset(dataset: Path) -> None:
         "beta_task/7/f2_f10",
         "gamma_task/3/f1_f2",
     ]
-    assert [p["split"] for p in summary["pairs"]] == ["train", "train", "train", "held_out"]
+    assert [p["split"] for p in summary["pairs"]] == ["train", "train", "train", "test"]
 
 
-def test_task_pool_summary_unknown_held_out(dataset: Path) -> None:
-    with pytest.raises(TaskError, match="webroute_task"):
-        task_pool_summary(dataset, held_out_repos=DEFAULT_HELD_OUT)
+def test_task_pool_summary_unknown_split_repo(dataset: Path) -> None:
+    with pytest.raises(TaskError, match=r"unknown validation repositories \['unitconv_task'\]"):
+        task_pool_summary(dataset, BUNDLED_SPLIT, check_patches=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -693,7 +773,20 @@ def test_missing_subset(dataset: Path) -> None:
     with pytest.raises(TaskError, match="huge"):
         discover_pairs(dataset, subset="huge")
     with pytest.raises(TaskError, match="invalid subset name"):
+        load_subset(dataset, "..")
+    # With a path separator or a .json suffix it is a file, wherever it lives.
+    with pytest.raises(TaskError, match=r"subset file not found: \.\./lite"):
         load_subset(dataset, "../lite")
+
+
+def test_subset_file_anywhere(dataset: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere" / "mine.json"
+    write(
+        elsewhere, json.dumps({"tasks": [{"repo": "beta_task", "task_id": 7, "pairs": [[1, 2]]}]})
+    )
+    sub = load_subset(dataset, str(elsewhere))
+    assert sub.name == "mine" and sub.path == elsewhere
+    assert ids(discover_pairs(dataset, subset=str(elsewhere))) == ["beta_task/7/f1_f2"]
 
 
 @pytest.mark.parametrize(
@@ -730,5 +823,5 @@ def test_malformed_manifest(dataset: Path) -> None:
     ]:
         write(task.manifest_path, bad)
         with pytest.raises(TaskError, match=needle) as exc:
-            task_pool_summary(dataset, [])
+            task_pool_summary(dataset, RepoSplit(), check_patches=False)
         assert str(task.manifest_path) in str(exc.value)

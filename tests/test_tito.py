@@ -31,6 +31,7 @@ from coop_dag.tito import (
     build_tito,
     build_tito_parquet,
     check_ends_with_eot,
+    check_no_repos,
     check_no_steering,
     check_no_think,
     check_rows_decode,
@@ -44,6 +45,7 @@ from coop_dag.tito import (
     row_loss_spans,
     run_checks,
     split_pairs,
+    steering_markers,
     strip_think_ids,
     synthesise_token_capture,
     trajectories_from_run,
@@ -875,6 +877,35 @@ def test_check_no_steering_fires(tok, good_rows):
     assert len(problems) == 1 and "turn 0" in problems[0]
 
 
+@pytest.mark.parametrize(
+    "leak",
+    [
+        "## Plan-First Coordination Protocol",  # the heading line alone
+        "**Plan-First Coordination Protocol**",  # the heading re-rendered without '##'
+        "Plan-First Coordination Protocol",
+    ],
+)
+def test_check_no_steering_fires_on_the_heading(tok, good_rows, leak):
+    assert steering_markers()[1] == steering_section().splitlines()[0]
+    ids = good_rows[0]["input_ids"]
+    bad = _broken(
+        good_rows, input_ids=ids[:-5] + tok.encode(leak, add_special_tokens=False) + ids[-5:]
+    )
+    (problem,) = check_no_steering(bad, tok)
+    assert "steering section in the prompt" in problem
+
+
+def test_check_no_repos_fires(good_rows):
+    assert {r["repo"] for r in good_rows} == {"demo_task"}
+    assert not check_no_repos(good_rows, ["webroute_task", "unitconv_task"])
+    problems = check_no_repos(good_rows, ["unitconv_task", "demo_task"])
+    assert problems == [
+        f"{len(good_rows)} row(s) from demo_task, which is a validation or test repository "
+        "(first: demo_task/7/f1_f2/agent1 turn 0)"
+    ]
+    assert not check_no_repos(good_rows, [])
+
+
 def test_check_no_think_fires(tok, vocab, good_rows):
     r = good_rows[0]
     bad = _broken(good_rows, output_ids=[vocab.think_open_id] + r["output_ids"])
@@ -917,12 +948,25 @@ def test_run_checks_names(tok, vocab, good_rows):
     assert set(checks) == {
         "rows_decode",
         "no_steering_in_inputs",
+        "no_validation_or_test_repos",
         "no_think_in_outputs",
         "outputs_end_with_eot",
         "actions_have_tool_call_form",
         "split_disjoint",
     }
     assert not any(checks.values())
+    leaked = run_checks(good_rows, [], tok, vocab.eot_id, excluded_repos=["demo_task"])
+    assert [name for name, found in leaked.items() if found] == ["no_validation_or_test_repos"]
+
+
+def test_tito_parquet_blocks_on_leaks():
+    """The two leaks that invalidate an evaluation block the asset's downstream."""
+    from definitions import defs
+
+    specs = {s.name: s for s in defs.get_assets_def("tito_parquet").check_specs}
+    assert specs["no_validation_or_test_repos"].blocking
+    assert specs["no_steering_in_inputs"].blocking
+    assert not specs["no_think_in_outputs"].blocking
 
 
 def test_from_variant():
@@ -945,3 +989,63 @@ def test_result_paths_are_files(tok, tmp_path):
     res, paths = build_tito_parquet([make_traj()], tok, tmp_path / "o", flat())
     assert isinstance(paths["train"], Path) and paths["train"].is_file()
     assert read_tito_parquet(paths["val"])[0].num_rows == 0
+
+
+@pytest.mark.parametrize("leak_repo", ["unitconv_task", "webroute_task"])
+def test_tito_parquet_asset_blocks_a_validation_or_test_repository(
+    tmp_path, monkeypatch, leak_repo
+):
+    """Rows from a validation (or test) repository fail the blocking check, and nothing
+    downstream of tito_parquet runs."""
+    import dataclasses
+
+    import dagster as dg
+
+    from assets import tito as asset_module
+    from assets.partitions import variant_partitions
+    from resources.dataset import DatasetResource
+    from resources.lineage import LineageResource
+    from resources.rollout import RolloutResource
+
+    for name in ("COOP_DAG_DATASET", "COOP_DAG_VALIDATION_REPOS", "COOP_DAG_TEST_REPOS"):
+        monkeypatch.delenv(name, raising=False)
+    variant = asset_module.VARIANTS["templated"]
+    monkeypatch.setitem(
+        asset_module.VARIANTS, "templated", dataclasses.replace(variant, student="tiny-qwen3")
+    )
+    run = tmp_path / "run"
+    pair_ids = []
+    for repo in ("argkit_task", leak_repo):
+        pair = run / "coop" / repo / "1" / "f1_f2"
+        pair.mkdir(parents=True)
+        pair_ids.append(f"{repo}/1/f1_f2")
+        for agent, fid in (("agent1", 1), ("agent2", 2)):
+            d = make_traj_dict(agent, "agent2" if agent == "agent1" else "agent1")
+            d.update(repo=repo, task_id=1)
+            (pair / f"agent{fid}_traj.json").write_text(json.dumps(d))
+
+    @dg.asset(partitions_def=variant_partitions, name="rejection_sampled_pairs")
+    def rejection_sampled_pairs() -> dict:
+        return {"run_dir": str(run), "pair_ids": pair_ids, "data_version": "r1", "facts": {}}
+
+    ran_downstream = []
+
+    @dg.asset(partitions_def=variant_partitions)
+    def after_tito(tito_parquet: dict) -> None:
+        ran_downstream.append(tito_parquet)
+
+    result = dg.materialize(
+        [rejection_sampled_pairs, asset_module.tito_parquet, after_tito],
+        partition_key="templated",
+        resources={
+            "dataset": DatasetResource(),
+            "rollout": RolloutResource(runs_dir=str(tmp_path / "runs")),
+            "lineage": LineageResource(path=str(tmp_path / "lineage.duckdb")),
+        },
+        raise_on_error=False,
+    )
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    leak = checks["no_validation_or_test_repos"]
+    assert not leak.passed and leak_repo in leak.description
+    assert checks["no_steering_in_inputs"].passed
+    assert not ran_downstream and not result.success
