@@ -32,7 +32,7 @@ def test_task_pool_materialises_with_split_by_repo():
     )
     assert result.success
     summary = result.output_for_node("task_pool")
-    assert len(summary["pairs"]) >= 48
+    assert len(summary["pairs"]) >= 78
     held = set(summary["held_out_repos"])
     assert held == {"webroute_task", "mdrender_task"}
     for pair in summary["pairs"]:
