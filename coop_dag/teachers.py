@@ -10,8 +10,10 @@
   Honesty about overlap: the proposer knows only its own feature, so it names its regions and
   offers to split any file the partner also needs; the responder compares the partner's plan
   with its own files and, when both edit a file, proposes who takes which functions there
-  (flagging a function both need). It never claims "no overlap" when the plans share a file and
-  never sends a placeholder for files the partner did not name.
+  (flagging a function both need). When both agents proposed at once and their plans share a
+  file, each proposer sends that split as a follow-up before reading code. It never claims
+  "no overlap" when the plans share a file and never sends a placeholder for files the partner
+  did not name.
 - litellm / OpenAI-compatible teachers: `LiteLLMChatModel` (API teachers are re-tokenised
   downstream; endpoints that return token ids give native TITO pairs).
 """
@@ -35,6 +37,8 @@ from coop_dag.variants import Variant
 
 PATCH_FILE_RE = re.compile(r"^diff --git a/(\S+) b/(\S+)$", re.MULTILINE)
 INBOX_RE = re.compile(r"^\[Message from (agent\d+)\]: ?(.*)", re.DOTALL)
+# A delivery anywhere in a text: `send_message --wait` returns the reply in its observation.
+RECEIVED_RE = re.compile(r"\[Message from (agent\d+)\]: ?")
 
 # Phrasings vary across rollouts; each keeps >= 2 plan keywords and the task's paths. `{mine}`
 # lists each file with the functions/classes the edit touches there.
@@ -42,9 +46,9 @@ PROPOSALS = (
     "Plan: I'll implement {title} and edit {mine}. You take your feature's files; "
     "tell me which ones so we don't overlap. I'll start once I have your plan.",
     "Hi {partner}, here is my plan to split the work: I'll take {mine} for {title}. "
-    "Which files will you edit? I'll avoid them.",
+    "Which files will you edit? I'll stay out of your part.",
     "Proposed split: first I'll change {mine} ({title}). You keep to your own files; "
-    "send me your list and I'll stay out of them.",
+    "send me your list and I'll stay out of your part.",
     "Plan for our split: I'll own {mine} to add {title}. Could you reply with the files you "
     "will edit, so each step stays clear of the other's code?",
 )
@@ -72,10 +76,17 @@ SHARED_ACKS = (
     "Plan received. You and I both need {shared}, so here is a split by function. {split} "
     "I'll keep my edits for {title} to my part.",
 )
+# Proposals crossed (both agents proposed) and both name a file: settle the split right away.
+FOLLOW_UPS = (
+    "Our plans overlap: we both edit {shared}. Split by function. {split} "
+    "I'll stay inside my part for {title}.",
+    "We both listed {shared}, so let's split it. {split} I'll keep my edits for {title} to "
+    "my part.",
+)
 # The partner's message named no file: ask, never fill in a placeholder.
 ASK_FILES_ACKS = (
-    "Thanks. I'll take {mine} for {title}. Your plan didn't name any files: which ones will "
-    "you edit? If one of mine is among them, I'll split it with you by function.",
+    "Thanks. I'll take {mine} for {title}. Your plan didn't say which files you will edit: "
+    "which ones are they? If one of mine is among them, I'll split it with you by function.",
     "Got your message. My plan: {mine} for {title}. Could you list the files you will "
     "change, so we can split any file we both need?",
 )
@@ -277,6 +288,23 @@ def _bare(name: str) -> str:
     return name.removesuffix("()")
 
 
+_PRONOUN_RE = re.compile(r"\b(I(?:['\u2019](?:ll|m|d))?|[Mm]y|[Ww]e|[Yy]ou|[Yy]our)\b")
+
+
+def _claimed(text: str, paths: list[str]) -> list[str]:
+    """The paths `text`'s author claims for itself: the last pronoun before a mention decides
+    ("I'll take `a`; you keep `b`" claims `a`, not `b`); a path no pronoun precedes counts as
+    claimed. A path is claimed if any of its mentions is."""
+    out = []
+    for path in paths:
+        for m in re.finditer(rf"(?<![\w/.-]){re.escape(path)}(?![\w/])", text):
+            pronouns = _PRONOUN_RE.findall(text[: m.start()])
+            if not pronouns or pronouns[-1].lower() not in ("you", "your"):
+                out.append(path)
+                break
+    return out
+
+
 def _partner_regions(plan: str, paths: list[str]) -> dict[str, list[str]]:
     """Function/class names in backticks in the partner's message, per path: a name belongs to
     the last path named before it ("`a.py` (`f()`, `C.g()`)"); names before any path are left
@@ -295,6 +323,12 @@ def _partner_regions(plan: str, paths: list[str]) -> dict[str, list[str]]:
         if owner:
             out[owner[-1]].setdefault(name, None)
     return {path: list(names) for path, names in out.items()}
+
+
+def _partner_unlisted(plan: str, path: str) -> int:
+    """How many regions the partner left unnamed for `path` ("`a.py` (`f()`, ... and 2 more)")."""
+    m = re.search(rf"`{re.escape(path)}` \([^()]*?(?:\(\)[^()]*?)* and (\d+) more\)", plan)
+    return int(m.group(1)) if m else 0
 
 
 def _bash_call(call_id: str, command: str) -> dict[str, Any]:
@@ -318,6 +352,8 @@ class TemplatedTeacher:
     name: str = "templated"
     _turn: int = 0
     _rng: random.Random = field(init=False)
+    _proposed: bool = field(default=False, init=False)  # turn 0 was a proposal, not a reply
+    _extra_turns: int = field(default=0, init=False)  # a follow-up message shifts the script
 
     def __post_init__(self) -> None:
         digest = hashlib.sha256(f"{self.seed}:{self.pair.pair_id}:{self.agent_id}".encode())
@@ -346,21 +382,31 @@ class TemplatedTeacher:
                 return match.group(2)
         return None
 
+    def _partner_reply(self, messages: list[dict]) -> str | None:
+        """The first message from the partner anywhere in the history: an inbox delivery or the
+        reply a `send_message --wait` observation carries (a body runs to the next marker)."""
+        for msg in messages:
+            text = msg.get("content") or ""
+            if msg["role"] == "user":  # a delivery starts the message; the task prompt only
+                text = text if INBOX_RE.match(text) else ""  # describes the marker
+            elif msg["role"] != "tool" or not isinstance(text, str):
+                continue
+            marks = list(RECEIVED_RE.finditer(text))
+            for n, mark in enumerate(marks):
+                if mark.group(1) == self.partner_id:
+                    end = marks[n + 1].start() if n + 1 < len(marks) else len(text)
+                    return text[mark.end() : end].strip()
+        return None
+
     def _regions(self) -> dict[str, list[str]]:
         patch = self.feature.feature_patch
         text = patch.read_text() if patch.is_file() else ""
         base = self.feature.dir.parent / "repo"  # bundled base sources, when present
         return patch_regions(text, base if base.is_dir() else None)
 
-    def _ack(self, plan: str, mine: list[str], values: dict[str, str]) -> str:
-        """Reply to the partner's plan: confirm disjoint files, split shared ones, or ask."""
-        named = extract_paths(plan)
-        if not named:
-            return self._rng.choice(ASK_FILES_ACKS).format(**values)
-        shared = [p for p in mine if p in named]
-        theirs = [p for p in named if p not in mine]
-        if not shared:
-            return self._rng.choice(ACKS).format(theirs=_quote(theirs), **values)
+    def _split(self, plan: str, named: list[str], shared: list[str]) -> str:
+        """Who takes which functions of each shared file: mine from my edit, theirs from the
+        names the partner's plan gives for that file; code both need is flagged."""
         regions = self._regions()
         partner_regions = _partner_regions(plan, named)
         parts = []
@@ -383,6 +429,11 @@ class TemplatedTeacher:
             if both:
                 contested = True
                 clauses.append(f"we both need {', '.join(f'`{n}`' for n in both)}")
+            unlisted = _partner_unlisted(plan, path)
+            if unlisted:
+                clauses.append(
+                    f"you left {unlisted} more unnamed there: name them so we catch any clash"
+                )
             parts.append(f"In `{path}` " + "; ".join(clauses) + ".")
         split = " ".join(parts)
         if contested:
@@ -390,10 +441,39 @@ class TemplatedTeacher:
                 " Where we both need the same code, I'll keep my change to its own block and "
                 "we merge it with care."
             )
+        return split
+
+    def _ack(self, plan: str, mine: list[str], values: dict[str, str]) -> str:
+        """Reply to the partner's plan: confirm disjoint files, split shared ones, or ask."""
+        named = extract_paths(plan)
+        claimed = _claimed(plan, named)  # "you edit `x`" is a guess about me, not a claim
+        if not claimed:
+            return self._rng.choice(ASK_FILES_ACKS).format(**values)
+        shared = [p for p in mine if p in claimed]
+        theirs = [p for p in claimed if p not in mine]
+        if not shared:
+            return self._rng.choice(ACKS).format(theirs=_quote(theirs), **values)
+        split = self._split(plan, named, shared)
         if theirs:
             split += f" You also keep {_quote(theirs)}."
         return self._rng.choice(SHARED_ACKS).format(
             shared=_quote(shared), split=split, title=values["title"]
+        )
+
+    def _follow_up(self, messages: list[dict], mine: list[str]) -> str | None:
+        """After my proposal: if the partner's message names one of my files and does not split
+        it already (proposals crossed), the split of each shared file; else None."""
+        plan = self._partner_reply(messages)
+        if plan is None:
+            return None
+        named = extract_paths(plan)
+        claimed = _claimed(plan, named)  # not the files a reply hands back to me
+        shared = [p for p in mine if p in claimed and f"In `{p}`" not in plan]
+        if not shared:
+            return None
+        split = self._split(plan, named, shared)
+        return self._rng.choice(FOLLOW_UPS).format(
+            shared=_quote(shared), split=split, title=feature_title(self.feature)
         )
 
     def _next(self, messages: list[dict]) -> tuple[str, str]:
@@ -415,10 +495,20 @@ class TemplatedTeacher:
                 )
             body = self._rng.choice(PROPOSALS).format(**values)
             body += " " + self._rng.choice(SHARE_OFFERS)
+            self._proposed = True
             return (
                 "Before touching any code I'll propose a split of the files with my colleague.",
                 f"send_message --wait {self.partner_id} <<'MSG'\n{body}\nMSG",
             )
+        if step == 1 and self._proposed:
+            body = self._follow_up(messages, mine)
+            if body is not None:
+                self._extra_turns = 1
+                return (
+                    "My colleague's plan names a file of mine too; I'll settle how we split it.",
+                    f"send_message {self.partner_id} <<'MSG'\n{body}\nMSG",
+                )
+        step -= self._extra_turns
         if step == 1:
             # An outline, not the whole file: keeps prompts short enough for a small student.
             return THOUGHTS["read"], "grep -n 'def \\|class ' " + " ".join(mine)

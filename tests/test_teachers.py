@@ -225,3 +225,82 @@ def test_partner_plan_naming_a_shared_file_without_functions() -> None:
     assert "In `src/webroute/router.py` I take `Router.__init__()`" in reply
     assert "you take the rest of it (tell me which functions)" in reply
     assert "no overlap" not in reply.lower() and not PLACEHOLDER_RE.search(reply)
+
+
+# ---------------------------------------------------------------------------------------------
+# turn 1 of a proposer: settle a shared file when the proposals crossed
+
+
+def command_of(response) -> str:
+    (call,) = response.tool_calls
+    return json.loads(call["function"]["arguments"])["command"]
+
+
+def proposer_turn1(pair: Pair, partner_text: str) -> tuple[TemplatedTeacher, str]:
+    """agent1 proposes, then sees `partner_text` in its `--wait` observation."""
+    agent1 = TemplatedTeacher(pair, pair.features[0], "agent1", "agent2", seed=0)
+    # the prompt describes the inbox marker; that is not a message from the partner
+    protocol = "Messages arrive as `[Message from agent2]: ...`; never write them yourself."
+    history: list[dict] = [
+        {"role": "system", "content": protocol},
+        {"role": "user", "content": f"## Your Task\n{protocol}"},
+    ]
+    first = agent1.query(history, [])
+    history += [
+        {"role": "assistant", "content": first.content, "tool_calls": first.tool_calls},
+        {"role": "tool", "content": f"Message sent to agent2.\n{partner_text}"},
+    ]
+    return agent1, command_of(agent1.query(history, []))
+
+
+@pytest.mark.parametrize("pair", SAME_FILE, ids=[p.pair_id for p in SAME_FILE])
+def test_crossed_proposals_on_a_shared_file_get_a_follow_up_split(pair: Pair) -> None:
+    partner = TemplatedTeacher(pair, pair.features[1], "agent2", "agent1", seed=0)
+    crossed = message_body(partner.query([{"role": "system", "content": "task"}], []))
+    agent1, command = proposer_turn1(pair, f"[Message from agent2]: {crossed}")
+    assert command.startswith("send_message agent2 <<'MSG'\n"), command
+    body = command.split("\n", 1)[1].rsplit("\nMSG", 1)[0]
+    assert not PLACEHOLDER_RE.search(body) and "no overlap" not in body.lower()
+    for path in shared_files(pair):
+        assert f"In `{path}` " in body, body
+    # the rest of the script follows, one turn later
+    history = [{"role": "system", "content": "task"}, {"role": "tool", "content": crossed}]
+    assert command_of(agent1.query(history, [])).startswith("grep -n")
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [SAME_FILE[0], DISJOINT[0]],
+    ids=["same-file-pair-already-split", "disjoint-pair"],
+)
+def test_no_follow_up_when_the_reply_settled_it_or_files_are_disjoint(pair: Pair) -> None:
+    _, reply = exchange(pair)  # agent2's reply: splits shared files, or confirms disjoint ones
+    _, command = proposer_turn1(pair, f"[Message from agent2]: {reply}")
+    assert command.startswith("grep -n"), command
+
+
+def test_files_the_partner_hands_to_me_are_not_its_claims() -> None:
+    """ "I'll edit `a`; you probably edit `b`" claims only `a`: no overlap on `b` is invented."""
+    pair = next(p for p in PAIRS if p.repo == "webroute_task" and p.pair_key == "f1_f3")
+    mine = own_files(pair.features[1])  # src/webroute/pattern.py
+    plan = (
+        "[Message from agent1]: Plan: I'll edit `src/webroute/converters.py`; "
+        f"you probably edit `{mine[0]}`."
+    )
+    reply = reply_to(pair, plan)
+    assert "In `" not in reply and "src/webroute/converters.py" in reply
+    only_guess = f"[Message from agent1]: Plan: you take `{mine[0]}`, right? Split?"
+    reply = reply_to(pair, only_guess)
+    assert "?" in reply and "overlap" not in reply.lower() and "In `" not in reply
+
+
+def test_follow_up_asks_for_regions_the_partner_left_unnamed() -> None:
+    """textable f1 and f4 each touch four functions of table.py; a plan names three and says
+    "and 1 more", so the split must not claim the unnamed one is free."""
+    pair = next(p for p in PAIRS if p.repo == "textable_task" and p.pair_key == "f1_f4")
+    partner = TemplatedTeacher(pair, pair.features[1], "agent2", "agent1", seed=0)
+    crossed = message_body(partner.query([{"role": "system", "content": "task"}], []))
+    assert "and 1 more)" in crossed
+    _, command = proposer_turn1(pair, f"[Message from agent2]: {crossed}")
+    assert "you left 1 more unnamed there" in command
+    assert "we both need `Table.__init__()`, `Table.column_widths()`" in command
