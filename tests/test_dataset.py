@@ -106,11 +106,11 @@ def test_bundled_dataset_size() -> None:
     tasks = discover_tasks(BUNDLED_DATASET)  # raises on any malformed task
     assert {t.dir for t in tasks} == set(TASK_DIRS), "every task directory is discovered"
     repos = {t.repo for t in tasks}
-    assert len(repos) >= 8, f"expected >= 8 repositories, found {sorted(repos)}"
+    assert len(repos) >= 13, f"expected >= 13 repositories, found {sorted(repos)}"
     small = {t.key: len(t.features) for t in tasks if len(t.features) < 4}
     assert not small, f"tasks with fewer than 4 features: {small}"
     pairs = discover_pairs(BUNDLED_DATASET)
-    assert len(pairs) >= 48, f"expected >= 48 pairs, found {len(pairs)}"
+    assert len(pairs) >= 78, f"expected >= 78 pairs, found {len(pairs)}"
     assert set(BUNDLED_SPLIT.held_out) <= repos
     split = split_pairs(pairs, BUNDLED_SPLIT)
     assert split["train"] and split["validation"] and split["test"]
@@ -195,6 +195,23 @@ def test_task_layout(task_dir: Path) -> None:
         ):
             problems.append(f"{where}: tests.patch must only add new tests/ files: {added}")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("task_dir", TASK_DIRS, ids=TASK_IDS)
+def test_task_has_same_file_pairs(task_dir: Path) -> None:
+    """Every task (so every split, whichever repositories it holds) has pairs whose features
+    edit the same file, and at least one of them conflicts under git merge."""
+    task = task_of(task_dir)
+    merges = (load_manifest(task) or {}).get("merges", {})
+    shared = {
+        f"f{a}_f{b}": set(fa.files_modified) & set(fb.files_modified)
+        for (a, fa), (b, fb) in combinations(task.features.items(), 2)
+        if set(fa.files_modified) & set(fb.files_modified)
+    }
+    assert shared, f"{task.key}: no pair of features edits the same file"
+    assert any(merges.get(key) == "conflicts" for key in shared), (
+        f"{task.key}: no same-file pair conflicts (same-file pairs: {sorted(shared)})"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def test_task_pool_materialises_with_split_by_repo():
     )
     assert result.success
     summary = result.output_for_node("task_pool")
-    assert len(summary["pairs"]) >= 48
+    assert len(summary["pairs"]) >= 78
     assert summary["test_repos"] == list(BUNDLED_SPLIT.test)
     assert summary["validation_repos"] == list(BUNDLED_SPLIT.validation)
     for pair in summary["pairs"]:

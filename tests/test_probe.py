@@ -117,7 +117,8 @@ def test_probe_on_vllm_with_and_without_an_adapter(vllm_server, cases, tmp_path)
     assert ProbeResult.from_dict(base.as_dict()) == base  # the asset caches base results
     tiny = get_student("tiny-qwen3")
     key = probe_key(tiny, two, 12, "engine-a")
-    assert key == probe_key(tiny, two, 12, "engine-a") and key != probe_key(tiny, two, 16, "engine-a")
+    assert key == probe_key(tiny, two, 12, "engine-a")
+    assert key != probe_key(tiny, two, 16, "engine-a")
     assert key != probe_key(tiny, two, 12, "engine-b")  # another server, another cache entry
     again = probe_endpoint(vllm_server.engine, vllm_server.base_model_id, two, max_new_tokens=12)
     assert again.texts() == base.texts()  # greedy: deterministic
