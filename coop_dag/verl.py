@@ -90,6 +90,26 @@ DONE_FILE = "coop_dag_verl_done.json"  # in output_dir: verl exited 0; names its
 ADAPTER_SUBDIR = "lora_adapter"  # where verl's merger puts the PEFT adapter
 VERL_DEFAULT_MAX_TOKEN_LEN_PER_GPU = 8192  # sft_trainer_engine.yaml: data.max_token_len_per_gpu
 
+DEVICES = ("cuda", "cpu")  # VerlSFTConfig.device
+CPU_PLATFORM_MODULE = "coop_dag.verl_cpu_platform"
+# How verl 0.9.1 trains on a CPU (the same trainer, engine and export as on GPUs):
+CPU_ENV: dict[str, str] = {
+    # our platform (gloo, device "cpu"); verl imports the module while importing itself
+    "VERL_USE_EXTERNAL_MODULES": CPU_PLATFORM_MODULE,
+    "VERL_PLATFORM": "cpu",
+    # the FSDP engine is registered for cuda/npu only: this picks it; it then runs on the
+    # platform's device, the CPU
+    "VERL_ENGINE_DEVICE": "cuda",
+}
+CPU_OVERRIDES: tuple[tuple[str, Any], ...] = (
+    ("engine.strategy", "fsdp2"),  # FSDP1 refuses CPU parameters with sync_module_states
+    ("engine.use_torch_compile", False),  # no compiler toolchain needed, no compile time
+    # the model config's override_config is an empty dict: a new key needs Hydra's "+"
+    ("+model.override_config.attn_implementation", "sdpa"),  # no flash-attn on CPU
+    ("trainer.device", "cpu"),
+    ("data.num_workers", 0),  # 8 loader processes by default: 2 cores shared with training
+)
+
 # Environment variables handed to a container by name only (`-e NAME`): docker copies the
 # caller's value when set, and no secret ever appears on a command line.
 DEFAULT_PASS_ENV = ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_HOME", "WANDB_API_KEY")
@@ -282,6 +302,7 @@ MANAGED_KEYS = frozenset(
         "trainer.experiment_name",
         "trainer.logger",
         "trainer.resume_mode",
+        *(key for key, _ in CPU_OVERRIDES),
     }
 )
 
@@ -334,6 +355,7 @@ class VerlSFTConfig:
     dataset_module: str = DATASET_MODULE
     dataset_class: str = DATASET_CLASS
     extra: Mapping[str, Any] = field(default_factory=dict)  # more dotted overrides
+    device: str = "cuda"  # "cpu": verl on the CPU (CPU_OVERRIDES, CPU_ENV)
 
     @classmethod
     def from_recipe(
@@ -350,6 +372,7 @@ class VerlSFTConfig:
         experiment_name: str = "sft",
         nproc_per_node: int = 1,
         count_rows: bool = True,
+        device: str = "cuda",
     ) -> VerlSFTConfig:
         """Build from a training recipe (``lora_rank``/``rank``, ``lora_alpha``/``alpha``,
         ``target_modules``, ``lr``, ``total_epochs``/``epochs``, ``train_batch_size``/
@@ -386,6 +409,7 @@ class VerlSFTConfig:
             experiment_name=experiment_name,
             nproc_per_node=nproc_per_node,
             extra=dict(extra),
+            device=device,
             **kwargs,
         )
         cfg.validate()
@@ -468,6 +492,8 @@ class VerlSFTConfig:
             raise VerlError(
                 f"truncation must be 'error', 'left' or 'right', got {self.truncation!r}"
             )
+        if self.device not in DEVICES:
+            raise VerlError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.resume_mode not in ("disable", "auto"):
             raise VerlError(f"resume_mode must be 'disable' or 'auto', got {self.resume_mode!r}")
         clash = sorted(set(self.extra) & MANAGED_KEYS)
@@ -549,6 +575,8 @@ class VerlSFTConfig:
             ("trainer.logger", list(self.logger)),
             ("trainer.resume_mode", self.resume_mode),
         ]
+        if self.device == "cpu":
+            items += CPU_OVERRIDES
         items += sorted(self.extra.items())
         return items
 
@@ -564,7 +592,7 @@ class VerlSFTConfig:
         out: dict[str, Any] = {}
         for key, value in self.override_items():
             node = out
-            *parents, leaf = key.split(".")
+            *parents, leaf = key.removeprefix("+").split(".")
             for part in parents:
                 node = node.setdefault(part, {})
             node[leaf] = value
@@ -616,8 +644,8 @@ class VerlLauncher:
     def describe(self) -> str:
         return f"python {self.python}" if self.python else f"image {self.image}"
 
-    def _python_env(self) -> dict[str, str]:
-        env = dict(self.env)
+    def _python_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = {**self.env, **(extra or {})}
         if self.pythonpath:
             env["PYTHONPATH"] = os.pathsep.join(self.pythonpath)
         return env
@@ -628,9 +656,10 @@ class VerlLauncher:
         mounts: Iterable[tuple[str, str, str]],
         name: str | None,
         gpus: bool,
+        extra_env: Mapping[str, str] | None = None,
     ) -> Command:
         name = name or f"{self.name_prefix}-{uuid.uuid4().hex[:8]}"
-        env = dict(self.env)
+        env = {**self.env, **(extra_env or {})}
         extra_mounts = [(p, p, "ro") for p in self.pythonpath]
         if self.pythonpath:
             env["PYTHONPATH"] = ":".join(self.pythonpath)
@@ -656,8 +685,10 @@ def train_command(
     cfg: VerlSFTConfig, launcher: VerlLauncher, *, name: str | None = None
 ) -> Command:
     """The torchrun command for `cfg` in `launcher`'s environment or container (`name`: the
-    container's name; a random one when None)."""
+    container's name; a random one when None). ``cfg.device == "cpu"``: `CPU_ENV` on top (the
+    overrides are in ``cfg``), and a container gets no GPUs."""
     cfg.validate()
+    device_env = device_environment(cfg.device)
     torchrun_args = [
         "--standalone",
         "--nnodes=1",
@@ -668,7 +699,7 @@ def train_command(
     ]
     if launcher.python:
         argv = (launcher.python, "-m", "torch.distributed.run", *torchrun_args)
-        return Command(argv, launcher._python_env())
+        return Command(argv, launcher._python_env(device_env))
     mounts: list[tuple[str, str, str]] = [
         (d, d, "ro") for d in _parent_dirs([*cfg.train_files, *cfg.val_files])
     ]
@@ -677,8 +708,16 @@ def train_command(
     out = os.path.abspath(cfg.output_dir)
     mounts.append((out, out, "rw"))
     return launcher._container(
-        [launcher.container_torchrun, *torchrun_args], mounts, name, gpus=True
-    )
+        [launcher.container_torchrun, *torchrun_args], mounts, name,
+        gpus=cfg.device != "cpu", extra_env=device_env,
+    )  # fmt: skip
+
+
+def device_environment(device: str) -> dict[str, str]:
+    """Environment variables verl needs for `device` (`CPU_ENV` on the CPU, none on GPUs)."""
+    if device not in DEVICES:
+        raise VerlError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    return dict(CPU_ENV) if device == "cpu" else {}
 
 
 def merge_command(
@@ -689,9 +728,13 @@ def merge_command(
     backend: str = "fsdp",
     trust_remote_code: bool = False,
     name: str | None = None,
+    device: str = "cuda",
 ) -> Command:
     """``python -m verl.model_merger merge --backend fsdp --local_dir <global_step_N>
-    --target_dir <dir>``; the adapter lands in ``<target_dir>/lora_adapter``."""
+    --target_dir <dir>``; the adapter lands in ``<target_dir>/lora_adapter``. The merger
+    works on the CPU either way; ``device="cpu"`` sets `CPU_ENV` so that ``import verl`` in
+    it resolves the same platform the trainer ran on."""
+    device_env = device_environment(device)
     if backend not in ("fsdp", "megatron"):
         raise VerlError(f"model merger backend must be 'fsdp' or 'megatron', got {backend!r}")
     ckpt = os.path.abspath(os.fspath(checkpoint_dir))
@@ -705,9 +748,11 @@ def merge_command(
     if trust_remote_code:
         args.append("--trust-remote-code")
     if launcher.python:
-        return Command((launcher.python, *args), launcher._python_env())
+        return Command((launcher.python, *args), launcher._python_env(device_env))
     mounts = [(ckpt, ckpt, "ro"), (target, target, "rw")]
-    return launcher._container([launcher.container_python, *args], mounts, name, gpus=False)
+    return launcher._container(
+        [launcher.container_python, *args], mounts, name, gpus=False, extra_env=device_env
+    )
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path:
@@ -1019,7 +1064,7 @@ def run_verl(
 
     target = Path(merged_dir) if merged_dir is not None else Path(cfg.output_dir) / "merged"
     target.mkdir(parents=True, exist_ok=True)
-    merge_cmd = merge_command(ckpt, target, launcher)
+    merge_cmd = merge_command(ckpt, target, launcher, device=cfg.device)
     log(f"[coop-dag] verl merge: {merge_cmd.shell()}")
     merge_lines = run_command(
         merge_cmd, what="verl model_merger", on_log=log, timeout=merge_timeout, tail=tail,
@@ -1080,6 +1125,7 @@ def config_for_recipe(
     project_name: str = "coop-dag",
     experiment_name: str = "sft",
     nproc_per_node: int = 1,
+    device: str = "cuda",
 ) -> VerlSFTConfig:
     """The verl config for a `coop_dag.train.Recipe` (``configs/recipes.yaml``), with the
     recipe's meaning kept: an optimizer step is ``batch_size x grad_accum`` rows (verl's
@@ -1146,6 +1192,7 @@ def config_for_recipe(
         project_name=project_name,
         experiment_name=experiment_name,
         nproc_per_node=nproc_per_node,
+        device=device,
     )
 
 
