@@ -9,17 +9,24 @@ Training: ``torchrun --standalone --nnodes=1 --nproc_per_node=N -m verl.trainer.
 reads our TITO parquet through ``data.custom_cls`` = ``pkg://coop_dag.tito_dataset`` /
 ``TitoSFTDataset`` (so the project must be importable in verl's environment). Export:
 ``python -m verl.model_merger merge --backend fsdp --local_dir <global_step_N>
---target_dir <dir>``, which writes the PEFT adapter to ``<dir>/lora_adapter`` — with
-``lora_alpha: 0`` and, in 0.7.1 with peft >= 0.13, a broken ``task_type``; `run_verl`
-repairs and validates it (`coop_dag.adapters`).
+--target_dir <dir>``, which writes the PEFT adapter to ``<dir>/lora_adapter``. In 0.9.1 its
+``r``, ``lora_alpha`` and ``task_type`` come from the checkpoint's ``lora_train_meta.json``
+and are right; ``base_model_name_or_path`` is ``null`` -- the one field `run_verl` repairs
+(to ``model.path``). It then validates the export and checks its rank and alpha are the
+config's (`coop_dag.adapters`). Without that metadata (a checkpoint from verl < 0.9) the
+merger falls back to ``lora_alpha: 0`` and no ``task_type``; `repair_adapter` still fixes
+those, from the config, so such an export is repaired rather than served as a no-op.
+
+On a machine without GPUs, ``device="cpu"`` runs the same trainer, dataset and export on the
+CPU (`CPU_OVERRIDES`, `CPU_ENV`, the platform in `coop_dag.verl_cpu_platform`): the venv from
+``scripts/verl_venv.sh``, trainer ``verl-cpu`` in `coop_dag.profiles`.
 
 `train_lora_verl` is the ``lora_checkpoint`` asset's verl trainer: the same contract and result
 as the embedded `coop_dag.train.train_lora` (rows prepared for the training recipe, the recipe
 mapped onto verl's config by `config_for_recipe`, the same ``lineage.json`` facts), with a
 finished verl checkpoint never trained again (`finished_checkpoint`).
 
-Checked against volcengine/verl at tag v0.7.0 (f9c855f7cf04d603c9546bc01776c74806a879c1) and
-main b178a3cd56f58b2d502255daba591e92833930a7 (0.8.0.dev, 2026-01-29), which agree on every
+Checked against verl 0.9.1 as installed from PyPI (and run: tests/test_verl_real.py), on every
 key used here: ``verl/trainer/config/sft_trainer_engine.yaml`` (data.* incl. truncation,
 trainer.* incl. total_training_steps), ``config/model/hf_model.yaml`` (model.path, lora_rank,
 lora_alpha, target_modules), ``config/optim/fsdp.yaml`` (optim.lr, lr_scheduler_type,
@@ -28,10 +35,12 @@ lr_warmup_steps, weight_decay, clip_grad), ``verl/trainer/sft_trainer.py`` (hydr
 ``DistributedSampler``/``StatefulDataLoader`` with ``drop_last=True`` for train *and* val,
 ``total_training_steps = len(dataloader) * total_epochs`` unless set, a loop over
 ``total_epochs`` that saves only on the last step or every ``save_freq``, the console logger's
-``step:N - key:value`` lines), ``verl/utils/checkpoint/checkpoint_handler.py``
+``step:N - key:value`` lines), ``config/engine/fsdp.yaml`` (strategy, use_torch_compile),
+``verl/utils/checkpoint/checkpoint_handler.py``
 (``default_local_dir/global_step_N``, then ``latest_checkpointed_iteration.txt`` renamed into
 place once that checkpoint is saved), ``verl/model_merger/base_model_merger.py`` (CLI flags;
-``save_lora_adapter`` writes ``lora_alpha: 0`` and ``<target_dir>/lora_adapter``). The override
+``save_lora_adapter`` reads ``lora_train_meta.json``, writes ``<target_dir>/lora_adapter`` with
+no base model). The override
 value syntax follows Hydra's override grammar (facebookresearch/hydra
 ``hydra/grammar/OverrideLexer.g4``).
 """
@@ -66,7 +75,9 @@ __all__ = [
     "VerlSFTConfig",
     "config_for_recipe",
     "container_run_argv",
+    "check_launcher",
     "count_parquet_rows",
+    "device_environment",
     "finished_checkpoint",
     "hydra_value",
     "latest_checkpoint",
@@ -1006,8 +1017,9 @@ def run_verl(
        not train again;
     2. `merge_command` on that checkpoint (the latest `global_step_N`) into `merged_dir`
        (default ``<output_dir>/merged``);
-    3. `repair_adapter` (task_type, lora_alpha from the config, base model) and
-       `validate_adapter` on ``<merged_dir>/lora_adapter``.
+    3. `repair_adapter` on ``<merged_dir>/lora_adapter`` (0.9.1: the base model, which its
+       merger leaves null; an export without verl's LoRA metadata: lora_alpha and task_type
+       too), `validate_adapter`, and a check that its rank and alpha are the config's.
     Any failing step raises VerlError carrying its command and the last lines of its output.
     """
     import time
@@ -1015,6 +1027,7 @@ def run_verl(
     from coop_dag.adapters import AdapterError, repair_adapter, validate_adapter
 
     cfg.validate()
+    check_launcher(launcher)
     log = on_log or (lambda _line: None)
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -1087,6 +1100,12 @@ def run_verl(
         info = validate_adapter(adapter_dir, expected_base=cfg.model_path)
     except AdapterError as exc:
         raise VerlError(f"verl's exported adapter is not servable: {exc}") from exc
+    if info.r != cfg.lora_rank or info.lora_alpha != float(cfg.lora_alpha):
+        raise VerlError(
+            f"verl's exported adapter {adapter_dir} has r={info.r}, lora_alpha="
+            f"{info.lora_alpha:g}; it was trained with r={cfg.lora_rank}, lora_alpha="
+            f"{cfg.lora_alpha:g} (model.lora_rank / model.lora_alpha)"
+        )
     return VerlResult(
         ckpt, target, adapter_dir, tuple(repairs), info, tuple(merge_lines),
         reused_checkpoint=reused, train_time_s=train_time,
@@ -1107,9 +1126,11 @@ SCHEDULERS = {"constant": "constant", "constant_with_warmup": "constant", "cosin
 NOT_APPLIED = {
     "lora_dropout": "verl's model config has no LoRA dropout",
     "save_steps": "verl saves the final checkpoint only (trainer.save_freq -1)",
-    "bf16": "verl trains in its engine's dtype",
+    "bf16": "verl trains in its engine's dtype (engine.dtype, bfloat16 by default)",
     "torch_threads": "CPU trainer only",
-    "seed": "verl seeds its own sampler and LoRA init",
+    # 0.9.1: trainer.seed is read by nothing in sft_trainer; engine.seed only under
+    # engine.full_determinism
+    "seed": "verl's sft_trainer does not seed LoRA init or data order from its config",
 }
 
 
@@ -1196,19 +1217,32 @@ def config_for_recipe(
     )
 
 
-def run_key(student: Any, recipe: Any, train_sha: str, val_sha: str | None, nproc: int) -> str:
-    """What identifies a verl run (its directory): student, recipe, data, GPU count."""
+def run_key(
+    student: Any,
+    recipe: Any,
+    train_sha: str,
+    val_sha: str | None,
+    nproc: int,
+    device: str = "cuda",
+) -> str:
+    """What identifies a verl run (its directory): student, recipe, data, GPU count, and the
+    device when it is the CPU (a GPU run keeps the key it always had)."""
     from coop_dag.train import run_key_for
 
-    return run_key_for(
-        student,
-        recipe,
-        train_sha,
-        val_sha,
-        nproc=nproc,
-        backend=BACKEND,
-        bridge_version=BRIDGE_VERSION,
-    )
+    engine: dict[str, Any] = {"backend": BACKEND, "bridge_version": BRIDGE_VERSION}
+    if device != "cuda":
+        engine["device"] = device
+    return run_key_for(student, recipe, train_sha, val_sha, nproc=nproc, **engine)
+
+
+def check_launcher(launcher: VerlLauncher) -> None:
+    """Fail before anything is prepared when verl's own python is not there."""
+    if launcher.python and not os.access(launcher.python, os.X_OK):
+        raise VerlError(
+            f"verl's environment is missing: {launcher.python} is not an executable python. "
+            "On this machine run `bash scripts/verl_venv.sh` (it builds .venv-verl, or "
+            "$COOP_DAG_VERL_VENV); elsewhere set COOP_DAG_VERL_PYTHON to verl's python."
+        )
 
 
 def metrics_from_log(path: str | os.PathLike) -> dict[int, dict[str, float]]:
@@ -1270,10 +1304,13 @@ def train_lora_verl(
     experiment_name: str = "sft",
     timeout: float | None = None,
     merge_timeout: float | None = 3600.0,
+    device: str = "cuda",
 ) -> Any:
-    """`coop_dag.train.train_lora`'s contract, trained by verl: a LoRA adapter for `student`
-    on the TITO parquet `train_path` (validation on `val_path`), returned as the same
-    `coop_dag.train.TrainResult` with the same `lineage.json` facts (``trainer: "verl"``).
+    """`coop_dag.train.train_lora`'s contract, trained by verl (``device="cpu"``: verl on this
+    machine's CPU, `CPU_OVERRIDES`/`CPU_ENV`; the same trainer, dataset and export): a LoRA
+    adapter for `student` on the TITO parquet `train_path` (validation on `val_path`),
+    returned as the same `coop_dag.train.TrainResult` with the same `lineage.json` facts
+    (``trainer: "verl"``).
 
     The run lives in ``<work_dir>/verl-<run_key>/``:
 
@@ -1359,7 +1396,7 @@ def train_lora_verl(
 
     train_sha = _file_sha256(train_path)
     val_sha = _file_sha256(val_path) if val_path is not None and val_path.is_file() else None
-    key = run_key(student, recipe, train_sha, val_sha, nproc)
+    key = run_key(student, recipe, train_sha, val_sha, nproc, device)
     run_dir = Path(work_dir) / f"verl-{key}"
     adapter_dir = run_dir / "adapter"
     result_file = run_dir / RESULT_FILE
@@ -1399,7 +1436,9 @@ def train_lora_verl(
         output_dir=run_dir / "checkpoints",
         experiment_name=experiment_name,
         nproc_per_node=nproc,
+        device=device,
     )
+    check_launcher(launcher)
     command = train_command(cfg, launcher)
     (run_dir / CONFIG_RECORD).write_text(cfg.to_yaml())
     (run_dir / COMMAND_RECORD).write_text(command.shell() + "\n")
@@ -1481,6 +1520,7 @@ def train_lora_verl(
         "resumed_from_step": None,
         "versions": {"verl": launcher.describe()},
         "verl_nproc": nproc,
+        "verl_device": device,
         "verl_config": cfg.as_dict(),
         "verl_command": command.shell(),
         "verl_checkpoint": str(verl.checkpoint_dir),
