@@ -38,6 +38,18 @@ pytestmark = pytest.mark.slow
 TRAIN_ROWS, VAL_ROWS = 4, 2
 STEPS = 8  # recipe tiny-test: 1 row per step, 2 epochs
 VENV_SCRIPT = REPO_ROOT / "scripts" / "verl_venv.sh"
+# what the embedded trainer's lineage.json holds (coop_dag.train.train_lora): the verl path
+# must record the same facts
+EMBEDDED_LINEAGE_KEYS = {
+    "trainer", "trainer_version", "student", "student_kind", "base_model", "tokenizer_sha256",
+    "chat_template_sha256", "parquet_data_version", "train_parquet", "train_parquet_sha256",
+    "val_parquet", "val_parquet_sha256", "parquet_variant", "parquet_upweight", "parquet_strip",
+    "recipe", "recipe_config", "seed", "run_key", "steps", "max_steps", "epochs", "train_rows",
+    "val_rows", "prep", "tokens_seen", "trained_tokens", "train_loss", "initial_val_loss",
+    "final_val_loss", "trainable_params", "total_params", "lora_r", "lora_alpha",
+    "train_time_s", "resumed_from_step", "versions", "code_version", "adapter_sha12",
+    "adapter_name",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +194,13 @@ def test_verl_cpu_trains_exports_and_publishes_a_working_adapter(
     assert lineage["trainer"] == "verl" and lineage["verl_device"] == "cpu"
     assert lineage["steps"] == lineage["max_steps"] == STEPS
     assert lineage["final_val_loss"] is not None  # verl validated after the last step
+    assert EMBEDDED_LINEAGE_KEYS <= set(lineage)
+    assert lineage["parquet_data_version"] == "tito-dv" and lineage["recipe"] == "tiny-test"
+    assert lineage["base_model"] == str(tiny.model_dir) and lineage["lora_alpha"] == 16
+    mat = result.get_asset_materialization_events()[-1].event_specific_data.materialization
+    meta = {k: v.value for k, v in mat.metadata.items()}
+    assert meta["trainer"] == "verl" and meta["steps"] == STEPS
+    assert "data:image/png;base64," in meta["loss_curve"]
 
     # the export: 0.9.1 gets r, alpha and task_type right; only the base model is repaired
     assert lineage["verl_export_repairs"] == [
