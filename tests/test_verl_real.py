@@ -58,7 +58,7 @@ def verl_python() -> Path:
     is there). A venv that cannot be built or does not work fails with its path and the fix."""
     python = Path(local_verl_python())
     venv = python.parent.parent
-    fix = f"rebuild it: rm -rf {venv} && bash scripts/verl_venv.sh"
+    fix = f"rebuild it: rm -rf {venv} && bash scripts/verl_venv.sh (builds $COOP_DAG_VERL_VENV)"
     proc = subprocess.run(
         ["bash", str(VENV_SCRIPT)], capture_output=True, text=True, timeout=1800, check=False
     )
