@@ -387,11 +387,12 @@ def test_verl_cpu_trainer_resolves_to_the_local_venv(tmp_path):
     assert resolve_profile({"COOP_DAG_TRAINER": "verl"}).trainer.device == "cuda"
     assert resolve_profile({}).trainer.kind == "embedded"  # the default stays embedded
 
+    from coop_dag.profiles import local_verl_python
     from resources.training import TrainingResource
 
-    res = TrainingResource(kind="verl-cpu")
-    assert res.trainer_choice() == TrainerChoice("verl-cpu", python, None, 1)
-    assert res.verl_launcher().python == python
+    res = TrainingResource(kind="verl-cpu")  # reads the process environment
+    assert res.trainer_choice() == TrainerChoice("verl-cpu", local_verl_python(), None, 1)
+    assert res.verl_launcher().python == local_verl_python()
     assert TrainingResource(kind="verl-cpu", verl_python="/y").trainer_choice().verl_python == "/y"
 
 
