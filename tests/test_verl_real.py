@@ -244,3 +244,52 @@ def test_verl_cpu_trains_exports_and_publishes_a_working_adapter(
         f"verl-cpu: {STEPS} steps, train {lineage['train_time_s']}s, losses {losses[0]:.3f} -> "
         f"{losses[-1]:.3f}, NLL base {base_nll:.3f}"
     )
+
+
+PLATFORM_PROBE = """
+import torch, torch.distributed as dist
+from verl.plugin.platform import get_platform
+from verl.utils.device import get_device_id, get_device_name, get_nccl_backend, get_torch_device
+from verl.utils.distributed import initialize_global_process_group
+
+assert (get_device_name(), get_device_id(), get_nccl_backend()) == ("cpu", "cpu", "gloo")
+assert type(get_platform()).__module__ == "coop_dag.verl_cpu_platform"
+assert initialize_global_process_group() == (0, 0, 1)
+assert dist.get_backend() == "gloo"
+x = torch.ones(2, device=get_device_id())
+dist.all_reduce(x)  # a collective over our backend
+assert x.tolist() == [1.0, 1.0]
+get_torch_device().empty_cache(); get_torch_device().synchronize()
+assert get_torch_device().mem_get_info()[1] > 0
+dist.destroy_process_group()
+print("ok")
+"""
+
+
+def test_cpu_platform_gives_verl_a_cpu_device_and_a_gloo_group(verl_python):
+    """`coop_dag.verl_cpu_platform` as verl loads it (CPU_ENV): what verl's trainer asks of a
+    platform before training -- device, backend, process group, a collective."""
+    import socket
+
+    with socket.socket() as sock:  # a free port for the process group's store
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        **CPU_ENV,
+        "PYTHONPATH": str(REPO_ROOT),
+        "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+    }  # fmt: skip
+    proc = subprocess.run(
+        [str(verl_python), "-c", PLATFORM_PROBE],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+    # without VERL_PLATFORM a CPU host is not silently given our platform (verl's own choice)
+    env.pop("VERL_PLATFORM")
+    proc = subprocess.run(
+        [str(verl_python), "-c", "from verl.utils.device import get_device_name as n; print(n())"],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.stdout.strip().splitlines()[-1] == "cuda", proc.stderr[-2000:]
