@@ -402,8 +402,9 @@ class VerlSFTConfig:
         extra = recipe.get("verl") or {}
         if not isinstance(extra, Mapping):
             raise VerlError(f"training recipe's 'verl' must be a mapping, got {extra!r}")
-        train = _as_tuple(train_files)
-        val = _as_tuple(val_files)
+        # absolute: verl runs in output_dir (Hydra writes its outputs/ into the cwd)
+        train = tuple(os.path.abspath(f) for f in _as_tuple(train_files))
+        val = tuple(os.path.abspath(f) for f in _as_tuple(val_files))
         if count_rows:
             if train_rows is None and train and all(Path(f).is_file() for f in train):
                 train_rows = count_parquet_rows(train)
@@ -413,7 +414,7 @@ class VerlSFTConfig:
             train_files=train,
             val_files=val,
             model_path=os.fspath(model_path),
-            output_dir=os.fspath(output_dir),
+            output_dir=os.path.abspath(output_dir),
             train_rows=train_rows,
             val_rows=val_rows,
             project_name=project_name,
@@ -688,6 +689,12 @@ class VerlLauncher:
         return Command(tuple(argv), {}, container_name=name)
 
 
+def _executable(python: str) -> str:
+    """A path to a python made absolute (verl runs in its output dir); a bare name stays,
+    for PATH lookup."""
+    return os.path.abspath(python) if os.sep in python else python
+
+
 def _parent_dirs(paths: Iterable[str]) -> list[str]:
     return [os.path.dirname(os.path.abspath(p)) or "/" for p in paths]
 
@@ -709,7 +716,7 @@ def train_command(
         *cfg.overrides(),
     ]
     if launcher.python:
-        argv = (launcher.python, "-m", "torch.distributed.run", *torchrun_args)
+        argv = (_executable(launcher.python), "-m", "torch.distributed.run", *torchrun_args)
         return Command(argv, launcher._python_env(device_env))
     mounts: list[tuple[str, str, str]] = [
         (d, d, "ro") for d in _parent_dirs([*cfg.train_files, *cfg.val_files])
@@ -759,7 +766,7 @@ def merge_command(
     if trust_remote_code:
         args.append("--trust-remote-code")
     if launcher.python:
-        return Command((launcher.python, *args), launcher._python_env(device_env))
+        return Command((_executable(launcher.python), *args), launcher._python_env(device_env))
     mounts = [(ckpt, ckpt, "ro"), (target, target, "rw")]
     return launcher._container(
         [launcher.container_python, *args], mounts, name, gpus=False, extra_env=device_env
@@ -1047,7 +1054,7 @@ def run_verl(
         log(f"[coop-dag] verl train ({launcher.describe()}): {train.shell()}")
         started = time.monotonic()
         lines = run_command(
-            train, what="verl sft_trainer", on_log=log, timeout=timeout, tail=tail,
+            train, what="verl sft_trainer", on_log=log, timeout=timeout, tail=tail, cwd=root,
             docker=launcher.docker,
         )  # fmt: skip
         train_time = round(time.monotonic() - started, 2)
@@ -1081,6 +1088,7 @@ def run_verl(
     log(f"[coop-dag] verl merge: {merge_cmd.shell()}")
     merge_lines = run_command(
         merge_cmd, what="verl model_merger", on_log=log, timeout=merge_timeout, tail=tail,
+        cwd=target,
         docker=launcher.docker,
     )  # fmt: skip
     adapter_dir = target / ADAPTER_SUBDIR

@@ -186,6 +186,8 @@ def test_verl_cpu_trains_exports_and_publishes_a_working_adapter(
     metrics = metrics_from_log(run / "verl.log")  # step lines follow tqdm's \r output
     assert sorted(s for s, m in metrics.items() if "train/loss" in m) == list(range(1, STEPS + 1))
     assert (run / "checkpoints" / f"global_step_{STEPS}" / "lora_train_meta.json").is_file()
+    # verl ran in its output dir: Hydra's outputs/ land there, not in the caller's cwd
+    assert list((run / "checkpoints").glob("outputs/*/*/.hydra/overrides.yaml"))
     out = result.output_for_node("lora_checkpoint")
     final = tmp_path / "adapters" / "templated" / out["adapter_name"]
     lineage = read_lineage(final)
