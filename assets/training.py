@@ -14,6 +14,7 @@ from assets.partitions import VARIANTS, variant_partitions
 from coop_dag.adapters import AdapterError, adapter_name, validate_adapter, write_lineage
 from coop_dag.lineage import content_version
 from coop_dag.probe import ProbeResult, compare_outputs, held_out_cases, probe_endpoint, probe_key
+from coop_dag.profiles import VERL_KINDS
 from coop_dag.serving import Endpoint, ensure_loaded
 from coop_dag.students import get_student
 from coop_dag.train import TrainResult, copy_adapter, format_event, get_recipe, train_lora
@@ -95,11 +96,10 @@ def _train(
     """The adapter, from the trainer the resource resolves: embedded (CPU, in process) or verl
     (its own environment or image; `coop_dag.verl.train_lora_verl`). Same result either way."""
     choice = training.trainer_choice()
-    if choice.kind == "verl":
+    if choice.kind in VERL_KINDS:
         launcher = training.verl_launcher()
-        context.log.info(
-            f"train[{variant.name}]: verl ({launcher.describe()}, {choice.nproc} GPU(s))"
-        )
+        where = "CPU" if choice.device == "cpu" else f"{choice.nproc} GPU(s)"
+        context.log.info(f"train[{variant.name}]: {choice.kind} ({launcher.describe()}, {where})")
         return train_lora_verl(
             student,
             tito_parquet["train_path"],
@@ -113,6 +113,7 @@ def _train(
             facts=facts,
             force=training.force,
             experiment_name=variant.name,
+            device=choice.device,
         )
 
     def forward(event: dict) -> None:

@@ -4,7 +4,8 @@ An adapter is a PEFT directory that vLLM (and the embedded server) can load:
 `adapter_config.json` + `adapter_model.safetensors`, plus our `lineage.json`.
 
 - `validate_adapter` checks what the seed learnt the hard way: r > 0, lora_alpha > 0 (verl
-  0.7.1's model merger writes `lora_alpha: 0`, which scales the whole delta to nothing),
+  0.7.1's model merger wrote `lora_alpha: 0`, which scales the whole delta to nothing; 0.9.1
+  still does when a checkpoint lacks its `lora_train_meta.json`),
   `task_type == "CAUSAL_LM"` as a plain string (verl 0.7.1 + peft >= 0.13 wrote the enum's
   repr, or nothing), the base model when one is expected, LoRA tensors whose shapes agree
   with r, finite and not all zero (an all-zero `lora_B` is an untrained adapter).
@@ -310,14 +311,16 @@ def repair_adapter(
     lora_alpha: float | None = None,
     base_model: str | None = None,
 ) -> list[str]:
-    """Fix verl 0.7.1's adapter export in place and return what changed (empty: nothing).
+    """Fix verl's adapter export in place and return what changed (empty: nothing). verl
+    0.9.1's merger leaves only `base_model_name_or_path` null; 0.7.1's (and 0.9.1's on a
+    checkpoint without `lora_train_meta.json`) also loses lora_alpha and task_type.
 
     - `task_type` missing, null or an enum spelling ("TaskType.CAUSAL_LM") -> "CAUSAL_LM";
       any other value is refused (it is not a causal-LM adapter).
     - `peft_type` missing, null or "PeftType.LORA" -> "LORA".
     - `lora_alpha` 0 / missing -> `lora_alpha`, which must then be given (the export lost
       it; only the training recipe knows it). A non-zero alpha is never overwritten.
-    - `base_model_name_or_path` missing -> `base_model` when given; a different base
+    - `base_model_name_or_path` missing or null -> `base_model` when given; a different base
       already recorded is refused.
     - `target_modules` written as a set-like mapping is left alone; a set is not JSON.
 
@@ -438,7 +441,8 @@ def read_lineage(path: str | os.PathLike, *, required: bool = True) -> dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m coop_dag.adapters validate|repair|name DIR``: check an adapter before
-    dropping it into the adapters directory, fix a verl 0.7.1 export, print its served name."""
+    dropping it into the adapters directory, fix a verl export (0.9.1: its null base model;
+    0.7.1: lora_alpha and task_type too), print its served name."""
     import argparse
     import sys
 
@@ -447,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("validate", help="check a PEFT adapter directory (and its lineage)")
     check.add_argument("dir")
     check.add_argument("--base", help="the base model it must name")
-    fix = sub.add_parser("repair", help="fix verl 0.7.1's export in place")
+    fix = sub.add_parser("repair", help="fix verl's export in place (base model; alpha if 0)")
     fix.add_argument("dir")
     fix.add_argument("--lora-alpha", type=float, help="the training recipe's lora_alpha")
     fix.add_argument("--base", help="set base_model_name_or_path when missing")

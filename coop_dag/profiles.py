@@ -9,8 +9,9 @@ laptop or a GPU cluster by changing the environment, not code.
 |---|---|---|---|
 | sandbox | ``local`` (bubblewrap) | ``docker`` (CooperBench images) | ``COOP_DAG_SANDBOX`` |
 | messaging | embedded Redis server | ``redis://redis:6379/0`` | ``COOP_DAG_REDIS_URL`` |
-| trainer | ``embedded`` (CPU LoRA) | ``verl`` | ``COOP_DAG_TRAINER`` |
-| verl | — | ``/opt/verl-env/bin/python`` | ``COOP_DAG_VERL_PYTHON`` / ``_IMAGE`` |
+| trainer | ``embedded`` (CPU LoRA; or ``verl-cpu``) | ``verl`` | ``COOP_DAG_TRAINER`` |
+| verl | verl-cpu: ``<repo>/.venv-verl`` | ``/opt/verl-env/bin/python`` | ``COOP_DAG_VERL_PYTHON`` |
+| verl image | — | — | ``COOP_DAG_VERL_IMAGE`` |
 | GPUs per training | 1 | 1 | ``COOP_DAG_VERL_NPROC`` |
 | vLLM device | ``cpu`` | ``gpu`` | ``COOP_DAG_VLLM_DEVICE`` |
 | vLLM | ``<repo>/.venv-vllm`` | ``/opt/vllm-env`` | ``COOP_DAG_VLLM_URL``, ``_PYTHON``, ``_IMAGE``|
@@ -25,6 +26,11 @@ Setting ``COOP_DAG_VERL_IMAGE`` (without ``COOP_DAG_VERL_PYTHON``) trains in tha
 image instead of a local verl environment; ``COOP_DAG_VLLM_URL`` attaches to a running vLLM
 instead of launching one, and ``COOP_DAG_VLLM_IMAGE`` launches it from a container image.
 An empty variable counts as unset.
+
+``COOP_DAG_TRAINER=verl-cpu`` trains with real verl on this machine's CPU: the same trainer,
+``TitoSFTDataset`` and export as on GPUs (`coop_dag.verl.CPU_OVERRIDES`), from the venv
+``scripts/verl_venv.sh`` builds (``$COOP_DAG_VERL_VENV``, default ``<repo>/.venv-verl``;
+``COOP_DAG_VERL_PYTHON`` wins), one process.
 """
 
 from __future__ import annotations
@@ -54,7 +60,8 @@ CLUSTER = "cluster"
 PROFILES = (EMBEDDED, CLUSTER)
 
 SANDBOXES = ("local", "docker")
-TRAINERS = ("embedded", "verl")
+TRAINERS = ("embedded", "verl", "verl-cpu")
+VERL_KINDS = ("verl", "verl-cpu")  # trainers that run verl (train_lora_verl)
 DEVICES = ("cpu", "gpu")
 
 # Paths inside deploy/Dockerfile.gpu (the cluster run image).
@@ -64,12 +71,21 @@ CLUSTER_VLLM_PYTHON = "/opt/vllm-env/bin/python"
 EMBEDDED_VLLM_PYTHON = str(REPO_ROOT / ".venv-vllm" / "bin" / "python")
 CLUSTER_DATA_DIR = "/data"
 CLUSTER_REDIS_URL = "redis://redis:6379/0"  # the compose service
+LOCAL_VERL_VENV = ".venv-verl"  # scripts/verl_venv.sh's default, under the repository
+
+
+def local_verl_python(env: Mapping[str, str] | None = None) -> str:
+    """verl's python in the venv scripts/verl_venv.sh builds (``$COOP_DAG_VERL_VENV``)."""
+    env = os.environ if env is None else env
+    venv = _get(env, "COOP_DAG_VERL_VENV") or LOCAL_VERL_VENV
+    return str(REPO_ROOT / venv / "bin" / "python")  # an absolute venv path stays as it is
 
 ENV_VARS: dict[str, str] = {
     "COOP_DAG_PROFILE": "embedded (default) | cluster: picks every engine below",
     "COOP_DAG_SANDBOX": "local | docker: where agent commands run",
     "COOP_DAG_REDIS_URL": "Redis URL for agent messaging; unset: an embedded server",
-    "COOP_DAG_TRAINER": "embedded | verl",
+    "COOP_DAG_TRAINER": "embedded | verl | verl-cpu (real verl on this CPU, own venv)",
+    "COOP_DAG_VERL_VENV": "verl-cpu's venv (scripts/verl_venv.sh; default <repo>/.venv-verl)",
     "COOP_DAG_VERL_PYTHON": "python of verl's own environment (train with it)",
     "COOP_DAG_VERL_IMAGE": "container image with verl (train in it, via docker run --gpus)",
     "COOP_DAG_VERL_NPROC": "GPUs per training run (torchrun --nproc_per_node)",
@@ -90,10 +106,15 @@ class ProfileError(ValueError):
 
 @dataclass(frozen=True)
 class TrainerChoice:
-    kind: str  # embedded | verl
+    kind: str  # embedded | verl | verl-cpu
     verl_python: str | None = None  # verl: its own environment ...
     verl_image: str | None = None  # ... or a container image (exactly one for verl)
-    nproc: int = 1
+    nproc: int = 1  # verl-cpu: always 1 (one CPU process)
+
+    @property
+    def device(self) -> str:
+        """verl's device: ``cpu`` for verl-cpu, ``cuda`` otherwise."""
+        return "cpu" if self.kind == "verl-cpu" else "cuda"
 
     @property
     def launch(self) -> str:
@@ -183,7 +204,10 @@ def resolve_profile(env: Mapping[str, str] | None = None) -> Profile:
         nproc = 0
     if nproc < 1:
         raise ProfileError(f"COOP_DAG_VERL_NPROC={nproc_text!r}: expected a positive integer")
-    if trainer_kind == "verl":
+    if trainer_kind == "verl-cpu":
+        verl_python = _get(env, "COOP_DAG_VERL_PYTHON") or local_verl_python(env)
+        trainer = TrainerChoice("verl-cpu", verl_python, None, 1)
+    elif trainer_kind == "verl":
         verl_python = _get(env, "COOP_DAG_VERL_PYTHON")
         verl_image = None if verl_python else _get(env, "COOP_DAG_VERL_IMAGE")
         if not verl_python and not verl_image:

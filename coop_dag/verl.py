@@ -9,17 +9,24 @@ Training: ``torchrun --standalone --nnodes=1 --nproc_per_node=N -m verl.trainer.
 reads our TITO parquet through ``data.custom_cls`` = ``pkg://coop_dag.tito_dataset`` /
 ``TitoSFTDataset`` (so the project must be importable in verl's environment). Export:
 ``python -m verl.model_merger merge --backend fsdp --local_dir <global_step_N>
---target_dir <dir>``, which writes the PEFT adapter to ``<dir>/lora_adapter`` — with
-``lora_alpha: 0`` and, in 0.7.1 with peft >= 0.13, a broken ``task_type``; `run_verl`
-repairs and validates it (`coop_dag.adapters`).
+--target_dir <dir>``, which writes the PEFT adapter to ``<dir>/lora_adapter``. In 0.9.1 its
+``r``, ``lora_alpha`` and ``task_type`` come from the checkpoint's ``lora_train_meta.json``
+and are right; ``base_model_name_or_path`` is ``null`` -- the one field `run_verl` repairs
+(to ``model.path``). It then validates the export and checks its rank and alpha are the
+config's (`coop_dag.adapters`). Without that metadata (a checkpoint from verl < 0.9) the
+merger falls back to ``lora_alpha: 0`` and no ``task_type``; `repair_adapter` still fixes
+those, from the config, so such an export is repaired rather than served as a no-op.
+
+On a machine without GPUs, ``device="cpu"`` runs the same trainer, dataset and export on the
+CPU (`CPU_OVERRIDES`, `CPU_ENV`, the platform in `coop_dag.verl_cpu_platform`): the venv from
+``scripts/verl_venv.sh``, trainer ``verl-cpu`` in `coop_dag.profiles`.
 
 `train_lora_verl` is the ``lora_checkpoint`` asset's verl trainer: the same contract and result
 as the embedded `coop_dag.train.train_lora` (rows prepared for the training recipe, the recipe
 mapped onto verl's config by `config_for_recipe`, the same ``lineage.json`` facts), with a
 finished verl checkpoint never trained again (`finished_checkpoint`).
 
-Checked against volcengine/verl at tag v0.7.0 (f9c855f7cf04d603c9546bc01776c74806a879c1) and
-main b178a3cd56f58b2d502255daba591e92833930a7 (0.8.0.dev, 2026-01-29), which agree on every
+Checked against verl 0.9.1 as installed from PyPI (and run: tests/test_verl_real.py), on every
 key used here: ``verl/trainer/config/sft_trainer_engine.yaml`` (data.* incl. truncation,
 trainer.* incl. total_training_steps), ``config/model/hf_model.yaml`` (model.path, lora_rank,
 lora_alpha, target_modules), ``config/optim/fsdp.yaml`` (optim.lr, lr_scheduler_type,
@@ -28,10 +35,12 @@ lr_warmup_steps, weight_decay, clip_grad), ``verl/trainer/sft_trainer.py`` (hydr
 ``DistributedSampler``/``StatefulDataLoader`` with ``drop_last=True`` for train *and* val,
 ``total_training_steps = len(dataloader) * total_epochs`` unless set, a loop over
 ``total_epochs`` that saves only on the last step or every ``save_freq``, the console logger's
-``step:N - key:value`` lines), ``verl/utils/checkpoint/checkpoint_handler.py``
+``step:N - key:value`` lines), ``config/engine/fsdp.yaml`` (strategy, use_torch_compile),
+``verl/utils/checkpoint/checkpoint_handler.py``
 (``default_local_dir/global_step_N``, then ``latest_checkpointed_iteration.txt`` renamed into
 place once that checkpoint is saved), ``verl/model_merger/base_model_merger.py`` (CLI flags;
-``save_lora_adapter`` writes ``lora_alpha: 0`` and ``<target_dir>/lora_adapter``). The override
+``save_lora_adapter`` reads ``lora_train_meta.json``, writes ``<target_dir>/lora_adapter`` with
+no base model). The override
 value syntax follows Hydra's override grammar (facebookresearch/hydra
 ``hydra/grammar/OverrideLexer.g4``).
 """
@@ -66,7 +75,9 @@ __all__ = [
     "VerlSFTConfig",
     "config_for_recipe",
     "container_run_argv",
+    "check_launcher",
     "count_parquet_rows",
+    "device_environment",
     "finished_checkpoint",
     "hydra_value",
     "latest_checkpoint",
@@ -89,6 +100,26 @@ RUN_RECORD = "coop_dag_verl_run.json"  # in output_dir: what the checkpoints the
 DONE_FILE = "coop_dag_verl_done.json"  # in output_dir: verl exited 0; names its final checkpoint
 ADAPTER_SUBDIR = "lora_adapter"  # where verl's merger puts the PEFT adapter
 VERL_DEFAULT_MAX_TOKEN_LEN_PER_GPU = 8192  # sft_trainer_engine.yaml: data.max_token_len_per_gpu
+
+DEVICES = ("cuda", "cpu")  # VerlSFTConfig.device
+CPU_PLATFORM_MODULE = "coop_dag.verl_cpu_platform"
+# How verl 0.9.1 trains on a CPU (the same trainer, engine and export as on GPUs):
+CPU_ENV: dict[str, str] = {
+    # our platform (gloo, device "cpu"); verl imports the module while importing itself
+    "VERL_USE_EXTERNAL_MODULES": CPU_PLATFORM_MODULE,
+    "VERL_PLATFORM": "cpu",
+    # the FSDP engine is registered for cuda/npu only: this picks it; it then runs on the
+    # platform's device, the CPU
+    "VERL_ENGINE_DEVICE": "cuda",
+}
+CPU_OVERRIDES: tuple[tuple[str, Any], ...] = (
+    ("engine.strategy", "fsdp2"),  # FSDP1 refuses CPU parameters with sync_module_states
+    ("engine.use_torch_compile", False),  # no compiler toolchain needed, no compile time
+    # the model config's override_config is an empty dict: a new key needs Hydra's "+"
+    ("+model.override_config.attn_implementation", "sdpa"),  # no flash-attn on CPU
+    ("trainer.device", "cpu"),
+    ("data.num_workers", 0),  # 8 loader processes by default: 2 cores shared with training
+)
 
 # Environment variables handed to a container by name only (`-e NAME`): docker copies the
 # caller's value when set, and no secret ever appears on a command line.
@@ -282,6 +313,7 @@ MANAGED_KEYS = frozenset(
         "trainer.experiment_name",
         "trainer.logger",
         "trainer.resume_mode",
+        *(key for key, _ in CPU_OVERRIDES),
     }
 )
 
@@ -334,6 +366,7 @@ class VerlSFTConfig:
     dataset_module: str = DATASET_MODULE
     dataset_class: str = DATASET_CLASS
     extra: Mapping[str, Any] = field(default_factory=dict)  # more dotted overrides
+    device: str = "cuda"  # "cpu": verl on the CPU (CPU_OVERRIDES, CPU_ENV)
 
     @classmethod
     def from_recipe(
@@ -350,6 +383,7 @@ class VerlSFTConfig:
         experiment_name: str = "sft",
         nproc_per_node: int = 1,
         count_rows: bool = True,
+        device: str = "cuda",
     ) -> VerlSFTConfig:
         """Build from a training recipe (``lora_rank``/``rank``, ``lora_alpha``/``alpha``,
         ``target_modules``, ``lr``, ``total_epochs``/``epochs``, ``train_batch_size``/
@@ -368,8 +402,9 @@ class VerlSFTConfig:
         extra = recipe.get("verl") or {}
         if not isinstance(extra, Mapping):
             raise VerlError(f"training recipe's 'verl' must be a mapping, got {extra!r}")
-        train = _as_tuple(train_files)
-        val = _as_tuple(val_files)
+        # absolute: verl runs in output_dir (Hydra writes its outputs/ into the cwd)
+        train = tuple(os.path.abspath(f) for f in _as_tuple(train_files))
+        val = tuple(os.path.abspath(f) for f in _as_tuple(val_files))
         if count_rows:
             if train_rows is None and train and all(Path(f).is_file() for f in train):
                 train_rows = count_parquet_rows(train)
@@ -379,13 +414,14 @@ class VerlSFTConfig:
             train_files=train,
             val_files=val,
             model_path=os.fspath(model_path),
-            output_dir=os.fspath(output_dir),
+            output_dir=os.path.abspath(output_dir),
             train_rows=train_rows,
             val_rows=val_rows,
             project_name=project_name,
             experiment_name=experiment_name,
             nproc_per_node=nproc_per_node,
             extra=dict(extra),
+            device=device,
             **kwargs,
         )
         cfg.validate()
@@ -468,6 +504,8 @@ class VerlSFTConfig:
             raise VerlError(
                 f"truncation must be 'error', 'left' or 'right', got {self.truncation!r}"
             )
+        if self.device not in DEVICES:
+            raise VerlError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.resume_mode not in ("disable", "auto"):
             raise VerlError(f"resume_mode must be 'disable' or 'auto', got {self.resume_mode!r}")
         clash = sorted(set(self.extra) & MANAGED_KEYS)
@@ -549,6 +587,8 @@ class VerlSFTConfig:
             ("trainer.logger", list(self.logger)),
             ("trainer.resume_mode", self.resume_mode),
         ]
+        if self.device == "cpu":
+            items += CPU_OVERRIDES
         items += sorted(self.extra.items())
         return items
 
@@ -564,7 +604,7 @@ class VerlSFTConfig:
         out: dict[str, Any] = {}
         for key, value in self.override_items():
             node = out
-            *parents, leaf = key.split(".")
+            *parents, leaf = key.removeprefix("+").split(".")
             for part in parents:
                 node = node.setdefault(part, {})
             node[leaf] = value
@@ -616,8 +656,8 @@ class VerlLauncher:
     def describe(self) -> str:
         return f"python {self.python}" if self.python else f"image {self.image}"
 
-    def _python_env(self) -> dict[str, str]:
-        env = dict(self.env)
+    def _python_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = {**self.env, **(extra or {})}
         if self.pythonpath:
             env["PYTHONPATH"] = os.pathsep.join(self.pythonpath)
         return env
@@ -628,9 +668,10 @@ class VerlLauncher:
         mounts: Iterable[tuple[str, str, str]],
         name: str | None,
         gpus: bool,
+        extra_env: Mapping[str, str] | None = None,
     ) -> Command:
         name = name or f"{self.name_prefix}-{uuid.uuid4().hex[:8]}"
-        env = dict(self.env)
+        env = {**self.env, **(extra_env or {})}
         extra_mounts = [(p, p, "ro") for p in self.pythonpath]
         if self.pythonpath:
             env["PYTHONPATH"] = ":".join(self.pythonpath)
@@ -648,6 +689,12 @@ class VerlLauncher:
         return Command(tuple(argv), {}, container_name=name)
 
 
+def _executable(python: str) -> str:
+    """A path to a python made absolute (verl runs in its output dir); a bare name stays,
+    for PATH lookup."""
+    return os.path.abspath(python) if os.sep in python else python
+
+
 def _parent_dirs(paths: Iterable[str]) -> list[str]:
     return [os.path.dirname(os.path.abspath(p)) or "/" for p in paths]
 
@@ -656,8 +703,10 @@ def train_command(
     cfg: VerlSFTConfig, launcher: VerlLauncher, *, name: str | None = None
 ) -> Command:
     """The torchrun command for `cfg` in `launcher`'s environment or container (`name`: the
-    container's name; a random one when None)."""
+    container's name; a random one when None). ``cfg.device == "cpu"``: `CPU_ENV` on top (the
+    overrides are in ``cfg``), and a container gets no GPUs."""
     cfg.validate()
+    device_env = device_environment(cfg.device)
     torchrun_args = [
         "--standalone",
         "--nnodes=1",
@@ -667,8 +716,8 @@ def train_command(
         *cfg.overrides(),
     ]
     if launcher.python:
-        argv = (launcher.python, "-m", "torch.distributed.run", *torchrun_args)
-        return Command(argv, launcher._python_env())
+        argv = (_executable(launcher.python), "-m", "torch.distributed.run", *torchrun_args)
+        return Command(argv, launcher._python_env(device_env))
     mounts: list[tuple[str, str, str]] = [
         (d, d, "ro") for d in _parent_dirs([*cfg.train_files, *cfg.val_files])
     ]
@@ -677,8 +726,16 @@ def train_command(
     out = os.path.abspath(cfg.output_dir)
     mounts.append((out, out, "rw"))
     return launcher._container(
-        [launcher.container_torchrun, *torchrun_args], mounts, name, gpus=True
-    )
+        [launcher.container_torchrun, *torchrun_args], mounts, name,
+        gpus=cfg.device != "cpu", extra_env=device_env,
+    )  # fmt: skip
+
+
+def device_environment(device: str) -> dict[str, str]:
+    """Environment variables verl needs for `device` (`CPU_ENV` on the CPU, none on GPUs)."""
+    if device not in DEVICES:
+        raise VerlError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    return dict(CPU_ENV) if device == "cpu" else {}
 
 
 def merge_command(
@@ -689,9 +746,13 @@ def merge_command(
     backend: str = "fsdp",
     trust_remote_code: bool = False,
     name: str | None = None,
+    device: str = "cuda",
 ) -> Command:
     """``python -m verl.model_merger merge --backend fsdp --local_dir <global_step_N>
-    --target_dir <dir>``; the adapter lands in ``<target_dir>/lora_adapter``."""
+    --target_dir <dir>``; the adapter lands in ``<target_dir>/lora_adapter``. The merger
+    works on the CPU either way; ``device="cpu"`` sets `CPU_ENV` so that ``import verl`` in
+    it resolves the same platform the trainer ran on."""
+    device_env = device_environment(device)
     if backend not in ("fsdp", "megatron"):
         raise VerlError(f"model merger backend must be 'fsdp' or 'megatron', got {backend!r}")
     ckpt = os.path.abspath(os.fspath(checkpoint_dir))
@@ -705,9 +766,11 @@ def merge_command(
     if trust_remote_code:
         args.append("--trust-remote-code")
     if launcher.python:
-        return Command((launcher.python, *args), launcher._python_env())
+        return Command((_executable(launcher.python), *args), launcher._python_env(device_env))
     mounts = [(ckpt, ckpt, "ro"), (target, target, "rw")]
-    return launcher._container([launcher.container_python, *args], mounts, name, gpus=False)
+    return launcher._container(
+        [launcher.container_python, *args], mounts, name, gpus=False, extra_env=device_env
+    )
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path:
@@ -961,8 +1024,9 @@ def run_verl(
        not train again;
     2. `merge_command` on that checkpoint (the latest `global_step_N`) into `merged_dir`
        (default ``<output_dir>/merged``);
-    3. `repair_adapter` (task_type, lora_alpha from the config, base model) and
-       `validate_adapter` on ``<merged_dir>/lora_adapter``.
+    3. `repair_adapter` on ``<merged_dir>/lora_adapter`` (0.9.1: the base model, which its
+       merger leaves null; an export without verl's LoRA metadata: lora_alpha and task_type
+       too), `validate_adapter`, and a check that its rank and alpha are the config's.
     Any failing step raises VerlError carrying its command and the last lines of its output.
     """
     import time
@@ -970,6 +1034,7 @@ def run_verl(
     from coop_dag.adapters import AdapterError, repair_adapter, validate_adapter
 
     cfg.validate()
+    check_launcher(launcher)
     log = on_log or (lambda _line: None)
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -989,7 +1054,7 @@ def run_verl(
         log(f"[coop-dag] verl train ({launcher.describe()}): {train.shell()}")
         started = time.monotonic()
         lines = run_command(
-            train, what="verl sft_trainer", on_log=log, timeout=timeout, tail=tail,
+            train, what="verl sft_trainer", on_log=log, timeout=timeout, tail=tail, cwd=root,
             docker=launcher.docker,
         )  # fmt: skip
         train_time = round(time.monotonic() - started, 2)
@@ -1019,10 +1084,11 @@ def run_verl(
 
     target = Path(merged_dir) if merged_dir is not None else Path(cfg.output_dir) / "merged"
     target.mkdir(parents=True, exist_ok=True)
-    merge_cmd = merge_command(ckpt, target, launcher)
+    merge_cmd = merge_command(ckpt, target, launcher, device=cfg.device)
     log(f"[coop-dag] verl merge: {merge_cmd.shell()}")
     merge_lines = run_command(
         merge_cmd, what="verl model_merger", on_log=log, timeout=merge_timeout, tail=tail,
+        cwd=target,
         docker=launcher.docker,
     )  # fmt: skip
     adapter_dir = target / ADAPTER_SUBDIR
@@ -1042,6 +1108,12 @@ def run_verl(
         info = validate_adapter(adapter_dir, expected_base=cfg.model_path)
     except AdapterError as exc:
         raise VerlError(f"verl's exported adapter is not servable: {exc}") from exc
+    if info.r != cfg.lora_rank or info.lora_alpha != float(cfg.lora_alpha):
+        raise VerlError(
+            f"verl's exported adapter {adapter_dir} has r={info.r}, lora_alpha="
+            f"{info.lora_alpha:g}; it was trained with r={cfg.lora_rank}, lora_alpha="
+            f"{cfg.lora_alpha:g} (model.lora_rank / model.lora_alpha)"
+        )
     return VerlResult(
         ckpt, target, adapter_dir, tuple(repairs), info, tuple(merge_lines),
         reused_checkpoint=reused, train_time_s=train_time,
@@ -1062,9 +1134,11 @@ SCHEDULERS = {"constant": "constant", "constant_with_warmup": "constant", "cosin
 NOT_APPLIED = {
     "lora_dropout": "verl's model config has no LoRA dropout",
     "save_steps": "verl saves the final checkpoint only (trainer.save_freq -1)",
-    "bf16": "verl trains in its engine's dtype",
+    "bf16": "verl trains in its engine's dtype (engine.dtype, bfloat16 by default)",
     "torch_threads": "CPU trainer only",
-    "seed": "verl seeds its own sampler and LoRA init",
+    # 0.9.1: trainer.seed is read by nothing in sft_trainer; engine.seed only under
+    # engine.full_determinism
+    "seed": "verl's sft_trainer does not seed LoRA init or data order from its config",
 }
 
 
@@ -1080,6 +1154,7 @@ def config_for_recipe(
     project_name: str = "coop-dag",
     experiment_name: str = "sft",
     nproc_per_node: int = 1,
+    device: str = "cuda",
 ) -> VerlSFTConfig:
     """The verl config for a `coop_dag.train.Recipe` (``configs/recipes.yaml``), with the
     recipe's meaning kept: an optimizer step is ``batch_size x grad_accum`` rows (verl's
@@ -1146,22 +1221,36 @@ def config_for_recipe(
         project_name=project_name,
         experiment_name=experiment_name,
         nproc_per_node=nproc_per_node,
+        device=device,
     )
 
 
-def run_key(student: Any, recipe: Any, train_sha: str, val_sha: str | None, nproc: int) -> str:
-    """What identifies a verl run (its directory): student, recipe, data, GPU count."""
+def run_key(
+    student: Any,
+    recipe: Any,
+    train_sha: str,
+    val_sha: str | None,
+    nproc: int,
+    device: str = "cuda",
+) -> str:
+    """What identifies a verl run (its directory): student, recipe, data, GPU count, and the
+    device when it is the CPU (a GPU run keeps the key it always had)."""
     from coop_dag.train import run_key_for
 
-    return run_key_for(
-        student,
-        recipe,
-        train_sha,
-        val_sha,
-        nproc=nproc,
-        backend=BACKEND,
-        bridge_version=BRIDGE_VERSION,
-    )
+    engine: dict[str, Any] = {"backend": BACKEND, "bridge_version": BRIDGE_VERSION}
+    if device != "cuda":
+        engine["device"] = device
+    return run_key_for(student, recipe, train_sha, val_sha, nproc=nproc, **engine)
+
+
+def check_launcher(launcher: VerlLauncher) -> None:
+    """Fail before anything is prepared when verl's own python is not there."""
+    if launcher.python and not os.access(launcher.python, os.X_OK):
+        raise VerlError(
+            f"verl's environment is missing: {launcher.python} is not an executable python. "
+            "On this machine run `bash scripts/verl_venv.sh` (it builds .venv-verl, or "
+            "$COOP_DAG_VERL_VENV); elsewhere set COOP_DAG_VERL_PYTHON to verl's python."
+        )
 
 
 def metrics_from_log(path: str | os.PathLike) -> dict[int, dict[str, float]]:
@@ -1223,10 +1312,13 @@ def train_lora_verl(
     experiment_name: str = "sft",
     timeout: float | None = None,
     merge_timeout: float | None = 3600.0,
+    device: str = "cuda",
 ) -> Any:
-    """`coop_dag.train.train_lora`'s contract, trained by verl: a LoRA adapter for `student`
-    on the TITO parquet `train_path` (validation on `val_path`), returned as the same
-    `coop_dag.train.TrainResult` with the same `lineage.json` facts (``trainer: "verl"``).
+    """`coop_dag.train.train_lora`'s contract, trained by verl (``device="cpu"``: verl on this
+    machine's CPU, `CPU_OVERRIDES`/`CPU_ENV`; the same trainer, dataset and export): a LoRA
+    adapter for `student` on the TITO parquet `train_path` (validation on `val_path`),
+    returned as the same `coop_dag.train.TrainResult` with the same `lineage.json` facts
+    (``trainer: "verl"``).
 
     The run lives in ``<work_dir>/verl-<run_key>/``:
 
@@ -1312,7 +1404,7 @@ def train_lora_verl(
 
     train_sha = _file_sha256(train_path)
     val_sha = _file_sha256(val_path) if val_path is not None and val_path.is_file() else None
-    key = run_key(student, recipe, train_sha, val_sha, nproc)
+    key = run_key(student, recipe, train_sha, val_sha, nproc, device)
     run_dir = Path(work_dir) / f"verl-{key}"
     adapter_dir = run_dir / "adapter"
     result_file = run_dir / RESULT_FILE
@@ -1352,7 +1444,9 @@ def train_lora_verl(
         output_dir=run_dir / "checkpoints",
         experiment_name=experiment_name,
         nproc_per_node=nproc,
+        device=device,
     )
+    check_launcher(launcher)
     command = train_command(cfg, launcher)
     (run_dir / CONFIG_RECORD).write_text(cfg.to_yaml())
     (run_dir / COMMAND_RECORD).write_text(command.shell() + "\n")
@@ -1434,6 +1528,7 @@ def train_lora_verl(
         "resumed_from_step": None,
         "versions": {"verl": launcher.describe()},
         "verl_nproc": nproc,
+        "verl_device": device,
         "verl_config": cfg.as_dict(),
         "verl_command": command.shell(),
         "verl_checkpoint": str(verl.checkpoint_dir),

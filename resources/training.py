@@ -13,8 +13,10 @@ from coop_dag import REPO_ROOT
 from coop_dag.profiles import (
     CLUSTER_VERL_PYTHON,
     TRAINERS,
+    VERL_KINDS,
     ProfileError,
     TrainerChoice,
+    local_verl_python,
     resolve_profile,
 )
 
@@ -36,11 +38,13 @@ class TrainingResource(dg.ConfigurableResource):
     - probe: ``probe_prompts`` validation-repository first turns, ``probe_max_new_tokens`` each
       (the rollouts' per-turn cap), generated greedily by the serving engine (vLLM).
     - ``threads``: torch threads (0: the cores no other process is using).
-    - the trainer: ``kind`` (embedded | verl), for verl ``verl_python`` or ``verl_image`` and
-      ``nproc``; `trainer_choice()` resolves them against the profile and `verl_launcher()`
-      builds the `coop_dag.verl.VerlLauncher`. ``lora_checkpoint`` trains with whichever
-      `trainer_choice()` names: the embedded CPU trainer in process, or verl as an external
-      process (`coop_dag.verl.train_lora_verl`, run dir ``<work_dir>/<variant>/verl-<key>/``).
+    - the trainer: ``kind`` (embedded | verl | verl-cpu), for verl ``verl_python`` or
+      ``verl_image`` and ``nproc`` (verl-cpu: ``verl_python``, default the venv of
+      ``scripts/verl_venv.sh``; one CPU process); `trainer_choice()` resolves them against
+      the profile and `verl_launcher()` builds the `coop_dag.verl.VerlLauncher`.
+      ``lora_checkpoint`` trains with whichever `trainer_choice()` names: the embedded CPU
+      trainer in process, or verl as an external process (`coop_dag.verl.train_lora_verl`,
+      run dir ``<work_dir>/<variant>/verl-<key>/``).
     """
 
     adapters_dir: str = ""
@@ -50,7 +54,9 @@ class TrainingResource(dg.ConfigurableResource):
     probe_prompts: int = 8
     probe_max_new_tokens: int = 256
     threads: int = 0
-    kind: str = Field(default="", description="embedded | verl; empty: the profile's")
+    kind: str = Field(
+        default="", description="embedded | verl | verl-cpu; empty: the profile's"
+    )
     verl_python: str = Field(default="", description="python of verl's own environment")
     verl_image: str = Field(default="", description="container image with verl")
     nproc: int = Field(default=0, description="GPUs per verl run (torchrun); 0: the profile's")
@@ -88,6 +94,15 @@ class TrainingResource(dg.ConfigurableResource):
         nproc = self.nproc or profile.trainer.nproc
         if kind == "embedded":
             return TrainerChoice("embedded", nproc=nproc)
+        if kind == "verl-cpu":
+            if self.verl_image:
+                raise ProfileError("TrainingResource: verl-cpu runs from verl_python, not an image")
+            python = self.verl_python or (
+                profile.trainer.verl_python
+                if profile.trainer.kind == "verl-cpu"
+                else local_verl_python()
+            )
+            return TrainerChoice("verl-cpu", python, None, 1)
         if self.verl_python and self.verl_image:
             raise ProfileError("TrainingResource: set verl_python or verl_image, not both")
         python, image = self.verl_python or None, self.verl_image or None
@@ -103,7 +118,7 @@ class TrainingResource(dg.ConfigurableResource):
         from coop_dag.verl import VerlLauncher
 
         choice = self.trainer_choice()
-        if choice.kind != "verl":
+        if choice.kind not in VERL_KINDS:
             raise ProfileError("TrainingResource.verl_launcher(): the trainer is not verl")
         on_path = self.project_on_pythonpath and (REPO_ROOT / "pyproject.toml").is_file()
         return VerlLauncher(

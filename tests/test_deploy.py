@@ -307,7 +307,9 @@ def test_dockerfiles_parse_and_use_only_known_images(name):
     cmd = json.loads(next(args for kw, args in instrs if kw == "CMD"))
     parse_project_command(cmd)
     copies = [args.split() for kw, args in instrs if kw == "COPY"]
-    assert copies == [[".", SRC_IN_IMAGE]]
+    # the GPU image copies verl's pins first (verl's venv layer does not depend on the source)
+    extra = [["scripts/verl-requirements.txt", "/tmp/verl-requirements.txt"]]
+    assert copies == [*(extra if name == "Dockerfile.gpu" else []), [".", SRC_IN_IMAGE]]
     assert (REPO_ROOT / "deploy" / f"{name}.dockerignore").is_file()
     runs = " ".join(args for kw, args in instrs if kw == "RUN")
     assert "apt-get install" in runs and "bubblewrap" in runs and " git" in runs
@@ -341,10 +343,13 @@ def test_gpu_image_environments_match_the_cluster_profile():
     assert env["COOP_DAG_VLLM_PYTHON"] == CLUSTER_VLLM_PYTHON
     runs = " ".join(args for kw, args in instrs if kw == "RUN")
     build_args = args_of(instrs, "ARG")
-    assert build_args["VERL_VERSION"] == "0.7.1"
+    # the verl and torch the CPU venv runs (tests/test_verl_real.py), the rest constrained to it
+    reqs = (REPO_ROOT / "scripts" / "verl-requirements.txt").read_text().splitlines()
+    assert build_args["VERL_VERSION"] == "0.9.1" and "verl==0.9.1" in reqs
+    assert f"torch=={build_args['VERL_TORCH_VERSION']}+cpu" in reqs
     assert (
         '/opt/verl-env/bin/pip install "torch==${VERL_TORCH_VERSION}" "verl==${VERL_VERSION}"'
-        in runs
+        " peft fastapi uvicorn -c /tmp/verl-constraints.txt" in " ".join(runs.split())
     )
     assert '/opt/vllm-env/bin/pip install "vllm==${VLLM_VERSION}"' in runs
     # the project in verl's venv without its deps (no Dagster there), importable as pkg://

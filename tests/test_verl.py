@@ -1,6 +1,8 @@
 """coop_dag.verl: config validation, the exact torchrun / model-merger command lines, and
 `run_verl` end to end against a stand-in verl environment (a script playing torchrun and
-the model merger, writing what verl 0.7.1 writes)."""
+the model merger, writing the broken export of verl 0.7.1 -- which 0.9.1 still writes for a
+checkpoint without LoRA metadata -- so the repair is exercised; real verl 0.9.1 runs in
+tests/test_verl_real.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import yaml
 
 from coop_dag.adapters import adapter_name
 from coop_dag.verl import (
+    CPU_ENV,
     Command,
     VerlError,
     VerlLauncher,
@@ -29,6 +32,7 @@ from coop_dag.verl import (
     run_verl,
     train_command,
 )
+from coop_dag.verl import check_launcher as check_verl_launcher
 
 RECIPE = {
     "lora_rank": 32,
@@ -317,6 +321,79 @@ def test_merge_commands(tmp_path):
     )  # fmt: skip
     with pytest.raises(VerlError, match="backend"):
         merge_command(ckpt, target, VerlLauncher(python="p"), backend="ddp")
+
+
+CPU_FLAGS = [
+    "engine.strategy=fsdp2",
+    "engine.use_torch_compile=false",
+    "+model.override_config.attn_implementation=sdpa",
+    "trainer.device=cpu",
+    "data.num_workers=0",
+]
+
+
+def test_cpu_command_adds_the_cpu_flags_and_environment_only(data):
+    tmp_path, train, val = data
+    launcher = VerlLauncher(python="/v/bin/python", pythonpath=("/src/coop-dag",))
+    cpu = train_command(config(tmp_path, train, val, device="cpu"), launcher)
+    assert cpu.argv[8:] == (*expected_overrides(tmp_path), *CPU_FLAGS)
+    assert cpu.env == {
+        "PYTHONPATH": "/src/coop-dag",
+        "VERL_USE_EXTERNAL_MODULES": "coop_dag.verl_cpu_platform",
+        "VERL_PLATFORM": "cpu",
+        "VERL_ENGINE_DEVICE": "cuda",
+    } == {"PYTHONPATH": "/src/coop-dag", **CPU_ENV}
+    gpu = train_command(config(tmp_path, train, val), launcher)
+    assert not set(CPU_FLAGS) & set(gpu.argv) and gpu.env == {"PYTHONPATH": "/src/coop-dag"}
+    # the "+" key still lands in the nested record; a CPU container gets no GPUs
+    doc = yaml.safe_load(config(tmp_path, train, val, device="cpu").to_yaml())
+    assert doc["model"]["override_config"] == {"attn_implementation": "sdpa"}
+    assert doc["engine"] == {"strategy": "fsdp2", "use_torch_compile": False}
+    image = VerlLauncher(image="verl:x", pass_env=())
+    argv = train_command(config(tmp_path, train, val, device="cpu"), image, name="n").argv
+    assert "--gpus" not in argv and "VERL_PLATFORM=cpu" in argv
+    merge = merge_command(tmp_path / "g", tmp_path / "m", launcher, device="cpu")
+    assert merge.env == {"PYTHONPATH": "/src/coop-dag", **CPU_ENV}
+    with pytest.raises(VerlError, match="device must be one of cuda, cpu"):
+        config(tmp_path, train, val, device="tpu")
+    with pytest.raises(VerlError, match="may not set engine.strategy"):
+        VerlSFTConfig.from_recipe(
+            {**RECIPE, "verl": {"engine.strategy": "fsdp"}}, train_files=train,
+            model_path="/m", output_dir=tmp_path / "o", device="cpu",
+        )  # fmt: skip
+
+
+def test_a_missing_verl_environment_names_it_and_the_fix(tmp_path):
+    missing = tmp_path / ".venv-verl" / "bin" / "python"
+    with pytest.raises(VerlError) as err:
+        check_verl_launcher(VerlLauncher(python=str(missing)))
+    assert str(missing) in str(err.value) and "bash scripts/verl_venv.sh" in str(err.value)
+    check_verl_launcher(VerlLauncher(python=sys.executable))
+    check_verl_launcher(VerlLauncher(image="verl:x"))  # docker finds its image itself
+
+
+def test_verl_cpu_trainer_resolves_to_the_local_venv(tmp_path):
+    from coop_dag import REPO_ROOT
+    from coop_dag.profiles import TrainerChoice, resolve_profile
+
+    p = resolve_profile({"COOP_DAG_TRAINER": "verl-cpu", "COOP_DAG_VERL_NPROC": "4"})
+    python = str(REPO_ROOT / ".venv-verl" / "bin" / "python")
+    assert p.trainer == TrainerChoice("verl-cpu", python, None, 1)
+    assert p.trainer.device == "cpu" and p.trainer.launch == "python"
+    env = {"COOP_DAG_TRAINER": "verl-cpu", "COOP_DAG_VERL_VENV": str(tmp_path / "v")}
+    assert resolve_profile(env).trainer.verl_python == str(tmp_path / "v" / "bin" / "python")
+    env["COOP_DAG_VERL_PYTHON"] = "/x/python"
+    assert resolve_profile(env).trainer.verl_python == "/x/python"
+    assert resolve_profile({"COOP_DAG_TRAINER": "verl"}).trainer.device == "cuda"
+    assert resolve_profile({}).trainer.kind == "embedded"  # the default stays embedded
+
+    from coop_dag.profiles import local_verl_python
+    from resources.training import TrainingResource
+
+    res = TrainingResource(kind="verl-cpu")  # reads the process environment
+    assert res.trainer_choice() == TrainerChoice("verl-cpu", local_verl_python(), None, 1)
+    assert res.verl_launcher().python == local_verl_python()
+    assert TrainingResource(kind="verl-cpu", verl_python="/y").trainer_choice().verl_python == "/y"
 
 
 def test_launcher_needs_exactly_one_place():

@@ -1,15 +1,16 @@
-"""``lora_checkpoint`` trained by verl: a contract test of what coop-dag sends to verl and what
-it accepts back, against a fake verl environment (``tests/fixtures/verl_fake/fake_verl.py``).
+"""``lora_checkpoint`` trained by verl: what the real run (tests/test_verl_real.py, verl 0.9.1
+on the CPU) cannot reach, against a fake verl environment
+(``tests/fixtures/verl_fake/fake_verl.py``): a trainer that fails (the asset fails with the
+command and the log tail), a trainer killed after its last save (the checkpoint is reused, not
+trained again), upweighted rows sent as copies, the recipe's mapping onto multi-GPU configs,
+and checkpoint records.
 
 The fake stands in for verl's python (``TrainingResource(kind="verl", verl_python=...)``): it
-parses the real torchrun command line and Hydra overrides (refusing keys verl 0.7's
+parses the real torchrun command line and Hydra overrides (refusing keys verl 0.9.1's
 ``sft_trainer_engine`` config does not have), builds ``TitoSFTDataset`` through
 ``data.custom_cls`` as verl does, counts steps as verl's ``SFTTrainer`` does, and writes
-verl's output layout (``global_step_N/``, the checkpoint tracker, the model merger's
-``lora_adapter/`` with ``lora_alpha: 0`` and no ``task_type``). Nothing is trained -- its LoRA
-weights are random -- so this proves the plumbing and the contract (model path, data paths,
-LoRA rank/alpha, steps, repair, lineage, reuse after a kill, failure reporting), not that
-verl itself runs or learns: that needs a GPU host with verl (docs/cluster.md).
+verl's output layout (``global_step_N/`` with ``lora_train_meta.json``, the checkpoint
+tracker, the model merger's ``lora_adapter/`` with a null base model). Nothing is trained.
 
 The student is tiny-qwen3 and the TITO rows come from tests/test_train.py's helpers.
 """
@@ -22,7 +23,6 @@ import os
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from test_train import meta_for, rows_for  # noqa: E402  (shared TITO row helpers)
 
 from coop_dag import REPO_ROOT  # noqa: E402
-from coop_dag.adapters import read_lineage, validate_adapter  # noqa: E402
+from coop_dag.adapters import read_lineage  # noqa: E402
 from coop_dag.students import get_student  # noqa: E402
 from coop_dag.tito import write_parquet  # noqa: E402
 from coop_dag.train import get_recipe  # noqa: E402
@@ -54,18 +54,6 @@ TORCHRUN = [
 TRAIN_ROWS, VAL_ROWS = 12, 4
 # tiny-test: lora_r 4, lora_alpha 16, lr 2e-2, 2 epochs, 1 row per step -> 12 x 2 steps
 STEPS = 24
-# what the embedded trainer's lineage.json holds (coop_dag.train.train_lora): the verl path
-# must record the same facts
-EMBEDDED_LINEAGE_KEYS = {
-    "trainer", "trainer_version", "student", "student_kind", "base_model", "tokenizer_sha256",
-    "chat_template_sha256", "parquet_data_version", "train_parquet", "train_parquet_sha256",
-    "val_parquet", "val_parquet_sha256", "parquet_variant", "parquet_upweight", "parquet_strip",
-    "recipe", "recipe_config", "seed", "run_key", "steps", "max_steps", "epochs", "train_rows",
-    "val_rows", "prep", "tokens_seen", "trained_tokens", "train_loss", "initial_val_loss",
-    "final_val_loss", "trainable_params", "total_params", "lora_r", "lora_alpha",
-    "train_time_s", "resumed_from_step", "versions", "code_version", "adapter_sha12",
-    "adapter_name",
-}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -163,91 +151,6 @@ def output_meta(result) -> dict:
 
 
 # --------------------------------------------------------------------------- the asset
-
-
-def test_lora_checkpoint_trains_with_verl(tiny, tito, verl_python, tmp_path, monkeypatch):
-    result, messages = materialize(tmp_path, tito, verl_python, monkeypatch)
-    assert result.success
-    run = run_dir_of(tmp_path)
-
-    # what verl was sent
-    train_call, merge_call = calls(tmp_path)
-    assert train_call["mode"] == "train" and merge_call["mode"] == "merge"
-    assert train_call["argv"][: len(TORCHRUN)] == TORCHRUN
-    ov = train_call["overrides"]
-    assert ov["model.path"] == str(tiny.model_dir)
-    assert ov["data.train_files"] == str(run / "data" / "train.parquet")
-    assert ov["data.val_files"] == str(run / "data" / "val.parquet")
-    assert (ov["data.custom_cls.path"], ov["data.custom_cls.name"]) == (
-        "pkg://coop_dag.tito_dataset",
-        "TitoSFTDataset",
-    )
-    assert (ov["model.lora_rank"], ov["model.lora_alpha"]) == (4, 16)
-    assert ov["model.target_modules"] == "all-linear"
-    assert ov["optim.lr"] == pytest.approx(2e-2)
-    assert (ov["data.train_batch_size"], ov["data.micro_batch_size_per_gpu"]) == (1, 1)
-    assert (ov["data.max_length"], ov["data.truncation"]) == (512, "left")
-    assert ov["trainer.total_epochs"] == 2 and "trainer.total_training_steps" not in ov
-    assert ov["trainer.default_local_dir"] == str(run / "checkpoints")
-    assert ov["trainer.resume_mode"] == "disable" and ov["trainer.experiment_name"] == "templated"
-    assert ov["optim.weight_decay"] == 0.0 and ov["optim.lr_scheduler_type"] == "constant"
-    assert train_call["pythonpath"] == str(REPO_ROOT)  # pkg://coop_dag... imports there
-    # ... and what verl made of it: every row, 12 steps an epoch, 2 epochs
-    assert (train_call["dataset_len"], train_call["val_len"]) == (TRAIN_ROWS, VAL_ROWS)
-    assert (train_call["steps_per_epoch"], train_call["total_steps"]) == (TRAIN_ROWS, STEPS)
-    assert train_call["weights"] == [1.0]
-    # the prepared rows come from the variant's TITO parquet, for its tokenizer
-    meta = json.loads(pq.read_schema(run / "data" / "train.parquet").metadata[b"coop_dag.tito"])
-    assert meta["source"] == str(tito / "train.parquet")
-    assert meta["tokenizer"]["sha256"] == tiny.tokenizer_sha256
-    assert merge_call["local_dir"] == str(run / "checkpoints" / f"global_step_{STEPS}")
-    # the config record written into the run dir
-    assert "lora_rank: 4" in (run / "verl_config.yaml").read_text()
-    assert "verl.trainer.sft_trainer" in (run / "verl_command.txt").read_text()
-
-    # what came back: verl's export repaired (alpha 0 -> the recipe's), then published
-    export = json.loads((run / "merged" / "lora_adapter" / "adapter_config.json").read_text())
-    assert export["lora_alpha"] == 16 and export["task_type"] == "CAUSAL_LM"
-    out = result.output_for_node("lora_checkpoint")
-    final = tmp_path / "adapters" / "templated" / out["adapter_name"]
-    assert out["adapter_dir"] == str(final)
-    config = json.loads((final / "adapter_config.json").read_text())
-    assert config["lora_alpha"] == 16 and config["r"] == 4
-    assert config["base_model_name_or_path"] == str(tiny.model_dir)
-    info = validate_adapter(final, expected_base=str(tiny.model_dir))
-    assert info.lora_alpha == 16 and info.name == out["adapter_name"]
-
-    lineage = read_lineage(final)
-    assert EMBEDDED_LINEAGE_KEYS <= set(lineage)
-    assert lineage["trainer"] == "verl" and out["facts"]["trainer"] == "verl"
-    assert lineage["steps"] == lineage["max_steps"] == STEPS and lineage["epochs"] == 2
-    assert lineage["lora_alpha"] == 16 and lineage["lora_r"] == 4
-    assert "lora_alpha: 0 -> 16" in lineage["verl_export_repairs"]
-    assert "task_type: None -> 'CAUSAL_LM'" in lineage["verl_export_repairs"]
-    assert lineage["train_parquet"] == str(tito / "train.parquet")
-    assert lineage["parquet_data_version"] == "tito-dv" and lineage["recipe"] == "tiny-test"
-    assert lineage["base_model"] == str(tiny.model_dir)
-    assert lineage["variant"] == "templated" and lineage["held_out_repos"]
-    assert lineage["verl_config"]["model"]["lora_rank"] == 4
-    assert lineage["probe_adapter_rate"] == out["probe_adapter"]["rate"]
-    assert lineage["train_loss"] == pytest.approx(2.0 * 0.9**22, rel=0.2)  # last 5 steps
-    assert lineage["final_val_loss"] == pytest.approx(1.5 * 0.9**STEPS, abs=1e-4)
-    assert lineage["trainable_params"] > 0 and lineage["tokens_seen"] > 0
-
-    meta = output_meta(result)
-    assert meta["trainer"] == "verl" and meta["steps"] == STEPS
-    assert meta["lineage"]["trainer"] == "verl"
-    assert "data:image/png;base64," in meta["loss_curve"]
-    checks = {
-        e.event_specific_data.check_name: e.event_specific_data.passed
-        for e in result.all_events
-        if e.event_type_value == "ASSET_CHECK_EVALUATION"
-    }
-    assert checks["adapter_weights_usable"] and checks["adapter_output_differs_from_base"]
-    assert not checks["validation_loss_fell"]  # verl reports no loss before training (WARN)
-    # verl's output was streamed into the run's log, line by line
-    assert any(m.startswith(f"verl[templated] step:{STEPS} - train/loss:") for m in messages)
-    assert any("repaired verl export: lora_alpha: 0 -> 16" in m for m in messages)
 
 
 def test_a_failing_verl_fails_the_asset_with_the_command_and_log_tail(

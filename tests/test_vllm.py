@@ -100,7 +100,7 @@ def test_serve_command_in_container():
         extra_args=("--gpu-memory-utilization", "0.85"),
     )
     launcher = VllmLauncher(
-        image="vllm/vllm-openai:v0.19.1",
+        image="vllm/vllm-openai:v0.32.0",
         mounts=(("/data/adapters", "/data/adapters", "ro"),),
     )
     cmd = serve_command(cfg, launcher, name="coop-dag-vllm-test")
@@ -115,7 +115,7 @@ def test_serve_command_in_container():
         "-v", "/data/adapters:/data/adapters:ro",
         "-p", "127.0.0.1:8000:8000",
         "--entrypoint", "vllm",
-        "vllm/vllm-openai:v0.19.1",
+        "vllm/vllm-openai:v0.32.0",
         "serve", "/models/Qwen3-4B",
         "--host", "0.0.0.0", "--port", "8000",
         "--enable-lora", "--max-lora-rank", "32", "--max-loras", "4",
