@@ -37,3 +37,6 @@ fi
 
 # vLLM (CPU build) serves every model; it pins an older transformers, so it has its own venv.
 bash scripts/vllm_venv.sh
+# verl (real, on the CPU) trains in tests and with COOP_DAG_TRAINER=verl-cpu; it downgrades
+# antlr4 (Dagster's selection parser), so it has its own venv too.
+bash scripts/verl_venv.sh

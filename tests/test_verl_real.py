@@ -21,6 +21,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import serve_helpers
+
+from coop_dag.serving import first_turn_probe, serve_adapter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -96,6 +99,7 @@ def materialize(tmp_path: Path, tito: Path, monkeypatch):
     from assets.partitions import variant_partitions
     from resources.dataset import DatasetResource
     from resources.lineage import LineageResource
+    from resources.serving import ServingResource
     from resources.training import TrainingResource
 
     variant = asset_module.VARIANTS["templated"]
@@ -131,6 +135,8 @@ def materialize(tmp_path: Path, tito: Path, monkeypatch):
                 probe_max_new_tokens=16,
                 probe_batch_size=2,
             ),
+            # the probe runs on the session's vLLM, as in every lora_checkpoint
+            "serving": ServingResource(url=serve_helpers.server().url),
             "lineage": LineageResource(path=str(tmp_path / "lineage.duckdb")),
         },
     )
@@ -153,7 +159,7 @@ def nll_on_outputs(model, rows: list[dict]) -> float:
 
 
 def test_verl_cpu_trains_exports_and_publishes_a_working_adapter(
-    verl_python, tiny, tito, tmp_path, monkeypatch
+    verl_python, tiny, tito, tmp_path, monkeypatch, vllm_server
 ):
     for name in ("COOP_DAG_VERL_PYTHON", "COOP_DAG_TRAINER", "COOP_DAG_PROFILE"):
         monkeypatch.delenv(name, raising=False)
@@ -240,8 +246,14 @@ def test_verl_cpu_trains_exports_and_publishes_a_working_adapter(
         tuned_logits = tuned(input_ids=ids).logits
     assert float((tuned_logits - base_logits).abs().max()) > 1e-3
     assert nll_on_outputs(tuned, rows) < base_nll
-    # TODO(lead, vLLM): serve `final` with the CPU vLLM (coop_dag.vllm) and check the served
-    # output differs from the base model's, as served_adapter does.
+    # served by the real vLLM (CPU build) as served_adapter serves it: its output differs
+    served = serve_adapter(
+        serve_helpers.server().url, final, probe=first_turn_probe(max_tokens=16), strict=False
+    )
+    try:
+        assert served.adapter_name == out["adapter_name"] and served.differs_from_base
+    finally:
+        serve_helpers.unload_all(serve_helpers.server())
     print(
         f"verl-cpu: {STEPS} steps, train {lineage['train_time_s']}s, losses {losses[0]:.3f} -> "
         f"{losses[-1]:.3f}, NLL base {base_nll:.3f}"
