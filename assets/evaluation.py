@@ -12,7 +12,13 @@ from assets.teacher import metrics_table, score_pair_ids
 from coop_dag.lineage import content_version
 from coop_dag.metrics import paired_deltas
 from coop_dag.report import THRESHOLDS, report_markdown, report_plot, report_rows
-from coop_dag.rollouts import limits_from, rollout_pairs, select_pairs
+from coop_dag.rollouts import (
+    RolloutErrors,
+    limits_from,
+    raise_on_errors,
+    rollout_pairs,
+    select_pairs,
+)
 from coop_dag.serving import ensure_loaded
 from coop_dag.students import get_student
 from coop_dag.tasks import TaskError, require_pairs
@@ -44,8 +50,10 @@ def _metric_metadata(summary: dict) -> dict:
 
 
 def _roll_out(context, model_factory_model, pairs, run_dir, variant, rollout, dataset, name):
+    """The pairs rolled out; an infrastructure error in any pair fails the asset (naming the
+    pairs and causes) instead of becoming a score: a rerun finishes only those pairs."""
     settings = variant.student_rollout
-    return rollout_pairs(
+    summary = rollout_pairs(
         pairs,
         lambda pair, feature, agent_id, partner_id: model_factory_model,
         run_dir,
@@ -58,6 +66,13 @@ def _roll_out(context, model_factory_model, pairs, run_dir, variant, rollout, da
         allow_unsandboxed=rollout.allow_unsandboxed,
         log=context.log.info,
     )
+    try:
+        raise_on_errors(summary)
+    except RolloutErrors as exc:
+        raise dg.Failure(
+            description=str(exc), metadata={"errors": dg.MetadataValue.json(exc.errors)}
+        ) from None
+    return summary
 
 
 @dg.asset(

@@ -9,7 +9,13 @@ import dagster as dg
 from assets.partitions import VARIANTS, variant_partitions
 from coop_dag.lineage import content_version
 from coop_dag.metrics import score_pairs
-from coop_dag.rollouts import limits_from, rollout_pairs, select_pairs
+from coop_dag.rollouts import (
+    RolloutErrors,
+    limits_from,
+    raise_on_errors,
+    rollout_pairs,
+    select_pairs,
+)
 from coop_dag.runlogs import iter_pairs
 from coop_dag.tasks import TaskError, require_train_pairs
 from coop_dag.teachers import make_teacher_factory, teacher_facts
@@ -63,6 +69,12 @@ def teacher_rollouts(
         allow_unsandboxed=rollout.allow_unsandboxed,
         log=context.log.info,
     )
+    try:  # an infrastructure error is not a teacher outcome: fail, rerun finishes only those
+        raise_on_errors(summary)
+    except RolloutErrors as exc:
+        raise dg.Failure(
+            description=str(exc), metadata={"errors": dg.MetadataValue.json(exc.errors)}
+        ) from None
     stable = ("run_dir", "statuses", "pair_ids", "mean_steps", "both_passed_rate")
     summary["data_version"] = content_version({k: summary[k] for k in stable})
     facts = {

@@ -14,6 +14,32 @@ from coop_dag.redis_server import connect, redis_for
 from coop_dag.tasks import Pair, discover_pairs
 
 
+class RolloutErrors(RuntimeError):
+    """Pairs whose rollout ended on an infrastructure fault (model endpoint, Redis, sandbox,
+    missing task files): errors, not outcomes. Behavioural failures of an agent (format
+    errors, step or context limits) are scored outcomes and never raise this. The pairs'
+    completed work stays on disk; a rerun re-runs only the errored pairs."""
+
+    def __init__(self, errors: dict[str, str], n_pairs: int):
+        self.errors = errors
+        shown = "; ".join(f"{pid}: {cause}" for pid, cause in list(errors.items())[:5])
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        super().__init__(
+            f"{len(errors)} of {n_pairs} pairs ended on an infrastructure error, so none is "
+            f"scored; rerun to finish only them. {shown}{more}"
+        )
+
+
+def raise_on_errors(summary: dict) -> None:
+    """:class:`RolloutErrors` when any pair of ``summary`` (from :func:`rollout_pairs`) is an
+    error or missing."""
+    errors = dict(summary.get("errors") or {})
+    for pid in summary.get("missing") or []:
+        errors.setdefault(pid, "no result (the rollout did not finish)")
+    if errors:
+        raise RolloutErrors(errors, int(summary.get("n_pairs", len(errors))))
+
+
 def select_pairs(dataset_dir: Path, pair_ids: list[str], subset: str | None = None) -> list[Pair]:
     """The `Pair` objects for `pair_ids` (as listed by `task_pool`), in that order."""
     by_id = {p.pair_id: p for p in discover_pairs(dataset_dir, subset=subset)}
@@ -77,15 +103,20 @@ def summarise_run(pairs: list[Pair], run_dir: Path) -> dict:
 
     statuses: Counter[str] = Counter()
     steps: list[int] = []
+    errors: dict[str, str] = {}
+    missing: list[str] = []
     both = n_eval = 0
     for pair in pairs:
         d = pair_dir(run_dir, pair)
         result_file = d / "result.json"
         if not result_file.is_file():
             statuses["missing"] += 1
+            missing.append(pair.pair_id)
             continue
         result = json.loads(result_file.read_text())
         statuses[result["status"]] += 1
+        if result["status"] == "Error":
+            errors[pair.pair_id] = str(result.get("error") or "unknown error")[:300]
         steps.extend(a.get("steps", 0) for a in result.get("agents", {}).values())
         if (d / "eval.json").is_file():
             n_eval += 1
@@ -97,4 +128,6 @@ def summarise_run(pairs: list[Pair], run_dir: Path) -> dict:
         "mean_steps": round(statistics.mean(steps), 2) if steps else 0.0,
         "both_passed_rate": round(both / n_eval, 4) if n_eval else None,
         "pair_ids": [p.pair_id for p in pairs],
+        "errors": errors,
+        "missing": missing,
     }

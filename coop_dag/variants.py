@@ -102,6 +102,7 @@ TEACHER_FIELDS: dict[str, Spec] = {
     "api_key_env": Spec("str"),
     "capture_token_ids": Spec("bool"),
     "temperature": Spec("number", 0),
+    "max_tokens": Spec("int", 1),
     "tokenizer_sha256": Spec("str"),
 }
 STRIP_FIELDS: dict[str, Spec] = {"think": Spec("bool"), "steering": Spec("bool")}
