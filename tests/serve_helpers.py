@@ -99,14 +99,24 @@ class FaultProxy:
     """A real HTTP proxy in front of the session's vLLM that misbehaves on purpose, for the
     swap-verification tests: ``base_only`` answers every completion with the base model (an
     adapter that is not applied); ``sticky`` loads every new adapter name from the path of the
-    first one loaded through it (a server that keeps the old weights under a new name)."""
+    first one loaded through it (a server that keeps the old weights under a new name);
+    ``die_after``: after that many chat completions every request is refused with 503 (a model
+    server killed mid-run)."""
 
-    def __init__(self, upstream: str, *, base_only: bool = False, sticky: bool = False):
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        base_only: bool = False,
+        sticky: bool = False,
+        die_after: int | None = None,
+    ):
         import http.server
         import urllib.request
 
         self.upstream = upstream.rstrip("/")
         self.first_path: str | None = None
+        self.completions = 0
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -114,6 +124,13 @@ class FaultProxy:
                 pass
 
             def _forward(self, method: str) -> None:
+                if die_after is not None and self.path.endswith("/chat/completions"):
+                    proxy.completions += 1
+                if die_after is not None and proxy.completions > die_after:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = None
                 if method == "POST":
                     raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))

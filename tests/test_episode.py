@@ -38,7 +38,12 @@ from coop_dag.episode import (  # noqa: E402
 from coop_dag.messaging import MessagingError  # noqa: E402
 from coop_dag.models import LiteLLMChatModel  # noqa: E402
 from coop_dag.redis_server import connect  # noqa: E402
-from coop_dag.rollouts import rollout_pairs  # noqa: E402
+from coop_dag.rollouts import (  # noqa: E402
+    RolloutErrors,
+    raise_on_errors,
+    rollout_pairs,
+    summarise_run,
+)
 from coop_dag.sandbox import LocalSandbox  # noqa: E402
 from coop_dag.tasks import checkout_base, discover_pairs  # noqa: E402
 
@@ -409,6 +414,13 @@ def test_model_endpoint_down_is_an_error_and_other_pairs_go_on(client, tmp_path)
         assert good["agents"]["agent1"]["steps"] == 3
         assert good["agents"]["agent2"]["status"] == "Submitted"
         good_stat = (pair_dir(run_dir, other) / "result.json").stat()
+        # an error is not an outcome: the run's summary names it and refuses to be scored
+        # (the FormatError agent of the other pair is behaviour, a scored outcome)
+        summary = summarise_run([down, other], run_dir)
+        assert list(summary["errors"]) == [down.pair_id] and summary["missing"] == []
+        with pytest.raises(RolloutErrors, match="1 of 2 pairs ended on an infrastructure") as e:
+            raise_on_errors(summary)
+        assert down.pair_id in str(e.value) and "ModelError" in str(e.value)
 
         # the endpoint comes back: a rerun redoes only the errored pair, through real HTTP
         server.come_up()
@@ -422,6 +434,7 @@ def test_model_endpoint_down_is_an_error_and_other_pairs_go_on(client, tmp_path)
         )
         again = run_pairs([down, other], factory, client, settings, concurrency=2)
     assert [(r["repo"], r["status"]) for r in again] == [("datehelp_task", "Completed")]
+    raise_on_errors(summarise_run([down, other], run_dir))  # nothing left to rerun
     assert (pair_dir(run_dir, other) / "result.json").stat().st_mtime_ns == good_stat.st_mtime_ns
     traj = json.loads((pair_dir(run_dir, down) / "agent3_traj.json").read_text())
     [turn] = assistant_turns(traj["messages"])
