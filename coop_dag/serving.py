@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -717,6 +718,9 @@ def engine_version(python: str | os.PathLike) -> str:
     return ",".join(n.removesuffix(".dist-info") for n in found) or "unknown"
 
 
+LEASE_GRACE_S = 30.0  # a server with no live lease holder for this long stops itself
+
+
 def server_identity(argv: Sequence[str], env: dict[str, str] | None = None) -> str:
     """sha256 (12 hex) of what makes two servers interchangeable: the command (engine
     python, model dir -- content-addressed --, flags), the engine's environment settings and
@@ -854,12 +858,18 @@ def ensure_server(
             return Endpoint(url, base, kind, False, pid, str(log_path), identity)
         with open(log_path, "ab") as fh:
             fh.write(f"\n=== {' '.join(argv)}\n".encode())
-        new_pid = spawn_detached(argv, log_path=log_path, env={**_serve_env(), **(env or {})})
+        # under a watcher that stops it once no live process holds a lease: a run killed
+        # with SIGKILL (its exit handlers never run) does not leave a server behind
+        watched = [
+            sys.executable, "-m", "coop_dag.lease_watch",
+            str(_lease_dir(state, port)), f"{LEASE_GRACE_S:g}", "--", *argv,
+        ]  # fmt: skip
+        new_pid = spawn_detached(watched, log_path=log_path, env={**_serve_env(), **(env or {})})
         pid_path.write_text(
             json.dumps(
                 {
                     "pid": new_pid,
-                    "argv": list(argv),
+                    "argv": watched,
                     "url": url,
                     "log": str(log_path),
                     "identity": identity,

@@ -70,7 +70,10 @@ def _start():
     from resources.serving import ServingResource
 
     state = Path(tempfile.mkdtemp(prefix="coop-vllm-state-"))
-    resource = ServingResource(port=_free_port(), state_dir=str(state), max_loras=4)
+    # a small KV cache: tiny-qwen3 needs little, and the suite shares the machine
+    resource = ServingResource(
+        port=_free_port(), state_dir=str(state), max_loras=4, cpu_kv_cache_gib=0.5
+    )
     # registered before it starts: a session that ends while it loads stops it too
     atexit.register(stop_server, state, resource.port, lock=False)
     endpoint = resource.ensure(STUDENT)

@@ -358,3 +358,32 @@ def test_identity_covers_the_engine_version(tmp_path):
     assert server_identity([a, *argv]) != server_identity([a.replace("0.32.0", "0.33.0"), *argv])
     assert server_identity([b, *argv], {"X": "1"}) != server_identity([b, *argv], {"X": "2"})
     assert server_identity([a, *argv]) == server_identity([a, *argv])
+
+
+def test_a_server_stops_itself_when_its_run_is_killed(tmp_path):
+    """A run killed with SIGKILL never returns its lease: the server's watcher notices that no
+    live process holds one and stops the server (the OOM killer does exactly this)."""
+    import signal
+
+    from coop_dag.serving import _pid_alive
+
+    port = _port()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"""
+import sys, time; sys.path.insert(0, {str(REPO)!r})
+from coop_dag import serving
+serving.LEASE_GRACE_S = 2.0
+ep = serving.ensure_server({_stand_in(port, "a")!r}, host="127.0.0.1", port={port},
+                           state_dir={str(tmp_path)!r}, expect_ids=["x"])
+print(ep.pid, flush=True); time.sleep(600)
+"""], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    pid = int(holder.stdout.readline())
+    assert _pid_alive(pid) and VllmEngine(f"http://127.0.0.1:{port}").health()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    deadline = time.monotonic() + 30
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _pid_alive(pid)
+    assert not VllmEngine(f"http://127.0.0.1:{port}").health(timeout=1.0)
+    assert "no live lease" in (tmp_path / f"server-{port}.log").read_text()
