@@ -135,7 +135,7 @@ class VllmServeConfig:
     # cpu: the KV cache in GiB (VLLM_CPU_KVCACHE_SPACE; vLLM's CPU backend otherwise reserves a
     # share of host memory and refuses to start when that share is not free) and the OpenMP
     # threads of the model worker (0: every core of the machine).
-    cpu_kv_cache_gib: float = 2.0
+    cpu_kv_cache_gib: int = 2  # vLLM reads a whole number of GiB
     cpu_threads: int = 0
     gpu_memory_utilization: float | None = None
     max_num_seqs: int | None = None
@@ -159,8 +159,13 @@ class VllmServeConfig:
             raise VllmError(f"max_model_len must be > 0, got {self.max_model_len!r}")
         if self.device not in ("cpu", "gpu"):
             raise VllmError(f"device must be cpu or gpu, got {self.device!r}")
-        if self.device == "cpu" and self.cpu_kv_cache_gib <= 0:
-            raise VllmError(f"cpu_kv_cache_gib must be > 0, got {self.cpu_kv_cache_gib!r}")
+        if self.device == "cpu" and (
+            not isinstance(self.cpu_kv_cache_gib, int) or self.cpu_kv_cache_gib < 1
+        ):
+            raise VllmError(
+                f"cpu_kv_cache_gib must be a whole number of GiB >= 1 (vLLM reads an int), "
+                f"got {self.cpu_kv_cache_gib!r}"
+            )
         for flag in self.extra_args:
             if flag in ("--reasoning-parser", "--tool-call-parser", "--enable-lora"):
                 raise VllmError(f"set {flag} through VllmServeConfig's fields, not extra_args")
@@ -212,7 +217,7 @@ class VllmServeConfig:
             threads = self.cpu_threads or os.cpu_count() or 1
             env.update(
                 {
-                    "VLLM_CPU_KVCACHE_SPACE": f"{self.cpu_kv_cache_gib:g}",
+                    "VLLM_CPU_KVCACHE_SPACE": str(int(self.cpu_kv_cache_gib)),
                     # every thread on the model: the API server is mostly idle while decoding
                     "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}",
                     "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",

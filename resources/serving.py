@@ -82,8 +82,8 @@ class ServingResource(dg.ConfigurableResource):
         "computed at this rank, so a larger slot than the adapters need only costs time",
     )
     max_loras: int = Field(default=2, description="adapters in one batch")
-    cpu_kv_cache_gib: float = Field(
-        default=2.0, description="cpu: KV cache size in GiB (bounds the server's memory)"
+    cpu_kv_cache_gib: int = Field(
+        default=2, description="cpu: KV cache size in whole GiB (bounds the server's memory)"
     )
     cpu_threads: int = Field(
         default=1,

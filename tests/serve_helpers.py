@@ -72,7 +72,7 @@ def _start():
     state = Path(tempfile.mkdtemp(prefix="coop-vllm-state-"))
     # a small KV cache: tiny-qwen3 needs little, and the suite shares the machine
     resource = ServingResource(
-        port=_free_port(), state_dir=str(state), max_loras=4, cpu_kv_cache_gib=0.5
+        port=_free_port(), state_dir=str(state), max_loras=4, cpu_kv_cache_gib=1
     )
     # registered before it starts: a session that ends while it loads stops it too
     atexit.register(stop_server, state, resource.port, lock=False)

@@ -97,8 +97,8 @@ def test_split_errors_name_the_setting(user_dataset):
             env={"COOP_DAG_VALIDATION_REPOS": "alpha_task", "COOP_DAG_TEST_REPOS": "alpha_task"},
         )
     # On the bundled dataset each list defaults on its own; overlapping the default is an error.
-    with pytest.raises(TaskError, match="unitconv_task.*both"):
-        resolve_dataset_config(env={"COOP_DAG_TEST_REPOS": "unitconv_task"})
+    with pytest.raises(TaskError, match="throttle_task.*both"):
+        resolve_dataset_config(env={"COOP_DAG_TEST_REPOS": "throttle_task"})
 
 
 def test_subset_may_live_anywhere(user_dataset, tmp_path, monkeypatch):

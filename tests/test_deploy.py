@@ -475,7 +475,7 @@ def test_resources_resolve_to_cluster_choices(clean_env):
         "--model", "Qwen/Qwen3-4B",
         "--host", "127.0.0.1", "--port", "8000",
         "--max-model-len", "8192",
-        "--enable-lora", "--max-lora-rank", "64", "--max-loras", "4",
+        "--enable-lora", "--max-lora-rank", "16", "--max-loras", "2",
         "--enable-auto-tool-choice", "--tool-call-parser", "qwen3_coder",
         "--dtype", "float32", "--gpu-memory-utilization", "0.85", "--seed", "0",
     )  # fmt: skip

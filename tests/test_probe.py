@@ -95,8 +95,8 @@ def test_score_output(cases):
     broken = score_output(to_qwen_xml("send_message agent2 <<'MSG'\nno end"), case)
     assert not broken.send and broken.error
     # vLLM's parser hands the call over in tool_calls; an empty-arguments call is no action
-    call = {"type": "function", "function": {"name": "bash", "arguments": '{"command": "%s"}'}}
-    parsed = json.loads(json.dumps(call).replace("%s", plan.replace("\n", "\\n")))
+    args = json.dumps({"command": plan})
+    parsed = {"type": "function", "function": {"name": "bash", "arguments": args}}
     via = score_output("Let me coordinate first.", case, tool_calls=[parsed])
     assert via.hit and via.paths == [path]
     empty = {"type": "function", "function": {"name": "bash", "arguments": "{}"}}

@@ -56,6 +56,8 @@ def adapters():
 
 @pytest.fixture(autouse=True)
 def _clean(request):
+    if "server" in request.fixturenames:  # the session server is shared: start from none
+        H.unload_all(H.server())
     yield
     if "server" in request.fixturenames:
         H.unload_all(H.server())
@@ -304,8 +306,9 @@ from coop_dag.serving import ensure_server
 ensure_server({_stand_in(port, "a")!r}, host="127.0.0.1", port={port},
               state_dir={str(tmp_path)!r}, expect_ids=["x"])
 print("held", flush=True); sys.stdin.readline()
-"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
-    assert holder.stdout.readline().strip() == "held"
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    line = holder.stdout.readline().strip()
+    assert line == "held", holder.communicate(timeout=30)[1][-2000:]
     assert release_server(tmp_path, port) is False and _pid_alive(first.pid)
     # another identity is refused while somebody else uses the server
     with pytest.raises(ServingError, match="another configuration"):

@@ -343,7 +343,8 @@ def test_split_unknown_repo(dataset: Path) -> None:
 
 
 def test_bundled_split_names_bundled_repos() -> None:
-    assert BUNDLED_SPLIT.test == ("webroute_task", "mdrender_task")
+    assert BUNDLED_SPLIT.test == ("webroute_task", "mdrender_task", "verspec_task")
+    assert BUNDLED_SPLIT.validation == ("throttle_task",)
     assert BUNDLED_SPLIT.validation  # the probe needs validation repositories
     assert DEFAULT_HELD_OUT == BUNDLED_SPLIT.test  # the older name
     repos = {t.repo for t in discover_tasks(BUNDLED_DATASET)}
@@ -511,7 +512,7 @@ def test_task_pool_summary_with_subset(dataset: Path) -> None:
 
 
 def test_task_pool_summary_unknown_split_repo(dataset: Path) -> None:
-    with pytest.raises(TaskError, match=r"unknown validation repositories \['unitconv_task'\]"):
+    with pytest.raises(TaskError, match=r"unknown validation repositories \['throttle_task'\]"):
         task_pool_summary(dataset, BUNDLED_SPLIT, check_patches=False)
 
 

@@ -991,7 +991,7 @@ def test_result_paths_are_files(tok, tmp_path):
     assert read_tito_parquet(paths["val"])[0].num_rows == 0
 
 
-@pytest.mark.parametrize("leak_repo", ["unitconv_task", "webroute_task"])
+@pytest.mark.parametrize("leak_repo", ["throttle_task", "webroute_task"])
 def test_tito_parquet_asset_blocks_a_validation_or_test_repository(
     tmp_path, monkeypatch, leak_repo
 ):

@@ -70,7 +70,7 @@ def verl_python() -> Path:
         pytest.fail(f"scripts/verl_venv.sh could not build verl's venv {venv}:\n{tail}\n{fix}")
     probe = subprocess.run(
         [str(python), "-c", "import verl, peft, torch, fastapi; print(verl.__version__)"],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     if probe.returncode != 0 or probe.stdout.strip() != "0.9.1":
         tail = "\n".join((probe.stdout + probe.stderr).splitlines()[-10:])
@@ -297,13 +297,13 @@ def test_cpu_platform_gives_verl_a_cpu_device_and_a_gloo_group(verl_python):
     }  # fmt: skip
     proc = subprocess.run(
         [str(verl_python), "-c", PLATFORM_PROBE],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
+        env=env, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
     # without VERL_PLATFORM a CPU host is not silently given our platform (verl's own choice)
     env.pop("VERL_PLATFORM")
     proc = subprocess.run(
         [str(verl_python), "-c", "from verl.utils.device import get_device_name as n; print(n())"],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
+        env=env, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert proc.stdout.strip().splitlines()[-1] == "cuda", proc.stderr[-2000:]

@@ -79,13 +79,13 @@ def test_serve_command_in_vllm_environment():
     assert cmd.env == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
     assert cmd.container_name is None
     # the CPU build: memory sized by VLLM_CPU_KVCACHE_SPACE, every core on the model
-    cpu = VllmServeConfig(model="/m", device="cpu", dtype="float32", cpu_kv_cache_gib=1.5,
+    cpu = VllmServeConfig(model="/m", device="cpu", dtype="float32", cpu_kv_cache_gib=3,
                           cpu_threads=2)  # fmt: skip
     assert cpu.args()[-4:] == ["--dtype", "float32", "--seed", "0"]
     assert "--gpu-memory-utilization" not in cpu.args()
     assert cpu.environment() == {
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
-        "VLLM_CPU_KVCACHE_SPACE": "1.5",
+        "VLLM_CPU_KVCACHE_SPACE": "3",
         "VLLM_CPU_OMP_THREADS_BIND": "0-1",
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
     }
@@ -141,6 +141,7 @@ def test_no_tool_parser_when_disabled():
         ({"port": 0}, "port"),
         ({"extra_args": ("--reasoning-parser", "qwen3")}, "through VllmServeConfig"),
         ({"model": ""}, "model is empty"),
+        ({"device": "cpu", "cpu_kv_cache_gib": 0.5}, "whole number of GiB"),
     ],
 )
 def test_bad_serve_configs(kw, needle):
