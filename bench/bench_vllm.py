@@ -165,6 +165,7 @@ def main() -> None:
     parser.add_argument("--baseline-ref", default=BASELINE_REF)
     parser.add_argument("--vllm-python", default=str(REPO / ".venv-vllm" / "bin" / "python"))
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--skip-vllm", action="store_true")
     args = parser.parse_args()
     student = get_student(args.student)
     tmp = Path(tempfile.mkdtemp(prefix="bench-vllm-"))
@@ -177,17 +178,18 @@ def main() -> None:
         max_model_len=DEFAULT_MAX_MODEL_LEN, dtype=EVAL_DTYPE, device="cpu",
     )  # fmt: skip
     command = serve_command(config, VllmLauncher(python=args.vllm_python))
-    t0 = time.monotonic()
-    proc = _start(list(command.argv), dict(command.env), tmp / "vllm.log", url)
-    startup = time.monotonic() - t0
-    try:
-        rows["vllm"] = {
-            **_workload(url, student.name, args.agents, args.turns, args.max_tokens, proc.pid),
-            "startup_s": round(startup, 1),
-        }
-    finally:
-        _stop(proc)
-    print("vllm", rows["vllm"], flush=True)
+    if not args.skip_vllm:
+        t0 = time.monotonic()
+        proc = _start(list(command.argv), dict(command.env), tmp / "vllm.log", url)
+        startup = time.monotonic() - t0
+        try:
+            rows["vllm"] = {
+                **_workload(url, student.name, args.agents, args.turns, args.max_tokens, proc.pid),
+                "startup_s": round(startup, 1),
+            }
+        finally:
+            _stop(proc)
+        print("vllm", rows["vllm"], flush=True)
 
     if not args.skip_baseline:
         src = tmp / "baseline"
@@ -199,9 +201,16 @@ def main() -> None:
         subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
-        argv = [sys.executable, "-m", "coop_dag.serve", "--student", student.name,
+        # the extracted tree's coop_dag, not the editable install's (which has no serve.py)
+        launcher = (
+            "import runpy, sys; "
+            "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]; "
+            f"sys.path.insert(0, {str(src)!r}); sys.argv[0] = 'coop_dag.serve'; "
+            "runpy.run_module('coop_dag.serve', run_name='__main__')"
+        )
+        argv = [sys.executable, "-c", launcher, "--student", student.name,
                 "--port", str(port), "--threads", "0", "--batch-gap", "1.0"]  # fmt: skip
-        env = {"PYTHONPATH": str(src), "COOP_DAG_CACHE": str(student.model_dir.parents[2])}
+        env = {"COOP_DAG_CACHE": str(student.model_dir.parents[2])}
         t0 = time.monotonic()
         proc = _start(argv, env, tmp / "baseline.log", url)
         startup = time.monotonic() - t0
@@ -221,7 +230,7 @@ def main() -> None:
     for name, r in rows.items():
         print(f"| {name} | {r['wall_s']} | {r['tokens_per_s']} | {r['p50_s']} | {r['p95_s']} | "
               f"{r['peak_rss_gb']} | {r['startup_s']} |")  # fmt: skip
-    if "retired" in rows:
+    if "retired" in rows and "vllm" in rows:
         v, b = rows["vllm"], rows["retired"]
         print(f"\nvLLM / retired: tokens/s x{v['tokens_per_s'] / b['tokens_per_s']:.2f}, "
               f"p50 x{v['p50_s'] / b['p50_s']:.2f}, peak RSS x{v['peak_rss_gb'] / b['peak_rss_gb']:.2f}")  # noqa: E501  # fmt: skip
