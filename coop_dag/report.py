@@ -72,7 +72,9 @@ def _stat(record: Mapping[str, Any] | None, metric: str) -> dict[str, Any] | Non
 
 
 def _copyable(copier: dict | None, student: dict | None) -> dict[str, bool | None]:
-    """Per metric: the copier clears it (rate >= the seed bar, or >= the student's rate)."""
+    """Per metric: the copier clears it (rate >= the seed bar, or >= the student's rate). A
+    metric where the copier scores 0 is never copyable, even when the student scores 0 too
+    (nothing was copied); None: no copier result."""
     out: dict[str, bool | None] = {}
     for m in REPORT_METRICS:
         c = (copier or {}).get(m)
@@ -82,7 +84,7 @@ def _copyable(copier: dict | None, student: dict | None) -> dict[str, bool | Non
             continue
         bar = THRESHOLDS.get(m)
         out[m] = (bar is not None and c["value"] >= bar) or (
-            s is not None and c["value"] >= s["value"]
+            s is not None and c["value"] > 0 and c["value"] >= s["value"]
         )
     return out
 
@@ -213,9 +215,15 @@ def _verdict(row: dict) -> str | None:
         + " (paired 95 % interval above 0)"
         + (f", not on {', '.join(not_base)}" if not_base and row["deltas"] else "")
     ]
-    cop = row["copyable"]
+    cop, roles = row["copyable"], row["roles"]
     if any(v is not None for v in cop.values()):
-        beats = [SHORT[m] for m in REPORT_METRICS if cop[m] is False]
+        beats = [
+            SHORT[m]
+            for m in REPORT_METRICS
+            if cop[m] is False
+            and (roles["student"] or {}).get(m)
+            and roles["student"][m]["value"] > roles["copier"][m]["value"]
+        ]
         copyable = [SHORT[m] for m in REPORT_METRICS if cop[m]]
         parts.append(
             "beats the copier on "
@@ -258,9 +266,13 @@ def _variant_table(row: dict) -> list[str]:
     return [*lines, "", *notes]
 
 
-def _spread(values: list[float]) -> str:
+def _spread(values: list[float], delta: bool = False) -> str:
+    """mean ± sd (min–max) in percent, or in signed points for a delta."""
     mean = statistics.fmean(values)
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    if delta:
+        lo, hi = min(values), max(values)
+        return f"{100 * mean:+.0f} ± {100 * sd:.0f} pts ({100 * lo:+.0f} to {100 * hi:+.0f})"
     return f"{_pct(mean)} ± {100 * sd:.0f} ({_pct(min(values))}–{_pct(max(values))})"
 
 
@@ -269,7 +281,8 @@ def seed_table(rows: list[dict], groups: Mapping[str, list[str]]) -> list[str]:
     seeds with a student result."""
     by_name = {r["variant"]: r for r in rows}
     cols = " | ".join(SHORT[m] for m in REPORT_METRICS)
-    lines = []
+    lines: list[str] = []
+    pending: list[str] = []
     for label, members in groups.items():
         have = [by_name[v] for v in members if v in by_name and by_name[v]["roles"]["student"]]
         if not have:
@@ -286,14 +299,12 @@ def seed_table(rows: list[dict], groups: Mapping[str, list[str]]) -> list[str]:
             cells = []
             for m in REPORT_METRICS:
                 vals = [r[f"{key}_{m}"] for r in have if r[f"{key}_{m}"] is not None]
-                cells.append(_spread(vals) if vals else "–")
+                cells.append(_spread(vals, delta=key == "delta") if vals else "–")
             lines.append(f"| {label} | {len(have)} ({seeds}) | {name} | {' | '.join(cells)} |")
         missing = [v for v in members if v not in {r["variant"] for r in have}]
         if missing:
-            lines.append(
-                f"| {label} | not yet run: {', '.join(missing)} | | " + "| " * len(REPORT_METRICS)
-            )
-    return lines
+            pending.append(f"{label}: not yet run for {', '.join(missing)}.")
+    return [*lines, *([""] + pending if lines and pending else [])]
 
 
 def report_markdown(rows: list[dict], groups: Mapping[str, list[str]] | None = None) -> str:

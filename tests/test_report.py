@@ -76,16 +76,18 @@ def test_controls_copyable_marker_deltas_and_teacher_note(tmp_path):
         "behaviour_metrics",
         "templated",
         "s",
-        metrics=_summary(1.0, 0.8, 0.9, 0.5, 0.0),
+        metrics=_summary(1.0, 0.8, 0.9, 0.5, 0.1),
         deltas=_deltas(
             plan_first=1.0, plan_content=0.8, follow_through=0.9, edit_follow_through=0.2
         ),
     )
     store.record("base_student_metrics", "templated", "b", metrics=_summary(0, 0, 0, 0.3, 0))
     store.record("base_steering_metrics", "templated", "bs", metrics=_summary(0.1, 0, 0.05))
-    store.record("control_copier_metrics", "templated", "c", metrics=_summary(1.0, 1.0, 1.0, 0, 0))
+    # no copier passes tests; this one stands in for one whose both_passed reaches the student's
+    copier = _summary(1.0, 1.0, 1.0, 0, 0.1)
+    store.record("control_copier_metrics", "templated", "c", metrics=copier)
     [row] = report_rows(store)
-    # the copier reaches the bar (PF, PC, FT) or the student's rate (both_passed: 0 >= 0)
+    # the copier reaches the bar (PF, PC, FT) or the student's rate (both_passed: 10 % >= 10 %)
     assert row["copyable"] == {
         "plan_first": True,
         "plan_content": True,
@@ -101,12 +103,28 @@ def test_controls_copyable_marker_deltas_and_teacher_note(tmp_path):
     positions = [md.index(f"| {label} |") for label in labels]
     assert positions == sorted(positions)  # every row, in this order
     assert "| copyable? | **copyable** | **copyable** | **copyable** | no | **copyable** |" in md
+    assert (
+        "| copier (control) | 100% [75–100] ✓ | 100% [75–100] ✓ | 100% [75–100] ✓ | 0% [0–5] |"
+        in md
+    )
     assert "| Δ student − base (paired) | +100 pts [+70, +110] | +80 pts [+50, +90] |" in md
     assert "ceiling holds by construction" in md and "gold patch" in md
     # plain words: the edit-FT delta's interval [-10, +30] includes 0
     assert "Student beats the base on PF, PC, FT (paired 95 % interval above 0)" in md
     assert "not on edit-FT, both_passed" in md
     assert "beats the copier on edit-FT; copyable: PF, PC, FT, both_passed" in md
+
+
+def test_a_metric_the_copier_scores_zero_on_is_not_copyable(tmp_path):
+    store = LineageStore(tmp_path / "l.duckdb")
+    store.record("behaviour_metrics", "templated", "s", metrics=_summary(0.5, 0.5, 0.5, 0, 0))
+    store.record("control_copier_metrics", "templated", "c", metrics=_summary(0.6, 0, 0, 0, 0))
+    [row] = report_rows(store)
+    # PF: 60 % misses the bar but reaches the student's 50 %; 0 vs 0 is nothing copied
+    assert row["copyable"]["plan_first"] is True
+    assert not any(row["copyable"][m] for m in ("plan_content", "edit_follow_through"))
+    md = report_markdown([row])
+    assert "beats the copier on PC, FT; copyable: PF" in md  # edit-FT 0 vs 0: neither
 
 
 def test_a_measured_teacher_is_not_said_to_hold_by_construction(tmp_path):
@@ -135,4 +153,4 @@ def test_seed_variants_are_grouped_with_mean_and_spread(tmp_path):
         "| templated | 3 (0, 1, 2) | student | 100% ± 0 (100%–100%) | 100% ± 0 (100%–100%) "
         "| 80% ± 20 (60%–100%) |" in md
     )
-    assert "| templated | 3 (0, 1, 2) | Δ over base | 100% ± 0" in md
+    assert "| templated | 3 (0, 1, 2) | Δ over base | +100 ± 0 pts (+100 to +100) |" in md
