@@ -209,12 +209,16 @@ def _verdict(row: dict) -> str | None:
         return None
     over_base = [SHORT[m] for m, d in row["deltas"].items() if d["ci95"] and d["ci95"][0] > 0]
     not_base = [SHORT[m] for m in REPORT_METRICS if SHORT[m] not in over_base]
-    parts = [
-        "beats the base on "
-        + (", ".join(over_base) or "nothing")
-        + " (paired 95 % interval above 0)"
-        + (f", not on {', '.join(not_base)}" if not_base and row["deltas"] else "")
-    ]
+    parts = (
+        [
+            "beats the base on "
+            + (", ".join(over_base) or "nothing")
+            + " (paired 95 % interval above 0)"
+            + (f", not on {', '.join(not_base)}" if not_base else "")
+        ]
+        if row["deltas"]
+        else ["has no paired delta over the base recorded"]
+    )
     cop, roles = row["copyable"], row["roles"]
     if any(v is not None for v in cop.values()):
         beats = [

@@ -50,6 +50,7 @@ def test_report_renders_two_variants_side_by_side(tmp_path):
     assert "| 18 pairs / 36 agents |" in md
     assert "| base (untrained) | 0% [0–5] ✗ |" in md
     assert "### templated-up1" in md and "FAIL" in md
+    assert "Student has no paired delta over the base recorded." in md  # not "beats nothing"
     png = report_plot(rows, tmp_path / "plot.png")
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "plot.png").stat().st_size > 1000
 
