@@ -6,12 +6,12 @@ inside the assets they check; resources select engines per environment (COOP_DAG
 
 import dagster as dg
 
-from assets import evaluation, sensors, serving, tasks, teacher, tito, training
+from assets import controls, evaluation, sensors, serving, tasks, teacher, tito, training
 from resources import DatasetResource, LineageResource, RolloutResource
 from resources.serving import ServingResource
 from resources.training import TrainingResource
 
-_modules = [tasks, teacher, tito, training, serving, evaluation]
+_modules = [tasks, teacher, tito, training, serving, evaluation, controls]
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules(_modules),

@@ -11,7 +11,8 @@ from assets.partitions import VARIANTS, variant_partitions
 from assets.teacher import metrics_table, score_pair_ids
 from coop_dag.lineage import content_version
 from coop_dag.metrics import paired_deltas
-from coop_dag.report import THRESHOLDS, report_markdown, report_plot, report_rows
+from coop_dag.models import ChatModel
+from coop_dag.report import THRESHOLDS, report_markdown, report_plot, report_rows, seed_groups
 from coop_dag.rollouts import (
     RolloutErrors,
     limits_from,
@@ -49,15 +50,22 @@ def _metric_metadata(summary: dict) -> dict:
     }
 
 
-def _roll_out(context, model_factory_model, pairs, run_dir, variant, rollout, dataset, name):
-    """The pairs rolled out; an infrastructure error in any pair fails the asset (naming the
-    pairs and causes) instead of becoming a score: a rerun finishes only those pairs."""
+def _roll_out(
+    context, model, pairs, run_dir, variant, rollout, dataset, name, *, steering: bool = False
+):
+    """The pairs rolled out under the variant's held-out limits (the one runtime of student,
+    base and controls); ``model``: a ChatModel shared by every agent, or an episode
+    ModelFactory. An infrastructure error in any pair fails the asset (naming the pairs and
+    causes) instead of becoming a score: a rerun finishes only those pairs."""
     settings = variant.student_rollout
+    factory = model if not isinstance(model, ChatModel) else (lambda *_: model)
     summary = rollout_pairs(
         pairs,
-        lambda pair, feature, agent_id, partner_id: model_factory_model,
+        factory,
         run_dir,
-        steering=False,  # the student is evaluated under the prompt it will actually see
+        # the student is evaluated under the prompt it will actually see; only the
+        # base + steering control sets this
+        steering=steering,
         limits=limits_from(settings),
         model_name=name,
         redis_url=rollout.redis,
@@ -209,6 +217,7 @@ def behaviour_metrics(
         },
         facts=student_rollouts.get("facts", {}),
         metrics=s,
+        deltas=metrics["delta_over_base_stats"],
     )
     yield dg.Output(
         metrics,
@@ -240,14 +249,21 @@ def behaviour_metrics(
         )
 
 
-@dg.asset(group_name="evaluation", code_version="1", deps=[behaviour_metrics])
+@dg.asset(
+    group_name="evaluation",
+    code_version="2",  # controls, intervals, seed groups
+    # the controls live in assets/controls.py (which imports this module)
+    deps=[behaviour_metrics, "base_steering_metrics", "control_copier_metrics"],
+)
 def distillation_report(
     context: dg.AssetExecutionContext, lineage: LineageResource, rollout: RolloutResource
 ) -> dg.MaterializeResult:
-    """All variants side by side — teacher ceiling, student, base, delta — queried from the
+    """Per variant: the teacher's ceiling, the student, the paired delta over the base, and
+    the controls (base, base + steering, copier) with n and 95 % intervals, copyable metrics
+    marked; variants differing only by seed grouped (mean and spread). Queried from the
     lineage store (the seed's Tier-5 table), with a plot of teacher vs student follow-through."""
-    rows = report_rows(lineage.store)
-    markdown = report_markdown(rows)
+    rows = report_rows(lineage.store, VARIANTS)
+    markdown = report_markdown(rows, seed_groups(VARIANTS))
     png_path = Path(rollout.root) / "report" / "follow_through.png"
     png = report_plot(rows, png_path)
     (png_path.parent / "report.md").write_text(markdown + "\n")

@@ -17,7 +17,7 @@ from coop_dag.probe import ProbeResult, compare_outputs, held_out_cases, probe_e
 from coop_dag.profiles import VERL_KINDS
 from coop_dag.serving import Endpoint, ensure_loaded
 from coop_dag.students import get_student
-from coop_dag.train import TrainResult, copy_adapter, format_event, get_recipe, train_lora
+from coop_dag.train import TrainResult, copy_adapter, format_event, recipe_for, train_lora
 from coop_dag.verl import train_lora_verl
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
@@ -187,7 +187,8 @@ def lora_checkpoint(
             f"'{variant.name}' trains '{variant.student}'"
         )
     student = get_student(student_name)
-    recipe = get_recipe(training.recipe or variant.recipe)
+    # The variant's seed is the training seed (in the run key: another seed, another adapter).
+    recipe = recipe_for(variant, training.recipe)
     # The probe reads validation repositories only: test repositories are never tuned on.
     cases = held_out_cases(dataset.root, dataset.validation, max_prompts=training.probe_prompts)
     context.log.info(
