@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.partitions import VARIANTS, variant_partitions
+from assets.partitions import GPU_POOL, VARIANTS, variant_partitions
 from assets.teacher import metrics_table, score_pair_ids
 from coop_dag.lineage import content_version
 from coop_dag.metrics import paired_deltas
@@ -79,6 +79,7 @@ def _roll_out(context, model_factory_model, pairs, run_dir, variant, rollout, da
     partitions_def=variant_partitions,
     group_name="evaluation",
     code_version="2",  # §6 metric rules
+    pool=GPU_POOL,
 )
 def base_student_metrics(
     context: dg.AssetExecutionContext,
@@ -120,7 +121,9 @@ def base_student_metrics(
     )
 
 
-@dg.asset(partitions_def=variant_partitions, group_name="evaluation", code_version="1")
+@dg.asset(
+    partitions_def=variant_partitions, group_name="evaluation", code_version="1", pool=GPU_POOL
+)
 def student_rollouts(
     context: dg.AssetExecutionContext,
     task_pool: dict,

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets.partitions import VARIANTS, variant_partitions
+from assets.partitions import GPU_POOL, VARIANTS, variant_partitions
 from coop_dag.adapters import repair_adapter
 from coop_dag.lineage import content_version
 from coop_dag.serving import serve_adapter
@@ -38,6 +38,7 @@ class ServedAdapterConfig(dg.Config):
     partitions_def=variant_partitions,
     group_name="serving",
     code_version="1",
+    pool=GPU_POOL,
     check_specs=[dg.AssetCheckSpec(CHECK, asset="served_adapter", blocking=True)],
 )
 def served_adapter(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.partitions import VARIANTS, variant_partitions
+from assets.partitions import GPU_POOL, VARIANTS, variant_partitions
 from coop_dag.lineage import content_version
 from coop_dag.metrics import score_pairs
 from coop_dag.rollouts import (
@@ -29,7 +29,9 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-@dg.asset(partitions_def=variant_partitions, group_name="teacher", code_version="1")
+@dg.asset(
+    partitions_def=variant_partitions, group_name="teacher", code_version="1", pool=GPU_POOL
+)
 def teacher_rollouts(
     context: dg.AssetExecutionContext,
     task_pool: dict,

@@ -10,7 +10,7 @@ from typing import Any
 
 import dagster as dg
 
-from assets.partitions import VARIANTS, variant_partitions
+from assets.partitions import GPU_POOL, VARIANTS, variant_partitions
 from coop_dag.adapters import AdapterError, adapter_name, validate_adapter, write_lineage
 from coop_dag.lineage import content_version
 from coop_dag.probe import ProbeResult, compare_outputs, held_out_cases, probe_endpoint, probe_key
@@ -136,6 +136,7 @@ def _train(
     partitions_def=variant_partitions,
     group_name="training",
     code_version="1",
+    pool=GPU_POOL,
     check_specs=[
         dg.AssetCheckSpec("validation_loss_fell", asset="lora_checkpoint"),
         dg.AssetCheckSpec("adapter_weights_usable", asset="lora_checkpoint", blocking=True),
