@@ -64,6 +64,7 @@ def _roll_out(context, model_factory_model, pairs, run_dir, variant, rollout, da
         concurrency=rollout.workers(int(settings.get("concurrency", 2))),
         mirror_dir=dataset.mirror,
         allow_unsandboxed=rollout.allow_unsandboxed,
+        sandbox=rollout.sandbox_backend,
         log=context.log.info,
     )
     try:

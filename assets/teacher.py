@@ -69,6 +69,7 @@ def teacher_rollouts(
         concurrency=rollout.workers(int(variant.rollout.get("concurrency", 2))),
         mirror_dir=dataset.mirror,
         allow_unsandboxed=rollout.allow_unsandboxed,
+        sandbox=rollout.sandbox_backend,
         log=context.log.info,
     )
     try:  # an infrastructure error is not a teacher outcome: fail, rerun finishes only those

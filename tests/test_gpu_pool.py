@@ -31,9 +31,7 @@ def test_every_gpu_asset_is_in_the_pool_and_nothing_else():
     from definitions import defs
 
     graph = defs.resolve_asset_graph()
-    pools = {
-        key.to_user_string(): graph.get(key).pools for key in graph.get_all_asset_keys()
-    }
+    pools = {key.to_user_string(): graph.get(key).pools for key in graph.get_all_asset_keys()}
     in_pool = {name for name, p in pools.items() if p and GPU_POOL in p}
     assert in_pool == GPU_ASSETS
 
