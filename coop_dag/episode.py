@@ -32,7 +32,7 @@ import redis
 
 from coop_dag.agent import AgentLimits, CoopAgent
 from coop_dag.evaluate import evaluate_pair
-from coop_dag.hostcheck import require_docker
+from coop_dag.hostcheck import check_sandbox
 from coop_dag.messaging import MessageBus, conversation_records
 from coop_dag.models import ChatModel
 from coop_dag.prompts import render_prompts
@@ -137,11 +137,7 @@ def sandbox_factory(backend: str) -> SandboxFactory:
             f"sandbox backend {backend!r} ({SANDBOX_VARIABLE}): expected one of "
             f"{', '.join(SANDBOX_BACKENDS)}"
         )
-    if backend == "docker":
-        require_docker(
-            f"{SANDBOX_VARIABLE}=docker (agents in CooperBench's task images)",
-            f"set {SANDBOX_VARIABLE}=local to run agents in bubblewrap",
-        )
+    check_sandbox(backend)
     return SANDBOX_BACKENDS[backend]
 
 

@@ -9,9 +9,16 @@ from __future__ import annotations
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
+
+from coop_dag.profiles import Profile, ServerChoice, TrainerChoice
 
 __all__ = [
     "HostRequirementError",
+    "check_profile",
+    "check_sandbox",
+    "check_server",
+    "check_trainer",
     "docker_status",
     "gpu_status",
     "require_docker",
@@ -87,3 +94,72 @@ def require_gpus(n: int, needed_by: str, instead: str) -> int:
             f"container gets them through device_requests in deploy/dagster.yaml), or {instead}"
         )
     return status.count
+
+
+# -- the profile's engines ----------------------------------------------------------------
+
+_TRAIN_ON_CPU = "set COOP_DAG_TRAINER=verl-cpu (real verl on this CPU) or embedded"
+_SERVE_ON_CPU = (
+    "set COOP_DAG_VLLM_DEVICE=cpu (vLLM's CPU build), or attach to a running vLLM with "
+    "COOP_DAG_VLLM_URL"
+)
+
+
+def check_trainer(choice: TrainerChoice) -> None:
+    """What `choice` (a verl trainer on GPUs, from its python or its image) needs of the host;
+    nothing for the embedded trainer or verl-cpu (its venv is checked where it is used)."""
+    if choice.kind != "verl":
+        return
+    if choice.verl_image:
+        require_docker(f"COOP_DAG_VERL_IMAGE={choice.verl_image} (verl in a container)",
+                       "set COOP_DAG_VERL_PYTHON to a local verl environment, or "
+                       + _TRAIN_ON_CPU)  # fmt: skip
+    require_gpus(
+        choice.nproc,
+        f"COOP_DAG_TRAINER=verl (COOP_DAG_VERL_NPROC={choice.nproc} GPU(s) per training run)",
+        _TRAIN_ON_CPU,
+    )
+    if choice.verl_python and not Path(choice.verl_python).exists():
+        raise HostRequirementError(
+            f"COOP_DAG_TRAINER=verl: verl's python {choice.verl_python} does not exist "
+            "(COOP_DAG_VERL_PYTHON; the cluster's is /opt/verl-env in the coop-dag-gpu image): "
+            f"run in that image, point COOP_DAG_VERL_PYTHON at a verl environment, or "
+            f"{_TRAIN_ON_CPU}"
+        )
+
+
+def check_server(choice: ServerChoice) -> None:
+    """What serving with `choice` needs of the host: GPUs for vLLM on GPUs, Docker for vLLM
+    from an image; nothing to attach to a running server (its URL is checked when used)."""
+    if choice.mode == "attach":
+        return
+    if choice.mode == "container":
+        require_docker(f"COOP_DAG_VLLM_IMAGE={choice.vllm_image} (vLLM in a container)",
+                       "set COOP_DAG_VLLM_PYTHON to a local vLLM environment")  # fmt: skip
+    if choice.device == "gpu":
+        require_gpus(1, "COOP_DAG_VLLM_DEVICE=gpu (vLLM on GPUs)", _SERVE_ON_CPU)
+
+
+def check_sandbox(backend: str) -> None:
+    """Docker for the docker sandbox (CooperBench's task images); bubblewrap is checked by
+    LocalSandbox itself."""
+    if backend == "docker":
+        require_docker(
+            "COOP_DAG_SANDBOX=docker (agents in CooperBench's task images)",
+            "set COOP_DAG_SANDBOX=local to run agents in bubblewrap",
+        )
+
+
+def check_profile(profile: Profile) -> list[str]:
+    """Every host requirement of `profile` that is not met (empty: all are)."""
+    problems = []
+    for check, arg in (
+        (check_sandbox, profile.sandbox),
+        (check_trainer, profile.trainer),
+        (check_server, profile.server),
+    ):
+        try:
+            check(arg)
+        except HostRequirementError as err:
+            problems.append(str(err))
+    return problems
