@@ -12,7 +12,7 @@ variant's held-out limits, no steering unless stated) on the same test pairs:
 import dagster as dg
 
 from assets.evaluation import _held_out, _metric_metadata, _roll_out
-from assets.partitions import VARIANTS, variant_partitions
+from assets.partitions import GPU_POOL, VARIANTS, variant_partitions
 from assets.teacher import score_pair_ids
 from coop_dag.lineage import content_version
 from coop_dag.rollouts import select_pairs
@@ -63,7 +63,9 @@ def control_copier_metrics(
     return _scored(context, summary, lineage, facts, run_dir)
 
 
-@dg.asset(partitions_def=variant_partitions, group_name="evaluation", code_version="1")
+@dg.asset(
+    partitions_def=variant_partitions, group_name="evaluation", code_version="1", pool=GPU_POOL
+)
 def base_steering_metrics(
     context: dg.AssetExecutionContext,
     task_pool: dict,
