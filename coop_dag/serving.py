@@ -593,6 +593,10 @@ class Endpoint:
         from coop_dag.models import LiteLLMChatModel
 
         kwargs.setdefault("capture_token_ids", True)
+        # a request queues behind the whole batch on a CPU server (dozens of agents' prompts
+        # prefilled first): a long wait is load, not a fault -- a dead server is refused at
+        # once -- and a timed-out request is aborted and resent, redoing its prefill
+        kwargs.setdefault("timeout", SERVED_REQUEST_TIMEOUT_S)
         return LiteLLMChatModel(f"openai/{model}", api_base=self.api_base, **kwargs)
 
     def describe(self) -> dict:
@@ -718,7 +722,8 @@ def engine_version(python: str | os.PathLike) -> str:
     return ",".join(n.removesuffix(".dist-info") for n in found) or "unknown"
 
 
-LEASE_GRACE_S = 30.0  # a server with no live lease holder for this long stops itself
+LEASE_GRACE_S = 30.0
+SERVED_REQUEST_TIMEOUT_S = 1800.0  # a server with no live lease holder for this long stops itself
 
 
 def server_identity(argv: Sequence[str], env: dict[str, str] | None = None) -> str:
