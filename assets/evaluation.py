@@ -282,7 +282,7 @@ def score_rollouts(
         upstream=upstream,
         facts=rollouts.get("facts", {}),
         metrics=s,
-        deltas=metrics["delta_over_base_stats"],
+        deltas=metrics.get("delta_over_base_stats"),  # none for a dropped adapter
     )
     yield dg.Output(
         metrics,
