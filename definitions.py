@@ -6,17 +6,27 @@ inside the assets they check; resources select engines per environment (COOP_DAG
 
 import dagster as dg
 
-from assets import evaluation, sensors, serving, tasks, teacher, tito, training
+from assets import (
+    controls,
+    dropped,
+    evaluation,
+    sensors,
+    serving,
+    tasks,
+    teacher,
+    tito,
+    training,
+)
 from resources import DatasetResource, LineageResource, RolloutResource
 from resources.serving import ServingResource
 from resources.training import TrainingResource
 
-_modules = [tasks, teacher, tito, training, serving, evaluation]
+_modules = [tasks, teacher, tito, training, serving, evaluation, controls, dropped]
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules(_modules),
     asset_checks=dg.load_asset_checks_from_modules(_modules),
-    jobs=[sensors.evaluate_adapter_job],
+    jobs=[sensors.evaluate_adapter_job],  # dropped_adapter + dropped_adapter_metrics
     sensors=[sensors.new_adapter_sensor],
     resources={
         "dataset": DatasetResource(),

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.partitions import VARIANTS, variant_partitions
+from assets.partitions import GPU_POOL, VARIANTS, check_spec, variant_partitions
 from assets.teacher import metrics_table, score_pair_ids
 from coop_dag.lineage import content_version
 from coop_dag.metrics import paired_deltas
-from coop_dag.report import THRESHOLDS, report_markdown, report_plot, report_rows
+from coop_dag.models import ChatModel
+from coop_dag.report import THRESHOLDS, report_markdown, report_plot, report_rows, seed_groups
 from coop_dag.rollouts import (
     RolloutErrors,
     limits_from,
@@ -22,6 +23,7 @@ from coop_dag.rollouts import (
 from coop_dag.serving import ensure_loaded
 from coop_dag.students import get_student
 from coop_dag.tasks import TaskError, require_pairs
+from coop_dag.variants import Variant
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
 from resources.rollout import RolloutResource
@@ -37,6 +39,20 @@ def _held_out(task_pool: dict) -> list[str]:
         raise dg.Failure(description=str(exc)) from None
 
 
+def bar_check_specs(asset: str, partitions_def: dg.PartitionsDefinition) -> list:
+    """The seed's three bars as checks of `asset`, partitioned like it: each partition's
+    result is that adapter's."""
+    return [
+        check_spec(
+            f"{m}_meets_seed_bar",
+            asset,
+            partitions_def,
+            description=f"{m} >= {THRESHOLDS[m]:.0%} (the seed's threshold)",
+        )
+        for m in THRESHOLDS
+    ]
+
+
 def _metric_metadata(summary: dict) -> dict:
     return {
         "n_pairs": summary["n_pairs"],
@@ -49,21 +65,29 @@ def _metric_metadata(summary: dict) -> dict:
     }
 
 
-def _roll_out(context, model_factory_model, pairs, run_dir, variant, rollout, dataset, name):
-    """The pairs rolled out; an infrastructure error in any pair fails the asset (naming the
-    pairs and causes) instead of becoming a score: a rerun finishes only those pairs."""
+def _roll_out(
+    context, model, pairs, run_dir, variant, rollout, dataset, name, *, steering: bool = False
+):
+    """The pairs rolled out under the variant's held-out limits (the one runtime of student,
+    base and controls); ``model``: a ChatModel shared by every agent, or an episode
+    ModelFactory. An infrastructure error in any pair fails the asset (naming the pairs and
+    causes) instead of becoming a score: a rerun finishes only those pairs."""
     settings = variant.student_rollout
+    factory = model if not isinstance(model, ChatModel) else (lambda *_: model)
     summary = rollout_pairs(
         pairs,
-        lambda pair, feature, agent_id, partner_id: model_factory_model,
+        factory,
         run_dir,
-        steering=False,  # the student is evaluated under the prompt it will actually see
+        # the student is evaluated under the prompt it will actually see; only the
+        # base + steering control sets this
+        steering=steering,
         limits=limits_from(settings),
         model_name=name,
         redis_url=rollout.redis,
         concurrency=rollout.workers(int(settings.get("concurrency", 2))),
         mirror_dir=dataset.mirror,
         allow_unsandboxed=rollout.allow_unsandboxed,
+        sandbox=rollout.sandbox_backend,
         log=context.log.info,
     )
     try:
@@ -79,6 +103,7 @@ def _roll_out(context, model_factory_model, pairs, run_dir, variant, rollout, da
     partitions_def=variant_partitions,
     group_name="evaluation",
     code_version="2",  # §6 metric rules
+    pool=GPU_POOL,
 )
 def base_student_metrics(
     context: dg.AssetExecutionContext,
@@ -120,7 +145,9 @@ def base_student_metrics(
     )
 
 
-@dg.asset(partitions_def=variant_partitions, group_name="evaluation", code_version="1")
+@dg.asset(
+    partitions_def=variant_partitions, group_name="evaluation", code_version="1", pool=GPU_POOL
+)
 def student_rollouts(
     context: dg.AssetExecutionContext,
     task_pool: dict,
@@ -133,56 +160,69 @@ def student_rollouts(
     """Held-out pairs, both agents played by the served adapter (token ids captured), default
     coop prompt, the variant's student step and context limits. Resumable per adapter."""
     variant = VARIANTS[context.partition_key]
-    endpoint = serving.ensure(variant.student, log=context.log.info)
-    # A restarted server has lost its adapters: put this one back under the same name.
-    ensure_loaded(endpoint.url, served_adapter["adapter_name"], served_adapter["adapter_path"])
-    pairs = select_pairs(dataset.root, _held_out(task_pool), dataset.subset_name)
-    run_dir = rollout.run_dir(variant.name, "student") / served_adapter["adapter_name"]
-    model = endpoint.chat_model(
-        served_adapter["adapter_name"],
-        max_tokens=int(variant.student_rollout.get("max_tokens", 320)),
+    summary, metadata = roll_out_adapter(
+        context, variant, task_pool, served_adapter, dataset, rollout, serving
     )
-    summary = _roll_out(
-        context, model, pairs, run_dir, variant, rollout, dataset, served_adapter["adapter_name"]
-    )
-    stable = ("run_dir", "statuses", "pair_ids", "mean_steps", "both_passed_rate")
-    summary["data_version"] = content_version({k: summary[k] for k in stable})
-    summary["facts"] = {
-        **served_adapter.get("facts", {}),
-        "adapter_name": served_adapter["adapter_name"],
-        "held_out_repos": task_pool["test_repos"],  # the test repositories (older name)
-    }
     lineage.record(
         context,
         summary["data_version"],
         upstream={"served_adapter": served_adapter["data_version"]},
         facts=summary["facts"],
     )
-    context.add_output_metadata(
-        {
-            "run_dir": dg.MetadataValue.path(summary["run_dir"]),
-            "adapter_name": served_adapter["adapter_name"],
-            "pairs_done": summary["n_pairs"] - summary["statuses"].get("missing", 0),
-            "statuses": dg.MetadataValue.json(summary["statuses"]),
-            "mean_steps": summary["mean_steps"],
-            "wall_time_s": summary["wall_time_s"],
-        }
+    return dg.Output(
+        summary, data_version=dg.DataVersion(summary["data_version"]), metadata=metadata
     )
-    return dg.Output(summary, data_version=dg.DataVersion(summary["data_version"]))
+
+
+def roll_out_adapter(
+    context: dg.AssetExecutionContext,
+    variant: Variant,
+    task_pool: dict,
+    served: dict,
+    dataset: DatasetResource,
+    rollout: RolloutResource,
+    serving: ServingResource,
+) -> tuple[dict, dict]:
+    """The held-out rollouts of one served adapter (`served`: a served_adapter or
+    dropped_adapter output) and their metadata; shared by student_rollouts and
+    dropped_adapter_metrics. The run directory is keyed by the adapter's content name, so the
+    same weights are rolled out once whichever asset asks."""
+    # the student the adapter was served on (a dropped adapter's lineage may name its own)
+    endpoint = serving.ensure(served.get("student") or variant.student, log=context.log.info)
+    # A restarted server has lost its adapters: put this one back under the same name.
+    ensure_loaded(endpoint.url, served["adapter_name"], served["adapter_path"])
+    pairs = select_pairs(dataset.root, _held_out(task_pool), dataset.subset_name)
+    run_dir = rollout.run_dir(variant.name, "student") / served["adapter_name"]
+    model = endpoint.chat_model(
+        served["adapter_name"],
+        max_tokens=int(variant.student_rollout.get("max_tokens", 320)),
+    )
+    summary = _roll_out(
+        context, model, pairs, run_dir, variant, rollout, dataset, served["adapter_name"]
+    )
+    stable = ("run_dir", "statuses", "pair_ids", "mean_steps", "both_passed_rate")
+    summary["data_version"] = content_version({k: summary[k] for k in stable})
+    summary["facts"] = {
+        **served.get("facts", {}),
+        "adapter_name": served["adapter_name"],
+        "held_out_repos": task_pool["test_repos"],  # the test repositories (older name)
+    }
+    metadata = {
+        "run_dir": dg.MetadataValue.path(summary["run_dir"]),
+        "adapter_name": served["adapter_name"],
+        "pairs_done": summary["n_pairs"] - summary["statuses"].get("missing", 0),
+        "statuses": dg.MetadataValue.json(summary["statuses"]),
+        "mean_steps": summary["mean_steps"],
+        "wall_time_s": summary["wall_time_s"],
+    }
+    return summary, metadata
 
 
 @dg.asset(
     partitions_def=variant_partitions,
     group_name="evaluation",
     code_version="2",  # §6 metric rules
-    check_specs=[
-        dg.AssetCheckSpec(
-            f"{m}_meets_seed_bar",
-            asset="behaviour_metrics",
-            description=f"{m} >= {THRESHOLDS[m]:.0%} (the seed's threshold)",
-        )
-        for m in THRESHOLDS
-    ],
+    check_specs=bar_check_specs("behaviour_metrics", variant_partitions),
 )
 def behaviour_metrics(
     context: dg.AssetExecutionContext,
@@ -192,33 +232,62 @@ def behaviour_metrics(
 ):
     """The three metrics on the student's held-out rollouts with n and Wilson intervals,
     CooperBench success rates, per-task/per-pair breakdowns, and deltas over the base."""
-    metrics = score_pair_ids(
-        student_rollouts["run_dir"], student_rollouts["pair_ids"], warn=context.log.warning
-    )
-    s, b = metrics["summary"], base_student_metrics["summary"]
-    metrics["delta_over_base"] = {m: s[f"{m}_rate"] - b[f"{m}_rate"] for m in THRESHOLDS}
-    # the same deltas over the pairs both scored, with a paired cluster-bootstrap interval
-    metrics["delta_over_base_stats"] = paired_deltas(metrics, base_student_metrics)
-    metrics["data_version"] = content_version(metrics["per_pair"])
-    lineage.record(
+    yield from score_rollouts(
         context,
-        metrics["data_version"],
+        student_rollouts,
+        lineage,
+        base=base_student_metrics,
         upstream={
             "student_rollouts": student_rollouts["data_version"],
             "base_student_metrics": base_student_metrics["data_version"],
         },
-        facts=student_rollouts.get("facts", {}),
+    )
+
+
+def score_rollouts(
+    context: dg.AssetExecutionContext,
+    rollouts: dict,
+    lineage: LineageResource,
+    *,
+    base: dict | None,
+    upstream: dict[str, str],
+    base_rates: dict[str, float] | None = None,
+    metadata: dict | None = None,
+):
+    """Metrics of `rollouts` (a roll_out_adapter summary), deltas over `base` (the untrained
+    student's metrics; or only its recorded `base_rates`), lineage (`upstream`: asset ->
+    data version), and the seed's bars as checks."""
+    metrics = score_pair_ids(rollouts["run_dir"], rollouts["pair_ids"], warn=context.log.warning)
+    s = metrics["summary"]
+    extra: dict = {}
+    if base is not None:
+        b = base["summary"]
+        metrics["delta_over_base"] = {m: s[f"{m}_rate"] - b[f"{m}_rate"] for m in THRESHOLDS}
+        # the same deltas over the pairs both scored, with a paired cluster-bootstrap interval
+        metrics["delta_over_base_stats"] = paired_deltas(metrics, base)
+        extra = {
+            **{f"delta_{m}": round(v, 4) for m, v in metrics["delta_over_base"].items()},
+            "delta_over_base_stats": dg.MetadataValue.json(metrics["delta_over_base_stats"]),
+            "base_table": dg.MetadataValue.md(metrics_table(b)),
+        }
+    elif base_rates:  # only the base's recorded rates: point deltas, no paired interval
+        metrics["delta_over_base"] = {
+            m: s[f"{m}_rate"] - base_rates[m] for m in THRESHOLDS if m in base_rates
+        }
+        extra = {f"delta_{m}": round(v, 4) for m, v in metrics["delta_over_base"].items()}
+    metrics["data_version"] = content_version(metrics["per_pair"])
+    lineage.record(
+        context,
+        metrics["data_version"],
+        upstream=upstream,
+        facts=rollouts.get("facts", {}),
         metrics=s,
+        deltas=metrics.get("delta_over_base_stats"),  # none for a dropped adapter
     )
     yield dg.Output(
         metrics,
         data_version=dg.DataVersion(metrics["data_version"]),
-        metadata={
-            **_metric_metadata(s),
-            **{f"delta_{m}": round(v, 4) for m, v in metrics["delta_over_base"].items()},
-            "delta_over_base_stats": dg.MetadataValue.json(metrics["delta_over_base_stats"]),
-            "base_table": dg.MetadataValue.md(metrics_table(b)),
-        },
+        metadata={**(metadata or {}), **_metric_metadata(s), **extra},
     )
     for m, bar in THRESHOLDS.items():
         rate = s[f"{m}_rate"]
@@ -240,14 +309,21 @@ def behaviour_metrics(
         )
 
 
-@dg.asset(group_name="evaluation", code_version="1", deps=[behaviour_metrics])
+@dg.asset(
+    group_name="evaluation",
+    code_version="2",  # controls, intervals, seed groups
+    # the controls live in assets/controls.py (which imports this module)
+    deps=[behaviour_metrics, "base_steering_metrics", "control_copier_metrics"],
+)
 def distillation_report(
     context: dg.AssetExecutionContext, lineage: LineageResource, rollout: RolloutResource
 ) -> dg.MaterializeResult:
-    """All variants side by side — teacher ceiling, student, base, delta — queried from the
+    """Per variant: the teacher's ceiling, the student, the paired delta over the base, and
+    the controls (base, base + steering, copier) with n and 95 % intervals, copyable metrics
+    marked; variants differing only by seed grouped (mean and spread). Queried from the
     lineage store (the seed's Tier-5 table), with a plot of teacher vs student follow-through."""
-    rows = report_rows(lineage.store)
-    markdown = report_markdown(rows)
+    rows = report_rows(lineage.store, VARIANTS)
+    markdown = report_markdown(rows, seed_groups(VARIANTS))
     png_path = Path(rollout.root) / "report" / "follow_through.png"
     png = report_plot(rows, png_path)
     (png_path.parent / "report.md").write_text(markdown + "\n")

@@ -1,28 +1,31 @@
-"""The new-adapter sensor: an adapter that lands in the adapters directory — trained by this
-graph or dropped there by an external verl job with its `lineage.json` — is imported, served
-and evaluated for its variant, once per adapter (run key = its content hash). A malformed drop
-is logged and skipped."""
+"""The new-adapter sensor: an adapter that lands in the adapters directory -- trained by this
+graph or dropped there by an external verl job with its `lineage.json` -- gets its own
+partition of `dropped_adapter` / `dropped_adapter_metrics`, keyed by its content name
+(`student-<sha12>`), and one run that serves and evaluates it. A variant's `served_adapter`
+chain is never touched, so its metrics keep tracing to the `lora_checkpoint` that produced
+them. Once per adapter (run key = content hash); a malformed drop is logged and skipped."""
 
 import json
 from pathlib import Path
 
 import dagster as dg
 
-from assets.partitions import VARIANTS
-from coop_dag.adapters import AdapterError, adapter_sha12, read_lineage, validate_adapter
+from assets.partitions import VARIANTS, dropped_adapter_partitions
+from coop_dag.adapters import (
+    NAME_PREFIX,
+    AdapterError,
+    adapter_sha12,
+    read_lineage,
+    validate_adapter,
+)
 from coop_dag.profiles import resolve_profile
 
-EVALUATED_ASSETS = [
-    "served_adapter",
-    "base_student_metrics",
-    "student_rollouts",
-    "behaviour_metrics",
-]
+EVALUATED_ASSETS = ["dropped_adapter", "dropped_adapter_metrics"]
 
 evaluate_adapter_job = dg.define_asset_job(
     "evaluate_adapter",
     selection=EVALUATED_ASSETS,
-    description="Serve a dropped adapter (served_adapter with adapter_dir) and evaluate it.",
+    description="Serve a landed adapter in its own partition (its content name) and evaluate it.",
 )
 
 
@@ -43,7 +46,8 @@ def candidate_dirs(root: Path) -> list[Path]:
 
 
 def scan(root: Path, seen: set[str], log) -> list[dg.RunRequest]:
-    """Run requests for adapters not in `seen` (content hashes); updates `seen`."""
+    """Run requests for adapters not in `seen` (content hashes); updates `seen`. Each targets
+    the partition named by the adapter's content name."""
     requests = []
     for adapter_dir in candidate_dirs(root):
         try:
@@ -61,16 +65,18 @@ def scan(root: Path, seen: set[str], log) -> list[dg.RunRequest]:
         if sha in seen:
             continue
         seen.add(sha)
+        name = f"{NAME_PREFIX}{sha}"
         requests.append(
             dg.RunRequest(
                 run_key=f"adapter-{sha}",
-                partition_key=variant,
+                partition_key=name,
                 run_config={
-                    "ops": {"served_adapter": {"config": {"adapter_dir": str(adapter_dir)}}}
+                    "ops": {"dropped_adapter": {"config": {"adapter_dir": str(adapter_dir)}}}
                 },
                 tags={
-                    "coop_dag/adapter": f"student-{sha}",
+                    "coop_dag/adapter": name,
                     "coop_dag/adapter_dir": str(adapter_dir),
+                    "coop_dag/variant": variant,
                 },
             )
         )
@@ -79,10 +85,18 @@ def scan(root: Path, seen: set[str], log) -> list[dg.RunRequest]:
 
 @dg.sensor(job=evaluate_adapter_job, minimum_interval_seconds=30)
 def new_adapter_sensor(context: dg.SensorEvaluationContext):
-    """Watches $COOP_DAG_ADAPTERS_DIR (default runs/adapters) for new adapters."""
+    """Watches $COOP_DAG_ADAPTERS_DIR (default runs/adapters) for new adapters; adds each one's
+    partition before requesting its run."""
     seen = set(json.loads(context.cursor)) if context.cursor else set()
     requests = scan(adapters_root(), seen, context.log)
     context.update_cursor(json.dumps(sorted(seen)))
     if not requests:
         return dg.SkipReason(f"no new adapter under {adapters_root()}")
-    return requests
+    known = set(context.instance.get_dynamic_partitions(dropped_adapter_partitions.name))
+    new = sorted({r.partition_key for r in requests} - known)
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[dropped_adapter_partitions.build_add_request(new)]
+        if new
+        else [],
+    )

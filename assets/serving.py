@@ -2,8 +2,7 @@
 
 import dagster as dg
 
-from assets.partitions import VARIANTS, variant_partitions
-from coop_dag.adapters import repair_adapter
+from assets.partitions import GPU_POOL, VARIANTS, check_spec, variant_partitions
 from coop_dag.lineage import content_version
 from coop_dag.serving import serve_adapter
 from resources.lineage import LineageResource
@@ -27,45 +26,70 @@ def _probe_table(served) -> str:
     return "\n".join(lines)
 
 
-class ServedAdapterConfig(dg.Config):
-    """Serve this adapter directory instead of `lora_checkpoint`'s — set by the new-adapter
-    sensor for adapters dropped into the adapters directory (e.g. by an external verl job)."""
-
-    adapter_dir: str = ""
+def served_check_spec(asset: str, partitions_def: dg.PartitionsDefinition) -> dg.AssetCheckSpec:
+    """The probe check of a serving asset, partitioned like the asset (its result belongs to
+    the adapter of that partition, not to the asset as a whole)."""
+    return check_spec(CHECK, asset, partitions_def, blocking=True)
 
 
 @dg.asset(
     partitions_def=variant_partitions,
     group_name="serving",
     code_version="1",
-    check_specs=[dg.AssetCheckSpec(CHECK, asset="served_adapter", blocking=True)],
+    pool=GPU_POOL,
+    check_specs=[served_check_spec("served_adapter", variant_partitions)],
 )
 def served_adapter(
     context: dg.AssetExecutionContext,
-    config: ServedAdapterConfig,
     lora_checkpoint: dict,
     serving: ServingResource,
     lineage: LineageResource,
 ):
-    """The variant's LoRA adapter loaded into the serving engine as `student-<sha12>` (never
-    reused for other weights), its name→path mapping read back from /v1/models, and a
-    greedy held-out first-turn probe showing its output differs from the base model's --
-    the check that would have caught the seed's silent hot-reload no-op. Older adapters of
-    the variant are unloaded once the new one passes. The embedded server is started on the
-    resource's fixed port if needed and left running for `student_rollouts`."""
+    """The variant's LoRA adapter (``lora_checkpoint``'s, and only that: an adapter dropped
+    into the adapters directory gets its own ``dropped_adapter`` partition) loaded into the
+    serving engine as `student-<sha12>` (never reused for other weights), its name→path
+    mapping read back from /v1/models, and a greedy held-out first-turn probe showing its
+    output differs from the base model's -- the check that would have caught the seed's
+    silent hot-reload no-op. Older adapters of the variant are unloaded once the new one
+    passes. The server is started on the resource's fixed port if needed; its lease ends with
+    the step."""
     variant = VARIANTS[context.partition_key]
     student = lora_checkpoint.get("student") or variant.student  # the student it trained on
+    yield from serve_and_check(
+        context,
+        serving,
+        lineage,
+        variant=variant.name,
+        student=student,
+        adapter_dir=lora_checkpoint["adapter_dir"],
+        expected_name=lora_checkpoint.get("adapter_name"),
+        base_model=lora_checkpoint.get("base_model"),
+        upstream_facts=lora_checkpoint.get("facts") or {},
+        upstream={"lora_checkpoint": lora_checkpoint.get("data_version")},
+    )
+
+
+def serve_and_check(
+    context: dg.AssetExecutionContext,
+    serving: ServingResource,
+    lineage: LineageResource,
+    *,
+    variant: str,
+    student: str,
+    adapter_dir: str,
+    expected_name: str | None,
+    base_model: str | None,
+    upstream_facts: dict,
+    upstream: dict[str, str | None],
+):
+    """Serve `adapter_dir` for `student`, probe it against the base, record lineage; yields
+    the asset's output and its `adapter_differs_from_base` check (shared by served_adapter
+    and dropped_adapter)."""
     endpoint = serving.ensure(student, log=context.log.info)
-    adapter_dir = lora_checkpoint["adapter_dir"]
-    expected_name = lora_checkpoint.get("adapter_name")
-    if config.adapter_dir:  # a dropped adapter: fix verl 0.7.1's export quirks, then serve it
-        adapter_dir, expected_name = config.adapter_dir, None
-        for change in repair_adapter(adapter_dir):
-            context.log.info(f"repaired {adapter_dir}: {change}")
     served = serve_adapter(
         endpoint.engine,
         adapter_dir,
-        variant=variant.name,
+        variant=variant,
         base_model=endpoint.base_model_id,
         probe=serving.probe(),
         expected_name=expected_name,
@@ -77,7 +101,7 @@ def served_adapter(
         {
             "api_base": endpoint.api_base,
             "student": student,
-            "base_model": lora_checkpoint.get("base_model"),
+            "base_model": base_model,
             "server_kind": endpoint.kind,
         }
     )
@@ -87,14 +111,14 @@ def served_adapter(
             "base_model_id": served.base_model_id,
             "student": student,
             "probe": served.probe.sha12,
-            "lora_checkpoint": lora_checkpoint.get("data_version"),
+            **upstream,
         }
     )
     facts = {
         "student": student,
         "adapter_name": served.adapter_name,
         "adapter_path": served.adapter_path,
-        "base_model": lora_checkpoint.get("base_model") or served.base_model_id,
+        "base_model": base_model or served.base_model_id,
         "served_base_model_id": served.base_model_id,
         "endpoint": endpoint.api_base,
         "server_kind": endpoint.kind,
@@ -103,11 +127,9 @@ def served_adapter(
         "differs_from_base": served.differs_from_base,
     }
     # the provenance downstream records (student_rollouts spreads it into its lineage facts)
-    out["facts"] = {**(lora_checkpoint.get("facts") or {}), **facts}
-    upstream = {}
-    if lora_checkpoint.get("data_version"):
-        upstream["lora_checkpoint"] = lora_checkpoint["data_version"]
-    lineage.record(context, out["data_version"], upstream=upstream, facts=facts)
+    out["facts"] = {**upstream_facts, **facts}
+    recorded = {k: v for k, v in upstream.items() if v}
+    lineage.record(context, out["data_version"], upstream=recorded, facts=facts)
     yield dg.Output(
         out,
         data_version=dg.DataVersion(out["data_version"]),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.partitions import VARIANTS, variant_partitions
+from assets.partitions import GPU_POOL, VARIANTS, check_spec, variant_partitions
 from coop_dag.lineage import content_version
 from coop_dag.metrics import score_pairs
 from coop_dag.rollouts import (
@@ -29,7 +29,7 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-@dg.asset(partitions_def=variant_partitions, group_name="teacher", code_version="1")
+@dg.asset(partitions_def=variant_partitions, group_name="teacher", code_version="1", pool=GPU_POOL)
 def teacher_rollouts(
     context: dg.AssetExecutionContext,
     task_pool: dict,
@@ -67,6 +67,7 @@ def teacher_rollouts(
         concurrency=rollout.workers(int(variant.rollout.get("concurrency", 2))),
         mirror_dir=dataset.mirror,
         allow_unsandboxed=rollout.allow_unsandboxed,
+        sandbox=rollout.sandbox_backend,
         log=context.log.info,
     )
     try:  # an infrastructure error is not a teacher outcome: fail, rerun finishes only those
@@ -131,7 +132,7 @@ def metrics_table(s: dict) -> str:
     partitions_def=variant_partitions,
     group_name="teacher",
     code_version="2",  # §6 metric rules
-    check_specs=[dg.AssetCheckSpec("teacher_follow_through_ceiling", asset="teacher_validation")],
+    check_specs=[check_spec("teacher_follow_through_ceiling", "teacher_validation")],
 )
 def teacher_validation(
     context: dg.AssetExecutionContext, teacher_rollouts: dict, lineage: LineageResource
@@ -184,9 +185,7 @@ def passes_all(row: dict) -> bool:
     partitions_def=variant_partitions,
     group_name="teacher",
     code_version="1",
-    check_specs=[
-        dg.AssetCheckSpec("some_pairs_survive", asset="rejection_sampled_pairs", blocking=True)
-    ],
+    check_specs=[check_spec("some_pairs_survive", "rejection_sampled_pairs", blocking=True)],
 )
 def rejection_sampled_pairs(
     context: dg.AssetExecutionContext,

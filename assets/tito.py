@@ -7,7 +7,7 @@ trained on such a parquet."""
 
 import dagster as dg
 
-from assets.partitions import VARIANTS, variant_partitions
+from assets.partitions import VARIANTS, check_spec, variant_partitions
 from coop_dag.lineage import content_version, file_version
 from coop_dag.prompts import steering_section
 from coop_dag.students import get_student
@@ -33,7 +33,7 @@ BLOCKING = {"no_steering_in_inputs", "no_validation_or_test_repos"}
     group_name="tito",
     code_version="1",
     check_specs=[
-        dg.AssetCheckSpec(name, asset="tito_parquet", description=desc, blocking=name in BLOCKING)
+        check_spec(name, "tito_parquet", description=desc, blocking=name in BLOCKING)
         for name, desc in CHECKS.items()
     ],
 )

@@ -10,14 +10,14 @@ from typing import Any
 
 import dagster as dg
 
-from assets.partitions import VARIANTS, variant_partitions
+from assets.partitions import GPU_POOL, VARIANTS, check_spec, variant_partitions
 from coop_dag.adapters import AdapterError, adapter_name, validate_adapter, write_lineage
 from coop_dag.lineage import content_version
 from coop_dag.probe import ProbeResult, compare_outputs, held_out_cases, probe_endpoint, probe_key
 from coop_dag.profiles import VERL_KINDS
 from coop_dag.serving import Endpoint, ensure_loaded
 from coop_dag.students import get_student
-from coop_dag.train import TrainResult, copy_adapter, format_event, get_recipe, train_lora
+from coop_dag.train import TrainResult, copy_adapter, format_event, recipe_for, train_lora
 from coop_dag.verl import train_lora_verl
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
@@ -96,6 +96,7 @@ def _train(
     """The adapter, from the trainer the resource resolves: embedded (CPU, in process) or verl
     (its own environment or image; `coop_dag.verl.train_lora_verl`). Same result either way."""
     choice = training.trainer_choice()
+    training.check_host()  # e.g. the cluster profile on a host without GPUs: fail here, clearly
     if choice.kind in VERL_KINDS:
         launcher = training.verl_launcher()
         where = "CPU" if choice.device == "cpu" else f"{choice.nproc} GPU(s)"
@@ -136,11 +137,12 @@ def _train(
     partitions_def=variant_partitions,
     group_name="training",
     code_version="1",
+    pool=GPU_POOL,
     check_specs=[
-        dg.AssetCheckSpec("validation_loss_fell", asset="lora_checkpoint"),
-        dg.AssetCheckSpec("adapter_weights_usable", asset="lora_checkpoint", blocking=True),
-        dg.AssetCheckSpec("adapter_output_differs_from_base", asset="lora_checkpoint"),
-        dg.AssetCheckSpec("first_turn_probe_rate", asset="lora_checkpoint"),
+        check_spec("validation_loss_fell", "lora_checkpoint"),
+        check_spec("adapter_weights_usable", "lora_checkpoint", blocking=True),
+        check_spec("adapter_output_differs_from_base", "lora_checkpoint"),
+        check_spec("first_turn_probe_rate", "lora_checkpoint"),
     ],
 )
 def lora_checkpoint(
@@ -187,7 +189,8 @@ def lora_checkpoint(
             f"'{variant.name}' trains '{variant.student}'"
         )
     student = get_student(student_name)
-    recipe = get_recipe(training.recipe or variant.recipe)
+    # The variant's seed is the training seed (in the run key: another seed, another adapter).
+    recipe = recipe_for(variant, training.recipe)
     # The probe reads validation repositories only: test repositories are never tuned on.
     cases = held_out_cases(dataset.root, dataset.validation, max_prompts=training.probe_prompts)
     context.log.info(

@@ -134,6 +134,22 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from coop_dag.hostcheck import check_profile
+    from coop_dag.profiles import resolve_profile
+
+    profile = resolve_profile()
+    print(json.dumps(profile.describe(), indent=2))
+    if not args.check:
+        return 0
+    problems = check_profile(profile)
+    for problem in problems:
+        print(f"missing: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"profile {profile.name}: this host has what its engines need", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import shlex
 
@@ -216,6 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--print-command", action="store_true", help="print the command and exit, start nothing"
     )
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser(
+        "profile",
+        help="print the engines COOP_DAG_PROFILE and the COOP_DAG_* variables resolve to",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="also check this host has what they need (Docker daemon, NVIDIA GPUs, verl's "
+        "python); exit 1 naming each missing one",
+    )
+    p.set_defaults(func=_cmd_profile)
 
     p = sub.add_parser(
         "tasks",

@@ -32,10 +32,11 @@ import redis
 
 from coop_dag.agent import AgentLimits, CoopAgent
 from coop_dag.evaluate import evaluate_pair
+from coop_dag.hostcheck import check_sandbox
 from coop_dag.messaging import MessageBus, conversation_records
 from coop_dag.models import ChatModel
 from coop_dag.prompts import render_prompts
-from coop_dag.sandbox import LocalSandbox, Sandbox
+from coop_dag.sandbox import DockerSandbox, LocalSandbox, Sandbox
 from coop_dag.scratch import owned_tempdir, sweep_stale
 from coop_dag.tasks import Feature, Pair
 
@@ -111,6 +112,33 @@ def local_sandbox(pair: Pair, root: Path, settings: EpisodeSettings, agent_id: s
         allow_unsandboxed=settings.allow_unsandboxed,
         mirror_dir=settings.mirror_dir,
     )
+
+
+def docker_sandbox(pair: Pair, root: Path, settings: EpisodeSettings, agent_id: str) -> Sandbox:
+    # CooperBench's task image, one container per agent, no network (as bubblewrap gives).
+    return DockerSandbox(
+        pair.task,
+        container_name=f"coop-dag-{agent_id}-{uuid.uuid4().hex[:8]}",
+        timeout=settings.limits.command_timeout,
+        network="none",
+    )
+
+
+SANDBOX_BACKENDS: dict[str, SandboxFactory] = {"local": local_sandbox, "docker": docker_sandbox}
+SANDBOX_VARIABLE = "COOP_DAG_SANDBOX"  # the profile's switch (coop_dag.profiles)
+
+
+def sandbox_factory(backend: str) -> SandboxFactory:
+    """The agents' sandbox for `backend` (local | docker), checked before any pair runs: with
+    docker, a Docker daemon must answer (a CLI without a daemon fails here, naming both Docker
+    and the variable, instead of as one errored pair after another)."""
+    if backend not in SANDBOX_BACKENDS:
+        raise ValueError(
+            f"sandbox backend {backend!r} ({SANDBOX_VARIABLE}): expected one of "
+            f"{', '.join(SANDBOX_BACKENDS)}"
+        )
+    check_sandbox(backend)
+    return SANDBOX_BACKENDS[backend]
 
 
 def run_pair(

@@ -50,10 +50,14 @@ CREATE TABLE IF NOT EXISTS metrics (
     value DOUBLE,
     n INTEGER,
     ci_low DOUBLE,
-    ci_high DOUBLE,
+    ci_high DOUBLE,         -- Wilson 95 % (a delta row: the paired cluster bootstrap)
     recorded_at TIMESTAMP NOT NULL
 );
+-- cluster-bootstrap 95 % interval (features as clusters); added later, so older stores migrate
+ALTER TABLE metrics ADD COLUMN IF NOT EXISTS cluster_low DOUBLE;
+ALTER TABLE metrics ADD COLUMN IF NOT EXISTS cluster_high DOUBLE;
 """
+DELTA_PREFIX = "delta_over_base."  # metric rows of paired deltas (coop_dag.metrics.paired_deltas)
 
 
 def default_store_path() -> Path:
@@ -155,9 +159,11 @@ class LineageStore:
         upstream: dict[str, str] | None = None,
         facts: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
+        deltas: dict[str, dict[str, Any]] | None = None,
         run_id: str | None = None,
     ) -> None:
-        """Append one materialisation (and its metric rows, from a metrics summary dict)."""
+        """Append one materialisation (and its metric rows, from a metrics summary dict, and
+        `deltas` -- `paired_deltas` output -- as `delta_over_base.<metric>` rows)."""
         now = datetime.now(UTC).replace(tzinfo=None)
         with self.connect() as con:
             con.execute(
@@ -173,10 +179,15 @@ class LineageStore:
                     now,
                 ],
             )
-            for name, value, n, lo, hi in metric_rows(metrics or {}):
+            for name, value, n, lo, hi, c_lo, c_hi in [
+                *metric_rows(metrics or {}),
+                *delta_rows(deltas or {}),
+            ]:
                 con.execute(
-                    "INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [asset, variant, data_version, name, value, n, lo, hi, now],
+                    "INSERT INTO metrics (asset, variant, data_version, metric, value, n, ci_low,"
+                    " ci_high, recorded_at, cluster_low, cluster_high) VALUES"
+                    " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [asset, variant, data_version, name, value, n, lo, hi, now, c_lo, c_hi],
                 )
 
     def latest(self, asset: str, variant: str | None) -> dict | None:
@@ -262,20 +273,78 @@ class LineageStore:
             out.setdefault(variant, {})[metric] = value
         return out
 
+    def latest_stats(self, asset: str) -> dict[str, dict[str, dict[str, Any]]]:
+        """{variant: {metric: {value, n, ci95, cluster_ci95}}} from each variant's latest
+        materialisation of `asset` (Wilson and cluster-bootstrap intervals, None when not
+        recorded); {} when the store does not exist."""
+        if not self.path.is_file():
+            return {}
+        with self.connect(create=False) as con:
+            rows = con.execute(
+                "SELECT m.variant, m.metric, m.value, m.n, m.ci_low, m.ci_high, m.cluster_low,"
+                " m.cluster_high FROM metrics m JOIN ("
+                " SELECT variant, max(recorded_at) AS at FROM metrics WHERE asset = ?"
+                " GROUP BY variant) l ON m.variant = l.variant AND m.recorded_at = l.at"
+                " WHERE m.asset = ?",
+                [asset, asset],
+            ).fetchall()
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for variant, metric, value, n, lo, hi, c_lo, c_hi in rows:
+            out.setdefault(variant, {})[metric] = {
+                "value": value,
+                "n": n,
+                "ci95": _interval(lo, hi),
+                "cluster_ci95": _interval(c_lo, c_hi),
+            }
+        return out
 
-def metric_rows(
-    summary: dict,
-) -> list[tuple[str, float | None, int | None, float | None, float | None]]:
-    """(metric, value, n, ci_low, ci_high) rows from a metrics summary (see coop_dag.metrics)."""
+    def latest_facts(self, asset: str) -> dict[str, dict[str, Any]]:
+        """{variant: facts} of each variant's latest materialisation of `asset`."""
+        if not self.path.is_file():
+            return {}
+        with self.connect(create=False) as con:
+            rows = con.execute(
+                "SELECT variant, facts FROM materialisations WHERE asset = ?"
+                " QUALIFY row_number() OVER (PARTITION BY variant ORDER BY recorded_at DESC) = 1",
+                [asset],
+            ).fetchall()
+        return {variant: json.loads(facts or "{}") for variant, facts in rows}
+
+
+MetricRow = tuple[
+    str, float | None, int | None, float | None, float | None, float | None, float | None
+]
+
+
+def metric_rows(summary: dict) -> list[MetricRow]:
+    """(metric, value, n, ci_low, ci_high, cluster_low, cluster_high) rows from a metrics
+    summary (see coop_dag.metrics): Wilson and cluster-bootstrap 95 % intervals. n is the
+    metric's own unit count when the summary has it (`<m>_n`: both_passed counts only the
+    evaluated pairs)."""
     rows = []
     n_agents, n_pairs = summary.get("n_agents"), summary.get("n_pairs")
     for name in RATE_METRICS:
         if f"{name}_rate" not in summary:
             continue
         ci = summary.get(f"{name}_ci95") or [None, None]
-        n = n_agents if name in AGENT_METRICS else n_pairs
-        rows.append((name, summary[f"{name}_rate"], n, ci[0], ci[1]))
+        cluster = summary.get(f"{name}_cluster_ci95") or [None, None]
+        n = summary.get(f"{name}_n", n_agents if name in AGENT_METRICS else n_pairs)
+        rows.append((name, summary[f"{name}_rate"], n, ci[0], ci[1], cluster[0], cluster[1]))
     return rows
+
+
+def delta_rows(deltas: dict[str, dict[str, Any]]) -> list[MetricRow]:
+    """`delta_over_base.<metric>` rows from `paired_deltas` output; both interval columns hold
+    the paired cluster-bootstrap interval (there is no Wilson interval of a delta)."""
+    rows = []
+    for name, d in deltas.items():
+        ci = d.get("ci95") or [None, None]
+        rows.append((f"{DELTA_PREFIX}{name}", d.get("delta"), d.get("n"), *ci, *ci))
+    return rows
+
+
+def _interval(lo: float | None, hi: float | None) -> list[float] | None:
+    return None if lo is None or hi is None else [lo, hi]
 
 
 def _row(row: tuple) -> dict:

@@ -9,7 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from coop_dag.agent import AgentLimits
-from coop_dag.episode import EpisodeSettings, ModelFactory, pair_dir, run_pairs
+from coop_dag.episode import (
+    EpisodeSettings,
+    ModelFactory,
+    pair_dir,
+    run_pairs,
+    sandbox_factory,
+)
 from coop_dag.redis_server import connect, redis_for
 from coop_dag.tasks import Pair, discover_pairs
 
@@ -71,10 +77,14 @@ def rollout_pairs(
     concurrency: int = 2,
     mirror_dir: Path | None = None,
     allow_unsandboxed: bool = False,
+    sandbox: str = "local",
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Run every missing pair (resumable) and summarise the whole run directory."""
+    """Run every missing pair (resumable) and summarise the whole run directory. Agents run in
+    the `sandbox` backend (local: bubblewrap; docker: CooperBench's task images), checked
+    before the first pair starts."""
     started = time.time()
+    make_sandbox = sandbox_factory(sandbox)  # fails here, before any pair, without Docker
     settings = EpisodeSettings(
         run_dir=Path(run_dir),
         steering=steering,
@@ -90,7 +100,13 @@ def rollout_pairs(
     with redis_for(redis_url) as url:
         client = connect(url)
         todo = run_pairs(
-            pairs, make_model, client, settings, concurrency=concurrency, on_progress=progress
+            pairs,
+            make_model,
+            client,
+            settings,
+            concurrency=concurrency,
+            make_sandbox=make_sandbox,
+            on_progress=progress,
         )
     return summarise_run(pairs, Path(run_dir)) | {
         "ran_now": len(todo),

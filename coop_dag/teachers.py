@@ -16,6 +16,9 @@
   did not name.
 - litellm / OpenAI-compatible teachers: `LiteLLMChatModel` (API teachers are re-tokenised
   downstream; endpoints that return token ids give native TITO pairs).
+- `CopierPolicy`: a control, not a teacher. No model and no understanding: it pastes the
+  feature's Files Modified list into a plan message, greps those files and submits without an
+  edit. Whatever metric it clears measures copying the task text, not planning.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import hashlib
 import json
 import random
 import re
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -521,6 +525,50 @@ class TemplatedTeacher:
         if step == 3:
             return THOUGHTS["test"], "PYTHONPATH=src python -m pytest -q tests 2>&1 | tail -5"
         return THOUGHTS["submit"], "echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT"
+
+
+COPIER_PLAN = "Plan: I'll edit {files}. You take the rest of the work, split as you like."
+
+
+@dataclass
+class CopierPolicy:
+    """The copier control for one agent: turn 1 sends the partner the feature's Files Modified
+    list (``--wait``, so it receives the partner's message before any other bash), turn 2 greps
+    those files, turn 3 submits. It never edits: edit_follow_through and both_passed stay 0.
+    A metric it clears is "copyable" (coop_dag.report)."""
+
+    feature: Feature
+    partner_id: str
+    name: str = "copier"
+    _turn: int = 0
+
+    def query(self, messages: list[dict], tools: list[dict]) -> ModelResponse:
+        files = list(self.feature.files_modified or self.feature.files)
+        if self._turn == 0:
+            body = COPIER_PLAN.format(files=", ".join(files) or "my feature's files")
+            thought = "Sending my colleague the files the task lists."
+            command = f"send_message --wait {self.partner_id} <<'MSG'\n{body}\nMSG"
+        elif self._turn == 1 and files:
+            # `grep -c ''` succeeds on any non-empty file and fails on a missing one: a read of
+            # exactly the listed files, nothing learnt from them.
+            thought = "Reading the listed files."
+            command = "grep -c '' " + " ".join(shlex.quote(f) for f in files)
+        else:
+            thought, command = "Submitting.", "echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT"
+        self._turn += 1
+        return ModelResponse(
+            content=thought,
+            tool_calls=[_bash_call(f"call_{self._turn}", command)],
+            token_capture=None,
+            usage={},
+            cost=0.0,
+            raw_model=self.name,
+        )
+
+
+def copier_factory():
+    """The copier as an episode ModelFactory (one fresh policy per agent)."""
+    return lambda pair, feature, agent_id, partner_id: CopierPolicy(feature, partner_id)
 
 
 class TeacherError(ValueError):

@@ -310,6 +310,14 @@ def get_recipe(name: str, path: str | os.PathLike | None = None, **overrides: An
     return recipe.replace(**overrides) if overrides else recipe
 
 
+def recipe_for(variant: Any, name: str = "") -> Recipe:
+    """A variant's training recipe: ``name`` (an override, e.g. TrainingResource.recipe) or the
+    variant's, with the variant's ``seed`` as the training seed. The seed is part of the recipe,
+    so of the run key (:func:`run_key_for`): variants differing only by seed train distinct
+    adapters, and a rerun of one seed resumes only its own run."""
+    return get_recipe(name or variant.recipe, seed=int(variant.seed))
+
+
 # --------------------------------------------------------------------------------------
 # parquet in, rows prepared for the recipe
 # --------------------------------------------------------------------------------------
@@ -1553,6 +1561,7 @@ __all__ = [
     "evaluate_loss",
     "format_event",
     "get_recipe",
+    "recipe_for",
     "load_recipes",
     "loss_normaliser",
     "prepare_rows",

@@ -25,6 +25,7 @@ class LineageResource(dg.ConfigurableResource):
         upstream: dict[str, str] | None = None,
         facts: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
+        deltas: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         key = context.asset_key.to_user_string()
         variant = context.partition_key if context.has_partition_key else None
@@ -35,5 +36,6 @@ class LineageResource(dg.ConfigurableResource):
             upstream=upstream,
             facts=facts,
             metrics=metrics,
+            deltas=deltas,
             run_id=context.run.run_id,
         )

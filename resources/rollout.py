@@ -5,21 +5,31 @@ from pathlib import Path
 
 import dagster as dg
 
-from coop_dag.profiles import resolve_profile
+from coop_dag.profiles import SANDBOXES, ProfileError, resolve_profile
 
 
 class RolloutResource(dg.ConfigurableResource):
     """Episode runtime settings. Empty `redis_url` starts an embedded Redis-protocol server on
-    loopback for the duration of a materialisation (the embedded default)."""
+    loopback for the duration of a materialisation (the embedded default). `sandbox` is where
+    agents' commands run: local (bubblewrap) or docker (CooperBench's task images); empty:
+    the profile's (``COOP_DAG_SANDBOX``; cluster: docker)."""
 
     runs_dir: str = ""
     redis_url: str = ""
     allow_unsandboxed: bool = False  # only where bubblewrap is missing and you accept the risk
     concurrency: int = 0  # 0: the variant's rollout.concurrency
+    sandbox: str = ""  # local | docker; empty: the profile's
 
     @property
     def root(self) -> Path:
         return Path(self.runs_dir) if self.runs_dir else resolve_profile().runs_dir
+
+    @property
+    def sandbox_backend(self) -> str:
+        backend = self.sandbox or resolve_profile().sandbox
+        if backend not in SANDBOXES:
+            raise ProfileError(f"RolloutResource.sandbox={backend!r}: expected one of {SANDBOXES}")
+        return backend
 
     @property
     def redis(self) -> str | None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from coop_dag.hostcheck import check_server
 from coop_dag.profiles import ProfileError, ServerChoice, resolve_profile
 from coop_dag.serving import (
     DEFAULT_PROBE_MAX_TOKENS,
@@ -140,6 +141,7 @@ class ServingResource(dg.ConfigurableResource):
                 raise ServingError(f"serving resource url={choice.url}: {exc}") from None
             base = check_base_model(engine, expect, str(resolved.model_dir))
             return Endpoint(engine.url, base, "vllm", False)
+        check_server(choice)  # GPUs / Docker the choice needs: missing, fail before launching
         if choice.vllm_python and not Path(choice.vllm_python).exists():
             raise ServingError(
                 f"vLLM's python {choice.vllm_python} does not exist: build its venv with "

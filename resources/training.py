@@ -10,6 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from coop_dag import REPO_ROOT
+from coop_dag.hostcheck import check_trainer
 from coop_dag.profiles import (
     CLUSTER_VERL_PYTHON,
     TRAINERS,
@@ -64,6 +65,11 @@ class TrainingResource(dg.ConfigurableResource):
         default="python", description="python inside verl_image (runs the model merger)"
     )
     container_torchrun: str = Field(default="torchrun", description="torchrun inside verl_image")
+    check_gpus: bool = Field(
+        default=True,
+        description="verl (GPU): check the host's GPUs before training; off only for a "
+        "stand-in verl that runs on the CPU (tests)",
+    )
     project_on_pythonpath: bool = Field(
         default=True,
         description="put this source checkout on verl's PYTHONPATH (pkg://coop_dag...)",
@@ -112,6 +118,12 @@ class TrainingResource(dg.ConfigurableResource):
             else:
                 python = CLUSTER_VERL_PYTHON
         return TrainerChoice("verl", python, image, nproc)
+
+    def check_host(self) -> None:
+        """The GPUs (and Docker, for an image) the trainer needs, before anything starts:
+        `coop_dag.hostcheck.HostRequirementError` naming what is missing and the variable."""
+        if self.check_gpus:
+            check_trainer(self.trainer_choice())
 
     def verl_launcher(self) -> VerlLauncher:
         """Where verl runs (its python, or its image); an error when the trainer is not verl."""

@@ -41,7 +41,9 @@ CHAIN = [
     "student_rollouts",
     "behaviour_metrics",
 ]
-GRAPH = ["task_pool", *CHAIN, "distillation_report"]
+# the controls the report sets beside the student (no lineage link to behaviour_metrics)
+CONTROLS = ["base_steering_metrics", "control_copier_metrics"]
+GRAPH = ["task_pool", *CHAIN, *CONTROLS, "distillation_report"]
 LAUNCH = """
 mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
   launchPartitionBackfill(backfillParams: $backfillParams) {
@@ -222,7 +224,7 @@ def check_backfill(tmp_path: Path, variants: dict) -> None:
         last_metrics = 0.0
         for name in names:
             per_variant[name] = {}
-            for asset in CHAIN:
+            for asset in (*CHAIN, *CONTROLS):
                 records = _materialisations(instance, asset, name)
                 assert len(records) == 1, f"{asset}[{name}]: {len(records)} materialisations"
                 assert records[0].run_id in in_backfill
@@ -250,6 +252,8 @@ def check_backfill(tmp_path: Path, variants: dict) -> None:
             assert meta["student_rollouts"]["pairs_done"] == n_held_out
             assert meta["behaviour_metrics"]["n_pairs"] == n_held_out
             assert meta["base_student_metrics"]["n_pairs"] == n_held_out
+            for control in CONTROLS:  # the same test pairs, the same runtime
+                assert meta[control]["n_pairs"] == n_held_out
             adapters[name] = adapter
         assert len(set(adapters.values())) == 2, adapters  # one adapter per variant
         # the recipe trains upweight copies as copies: the heavier upweight saw more rows
@@ -262,9 +266,12 @@ def check_backfill(tmp_path: Path, variants: dict) -> None:
         assert report.timestamp >= last_metrics
         report_meta = _meta(report)
         assert report_meta["variants"] == len(names)
-        rows = [line for line in report_meta["report"].splitlines() if line.startswith("| ")]
-        for name in names:
-            assert sum(line.startswith(f"| {name} |") for line in rows) == 1, rows
+        lines = report_meta["report"].splitlines()
+        for name in names:  # a section per variant with every row
+            assert sum(line.startswith(f"### {name} (seed ") for line in lines) == 1, lines
+        for label in ("teacher ★", "**student**", "base (untrained)", "base + steering"):
+            assert sum(line.startswith(f"| {label} |") for line in lines) == len(names), label
+        assert sum(line.startswith("| copier (control) |") for line in lines) == len(names)
         assert (runs / "report" / "report.md").read_text().strip() == report_meta["report"].strip()
 
     # every number in the report traces back to its variant's own adapter and upweight

@@ -21,6 +21,14 @@ def test_definitions_load_with_variant_partitions():
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert "task_pool" in keys
     assert variant_partitions.get_partition_keys() == list(load_variants())
+    # the controls run per variant and the report reads them (so `make demo` runs them first)
+    graph = defs.resolve_asset_graph()
+    report_parents = {
+        k.to_user_string() for k in graph.get(dg.AssetKey("distillation_report")).parent_keys
+    }
+    for control in ("base_steering_metrics", "control_copier_metrics"):
+        assert graph.get(dg.AssetKey(control)).partitions_def == variant_partitions
+        assert control in report_parents
 
 
 def test_task_pool_materialises_with_split_by_repo():

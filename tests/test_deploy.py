@@ -143,7 +143,14 @@ def test_dagster_yaml_loads_a_docker_instance(dagster_home, tmp_path):
         ]
         coordinator = instance.run_coordinator
         assert isinstance(coordinator, QueuedRunCoordinator)
-        assert coordinator.get_run_queue_config().max_concurrent_runs == 4
+        # what the daemon dequeues by: 4 runs, and every pool (the GPU assets' `gpu`) one
+        # slot claimed per step; no run tag limits GPUs any more
+        concurrency = instance.get_concurrency_config()
+        assert concurrency.run_queue_config.max_concurrent_runs == 4
+        assert concurrency.run_queue_config.tag_concurrency_limits == []
+        assert concurrency.pool_config.default_pool_limit == 1
+        assert concurrency.pool_config.pool_granularity.value == "op"
+        assert instance.event_log_storage.supports_global_concurrency_limits  # SQLite does
         assert isinstance(instance.run_storage, SqliteRunStorage)
         assert (tmp_path / "storage").is_dir()
         assert instance.run_monitoring_enabled

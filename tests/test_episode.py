@@ -30,11 +30,14 @@ from coop_dag import BUNDLED_DATASET  # noqa: E402
 from coop_dag.agent import AgentLimits  # noqa: E402
 from coop_dag.episode import (  # noqa: E402
     EpisodeSettings,
+    docker_sandbox,
     local_sandbox,
     pair_dir,
     run_pair,
     run_pairs,
+    sandbox_factory,
 )
+from coop_dag.hostcheck import HostRequirementError  # noqa: E402
 from coop_dag.messaging import MessagingError  # noqa: E402
 from coop_dag.models import LiteLLMChatModel  # noqa: E402
 from coop_dag.redis_server import connect  # noqa: E402
@@ -459,6 +462,55 @@ def test_redis_unreachable_fails_before_any_episode(tmp_path):
             limits=AgentLimits(),
             model_name="scripted",
             redis_url=f"redis://127.0.0.1:{port}",
+            log=lambda _: None,
+        )
+    assert made == [] and not run_dir.exists()
+
+
+def _fake_docker(bin_dir: Path, info: str) -> None:
+    """A docker CLI on PATH whose `info` runs `info` (shell)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    fake = bin_dir / "docker"
+    fake.write_text(f'#!/bin/sh\n[ "$1" = info ] && {{ {info}; }}\nexit 99\n')
+    fake.chmod(0o755)
+
+
+def test_sandbox_backend_follows_the_choice(tmp_path, monkeypatch):
+    assert sandbox_factory("local") is local_sandbox
+    with pytest.raises(ValueError, match="COOP_DAG_SANDBOX"):
+        sandbox_factory("podman")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'up'}:{os.environ['PATH']}")
+    _fake_docker(tmp_path / "up", "echo 27.3.1; exit 0")
+    assert sandbox_factory("docker") is docker_sandbox
+    monkeypatch.setenv("PATH", f"{tmp_path / 'down'}:{os.environ['PATH']}")
+    _fake_docker(
+        tmp_path / "down",
+        "echo 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock' >&2; exit 1",
+    )
+    with pytest.raises(HostRequirementError) as err:
+        sandbox_factory("docker")
+    message = str(err.value)
+    assert "COOP_DAG_SANDBOX=docker" in message and "needs Docker" in message
+    assert "Cannot connect to the Docker daemon" in message
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(HostRequirementError, match="`docker` is not installed"):
+        sandbox_factory("docker")
+
+
+def test_docker_sandbox_without_a_daemon_fails_before_any_pair(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    _fake_docker(tmp_path / "bin", "echo 'Cannot connect to the Docker daemon' >&2; exit 1")
+    run_dir = tmp_path / "run"
+    made = []
+    with pytest.raises(HostRequirementError, match="COOP_DAG_SANDBOX=docker"):
+        rollout_pairs(
+            [PAIRS["datehelp_task/106/f1_f3"]],
+            lambda *a: made.append(a) or quick(),
+            run_dir,
+            steering=False,
+            limits=AgentLimits(),
+            model_name="scripted",
+            sandbox="docker",
             log=lambda _: None,
         )
     assert made == [] and not run_dir.exists()

@@ -107,3 +107,49 @@ def test_cli_prints_the_chain(tmp_path, capsys):
     assert "follow_through = 0.625" in out and "teacher_rollouts t1" in out
     assert "student-0123456789ab" in out
     assert main(["lineage", "--variant", "other", "--db", str(store.path)]) == 2
+
+
+def test_cluster_intervals_and_paired_deltas_are_recorded_and_old_stores_migrate(tmp_path):
+    import duckdb
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))  # a store written before the cluster columns existed
+    con.execute(
+        "CREATE TABLE metrics (asset TEXT NOT NULL, variant TEXT, data_version TEXT NOT NULL, "
+        "metric TEXT NOT NULL, value DOUBLE, n INTEGER, ci_low DOUBLE, ci_high DOUBLE, "
+        "recorded_at TIMESTAMP NOT NULL)"
+    )
+    con.execute(
+        "INSERT INTO metrics VALUES ('behaviour_metrics', 'old', 'v', 'plan_first', "
+        "0.5, 12, 0.2, 0.8, now())"
+    )
+    con.close()
+    store = LineageStore(path)
+    summary = {
+        "n_pairs": 18,
+        "n_agents": 36,
+        "plan_first_rate": 0.9,
+        "plan_first_ci95": [0.7, 0.97],
+        "plan_first_cluster_ci95": [0.6, 1.0],
+        "both_passed_rate": 0.5,
+        "both_passed_n": 16,  # only the evaluated pairs
+    }
+    deltas = {"plan_first": {"delta": 0.8, "n": 18, "ci95": [0.5, 1.0]}}
+    store.record("behaviour_metrics", "templated", "m", metrics=summary, deltas=deltas)
+    stats = store.latest_stats("behaviour_metrics")
+    assert stats["old"]["plan_first"] == {
+        "value": 0.5,
+        "n": 12,
+        "ci95": [0.2, 0.8],
+        "cluster_ci95": None,
+    }
+    new = stats["templated"]
+    assert new["plan_first"]["ci95"] == [0.7, 0.97]
+    assert new["plan_first"]["cluster_ci95"] == [0.6, 1.0]
+    assert new["both_passed"]["n"] == 16
+    assert new["delta_over_base.plan_first"] == {
+        "value": 0.8,
+        "n": 18,
+        "ci95": [0.5, 1.0],
+        "cluster_ci95": [0.5, 1.0],
+    }

@@ -1,19 +1,28 @@
-"""The new-adapter sensor fires once per new adapter (by content hash) and skips malformed
-drops, evaluated with Dagster's sensor testing utilities."""
+"""The new-adapter sensor fires once per new adapter (by content hash), each in its own
+dynamic partition named by its content name (never the variant's served_adapter), and skips
+malformed drops; evaluated with Dagster's sensor testing utilities."""
 
 import json
 
 import dagster as dg
 
+from assets.partitions import DROPPED_ADAPTERS
 from assets.sensors import new_adapter_sensor
-from coop_dag.adapters import adapter_sha12, write_lineage
+from coop_dag.adapters import adapter_name, adapter_sha12, write_lineage
 from tests.test_adapters import make_adapter
 
 
 def _tick(instance, cursor=None):
+    """One evaluation: its run requests; the partitions it adds are added to `instance`, as
+    the daemon does."""
     ctx = dg.build_sensor_context(instance=instance, cursor=cursor)
     result = new_adapter_sensor(ctx)
-    return (result if isinstance(result, list) else []), ctx.cursor
+    if not isinstance(result, dg.SensorResult):
+        return [], ctx.cursor
+    for req in result.dynamic_partitions_requests or []:
+        assert req.partitions_def_name == DROPPED_ADAPTERS
+        instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
+    return list(result.run_requests or []), ctx.cursor
 
 
 def test_fires_once_per_adapter_and_skips_malformed(tmp_path, monkeypatch):
@@ -31,11 +40,15 @@ def test_fires_once_per_adapter_and_skips_malformed(tmp_path, monkeypatch):
         requests, cursor = _tick(instance)
         assert len(requests) == 1
         req = requests[0]
-        assert req.partition_key == "templated"
+        # its own partition, named by its weights; the variant's partition is left alone
+        assert req.partition_key == adapter_name(good) == f"student-{adapter_sha12(good)}"
+        assert req.tags["coop_dag/variant"] == "templated"
         assert req.run_key == f"adapter-{adapter_sha12(good)}"
-        config = req.run_config["ops"]["served_adapter"]["config"]
+        assert "served_adapter" not in req.run_config["ops"]
+        config = req.run_config["ops"]["dropped_adapter"]["config"]
         assert config["adapter_dir"] == str(good)
         assert adapter_sha12(good) in json.loads(cursor)
+        assert instance.get_dynamic_partitions(DROPPED_ADAPTERS) == [adapter_name(good)]
         assert no_lineage.is_dir()
 
         again, cursor = _tick(instance, cursor)
@@ -45,6 +58,10 @@ def test_fires_once_per_adapter_and_skips_malformed(tmp_path, monkeypatch):
         write_lineage(second, {"variant": "templated"})
         new, cursor = _tick(instance, cursor)
         assert [r.run_key for r in new] == [f"adapter-{adapter_sha12(second)}"]
+        assert [r.partition_key for r in new] == [adapter_name(second)]
+        assert sorted(instance.get_dynamic_partitions(DROPPED_ADAPTERS)) == sorted(
+            [adapter_name(good), adapter_name(second)]
+        )  # two adapters of one variant: two partitions, neither overwrites the other
 
         # a copy of an evaluated adapter (same weights) is the same adapter
         copy = tmp_path / "templated" / "copy-of-1"
@@ -67,6 +84,20 @@ def test_run_requests_fit_the_evaluation_job():
 
     job = defs.resolve_job_def("evaluate_adapter")
     nodes = {n.name for n in job.graph.nodes}
-    assert {"served_adapter", "student_rollouts", "behaviour_metrics"} <= nodes
-    config = {"ops": {"served_adapter": {"config": {"adapter_dir": "/drop/student"}}}}
+    assert nodes == {"dropped_adapter", "dropped_adapter_metrics"}  # not the variant chain
+    assert job.partitions_def.name == DROPPED_ADAPTERS
+    config = {"ops": {"dropped_adapter": {"config": {"adapter_dir": "/drop/student"}}}}
     assert dg.validate_run_config(job, config)
+
+
+def test_checks_are_partitioned_like_their_assets():
+    from definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    checked = 0
+    for key in graph.asset_check_keys:
+        asset = graph.get(key.asset_key)
+        check = defs.resolve_assets_def(key.asset_key).get_spec_for_check_key(key)
+        assert check.partitions_def == asset.partitions_def, key
+        checked += asset.partitions_def is not None
+    assert checked >= 12  # every check of a variant or adapter partition

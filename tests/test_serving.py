@@ -264,6 +264,86 @@ def test_served_adapter_asset(server, adapters, tmp_path):
     assert "exactly like the base model" in (check.description or "")
 
 
+def test_dropped_adapter_gets_its_own_partition(server, adapters, tmp_path):
+    """A dropped adapter is served in its own dynamic partition (its content name) with its
+    own lineage.json's facts; the variant's served_adapter keeps lora_checkpoint's adapter;
+    the probe check is recorded for that partition."""
+    import dagster as dg
+
+    from assets.dropped import dropped_adapter
+    from assets.partitions import DROPPED_ADAPTERS, variant_partitions
+    from assets.serving import CHECK, served_adapter
+    from coop_dag.adapters import write_lineage
+    from resources.lineage import LineageResource
+    from resources.serving import ServingResource
+
+    drop = tmp_path / "adapters" / "external" / "verl-job-7"
+    shutil.copytree(adapters["B"], drop)
+    write_lineage(
+        drop,
+        {"variant": "templated", "student": H.STUDENT, "trainer": "verl (external)",
+         "tito_data_version": "ext-data-1"},
+    )  # fmt: skip
+    name = adapter_name(drop)
+    assert name != adapter_name(adapters["A"])
+
+    @dg.asset(partitions_def=variant_partitions, name="lora_checkpoint")
+    def lora_checkpoint() -> dict:
+        return {"adapter_name": adapter_name(adapters["A"]), "adapter_dir": adapters["A"],
+                "student": H.STUDENT, "data_version": "ckpt-v1"}  # fmt: skip
+
+    resources = {
+        "serving": ServingResource(url=server.url, probe_max_tokens=8),
+        "lineage": LineageResource(path=str(tmp_path / "lineage.duckdb")),
+        "io_manager": dg.mem_io_manager,
+    }
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize(
+        [lora_checkpoint, served_adapter], partition_key="templated", resources=resources,
+        instance=instance,
+    ).success  # fmt: skip
+    instance.add_dynamic_partitions(DROPPED_ADAPTERS, [name])
+    result = dg.materialize(
+        [dropped_adapter],
+        partition_key=name,
+        resources=resources,
+        instance=instance,
+        run_config={"ops": {"dropped_adapter": {"config": {"adapter_dir": str(drop)}}}},
+    )
+    assert result.success
+    out = result.output_for_node("dropped_adapter")
+    assert out["adapter_name"] == name and out["differs_from_base"]
+    assert out["facts"]["trainer"] == "verl (external)" and out["facts"]["variant"] == "templated"
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == CHECK and check.passed and check.partition == name
+    store = resources["lineage"].store
+    assert store.latest("dropped_adapter", name)["upstream"] == {"adapter_lineage": "ext-data-1"}
+    # the variant's chain is untouched: served_adapter[templated] is still lora_checkpoint's
+    row = store.latest("served_adapter", "templated")
+    assert row["facts"]["adapter_name"] == adapter_name(adapters["A"])
+    assert row["upstream"] == {"lora_checkpoint": "ckpt-v1"}
+    [latest] = instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey("served_adapter"), asset_partitions=["templated"]
+        ),
+        limit=1,
+    ).records
+    served_meta = latest.asset_materialization.metadata
+    assert served_meta["adapter_name"].value == adapter_name(adapters["A"])
+
+    # a partition whose weights are not in the given directory is refused
+    instance.add_dynamic_partitions(DROPPED_ADAPTERS, ["student-000000000000"])
+    bad = dg.materialize(
+        [dropped_adapter], partition_key="student-000000000000", resources=resources,
+        instance=instance, raise_on_error=False,
+        run_config={"ops": {"dropped_adapter": {"config": {"adapter_dir": str(drop)}}}},
+    )  # fmt: skip
+    assert not bad.success
+    assert "no adapter with weights student-000000000000" in str(
+        bad.get_step_failure_events()[0].step_failure_data.error.to_string()
+    )
+
+
 STAND_IN = """
 import http.server, json, sys
 class H(http.server.BaseHTTPRequestHandler):

@@ -3,6 +3,7 @@ on the bundled `smoke` subset; kill-and-resume of teacher_rollouts; API teacher 
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,3 +136,28 @@ def test_killed_teacher_rollouts_resume_only_missing_pairs(tmp_path):
     assert not list(run_dir.glob("coop/*/*/.f*"))  # no staging leftovers
     statuses = {json.loads((d / "result.json").read_text())["status"] for d in after}
     assert statuses == {"Completed"}
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="needs the docker CLI (no daemon)")
+def test_docker_sandbox_without_a_daemon_fails_before_any_pair(lite_env, monkeypatch):
+    """COOP_DAG_SANDBOX=docker on a host with the docker CLI but no daemon (this machine):
+    teacher_rollouts fails at once, naming Docker and the variable; no pair ran."""
+    from coop_dag.hostcheck import docker_status
+
+    if docker_status().ok:
+        pytest.skip("a Docker daemon answers here: nothing to refuse")
+    monkeypatch.setenv("COOP_DAG_SANDBOX", "docker")
+    from definitions import defs
+
+    instance = dg.DagsterInstance.ephemeral()
+    common = dict(resources=defs.resources, instance=instance, raise_on_error=False)
+    assert dg.materialize(list(defs.assets), selection=["task_pool"], **common).success
+    result = dg.materialize(
+        list(defs.assets), selection=["teacher_rollouts"], partition_key="templated", **common
+    )
+    assert not result.success
+    error = result.get_step_failure_events()[0].step_failure_data.error.to_string()
+    assert "COOP_DAG_SANDBOX=docker" in error and "needs Docker" in error
+    assert "no Docker daemon answers `docker info`" in error
+    assert "COOP_DAG_SANDBOX=local" in error  # the way out
+    assert not _pair_dirs(lite_env / "runs" / "templated" / "teacher")

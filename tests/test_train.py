@@ -424,7 +424,8 @@ def test_lora_checkpoint_asset(tiny, data, tmp_path, monkeypatch, vllm_server):
     monkeypatch.setitem(
         asset_module.VARIANTS,
         "templated",
-        dataclasses.replace(variant, student="tiny-qwen3", recipe="tiny-test"),
+        # seed 3: the variant's seed is the training seed (recipe_for), whatever the recipe says
+        dataclasses.replace(variant, student="tiny-qwen3", recipe="tiny-test", seed=3),
     )
 
     @dg.asset(partitions_def=variant_partitions, name="tito_parquet")
@@ -459,6 +460,7 @@ def test_lora_checkpoint_asset(tiny, data, tmp_path, monkeypatch, vllm_server):
     assert out["adapter_dir"] == str(final) and (final / "adapter_model.safetensors").is_file()
     assert read_lineage(final)["probe_adapter_rate"] == out["probe_adapter"]["rate"]
     assert {"probe_base", "probe_adapter", "facts", "data_version"} <= set(out)
+    assert out["facts"]["seed"] == 3 and read_lineage(final)["seed"] == 3
     checks = {
         e.event_specific_data.check_name: e.event_specific_data.passed
         for e in result.all_events

@@ -45,6 +45,29 @@ def test_the_upweight_contrast_trains_turns_beyond_the_upweighted_ones():
     assert recipe.upweight_mode == "duplicate" and not recipe.packing
 
 
+def test_seed_variants_differ_only_by_seed_and_train_distinct_runs():
+    """The variant's seed reaches the training recipe and so the run key: each seed its own
+    adapter (and a rerun of one seed resumes only its run)."""
+    from types import SimpleNamespace
+
+    from coop_dag.train import recipe_for, run_key_for
+
+    variants = load_variants()
+    seeds = [variants[n] for n in ("templated", "templated-seed1", "templated-seed2")]
+    assert [v.seed for v in seeds] == [0, 1, 2]
+    apart = ("name", "seed", "description", "raw")
+    same = [k for k in vars(seeds[0]) if k not in apart]
+    assert all([getattr(v, k) for k in same] == [getattr(seeds[0], k) for k in same] for v in seeds)
+    recipes = [recipe_for(v) for v in seeds]
+    assert [r.seed for r in recipes] == [0, 1, 2]
+    assert recipe_for(seeds[1], "embedded-all-turns").seed == 1  # a recipe override keeps it
+    student = SimpleNamespace(
+        name="s", tokenizer_sha256="t", chat_template_sha256="c", manifest={}, model_dir="m"
+    )
+    keys = {run_key_for(student, r, "train-sha", "val-sha") for r in recipes}
+    assert len(keys) == 3
+
+
 def _write(tmp_path, body):
     path = tmp_path / "variants.yaml"
     path.write_text(body)

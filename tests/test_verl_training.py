@@ -127,6 +127,7 @@ def materialize(tmp_path, tito, verl_python, monkeypatch, *, raise_on_error=True
             "training": TrainingResource(
                 kind="verl",
                 verl_python=str(verl_python),
+                check_gpus=False,  # the fake verl runs on the CPU
                 adapters_dir=str(tmp_path / "adapters"),
                 work_dir=str(tmp_path / "work"),
                 probe_prompts=2,
