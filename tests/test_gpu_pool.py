@@ -45,6 +45,10 @@ def deploy_home(tmp_path):
     text = (REPO_ROOT / "deploy" / "dagster.yaml").read_text()
     assert STORAGE_IN_IMAGE in text
     (home / "dagster.yaml").write_text(text.replace(STORAGE_IN_IMAGE, str(tmp_path / "storage")))
+    # Create the storage once, here: two processes creating a fresh SQLite storage at the
+    # same moment can both stamp its alembic revision, and then neither can open it.
+    with dg.DagsterInstance.from_config(str(home)):
+        pass
     return home
 
 
