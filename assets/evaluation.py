@@ -37,6 +37,16 @@ def _held_out(task_pool: dict) -> list[str]:
         raise dg.Failure(description=str(exc)) from None
 
 
+def _rollout_source(dataset: DatasetResource, pairs: list) -> dict:
+    """What the rollouts actually ran on (lineage facts): this run's dataset and subset, and
+    the pairs, not whatever dataset trained the adapter."""
+    return {
+        "dataset": str(dataset.root),
+        "subset": dataset.subset_name,
+        "pair_ids": [p.pair_id for p in pairs],
+    }
+
+
 def _metric_metadata(summary: dict) -> dict:
     return {
         "n_pairs": summary["n_pairs"],
@@ -108,6 +118,7 @@ def base_student_metrics(
         "held_out_repos": task_pool["test_repos"],  # the test repositories (older name)
         "endpoint": endpoint.url,
         **get_student(variant.student).describe(),
+        **_rollout_source(dataset, pairs),
     }
     lineage.record(context, metrics["data_version"], facts=facts, metrics=metrics["summary"])
     return dg.Output(
@@ -151,6 +162,7 @@ def student_rollouts(
         **served_adapter.get("facts", {}),
         "adapter_name": served_adapter["adapter_name"],
         "held_out_repos": task_pool["test_repos"],  # the test repositories (older name)
+        **_rollout_source(dataset, pairs),
     }
     lineage.record(
         context,

@@ -12,7 +12,10 @@ from assets.partitions import VARIANTS
 from coop_dag.adapters import AdapterError, adapter_sha12, read_lineage, validate_adapter
 from coop_dag.profiles import resolve_profile
 
+# task_pool runs in the same run, so the pairs come from this run's dataset resource (the
+# dataset, subset and split it is configured with), never from an older materialisation.
 EVALUATED_ASSETS = [
+    "task_pool",
     "served_adapter",
     "base_student_metrics",
     "student_rollouts",
@@ -22,7 +25,15 @@ EVALUATED_ASSETS = [
 evaluate_adapter_job = dg.define_asset_job(
     "evaluate_adapter",
     selection=EVALUATED_ASSETS,
-    description="Serve a dropped adapter (served_adapter with adapter_dir) and evaluate it.",
+    description=(
+        "Serve an adapter and evaluate it on the test split of the run's dataset: set "
+        "ops.served_adapter.config.adapter_dir (no lora_checkpoint needed). The partition is "
+        "the variant whose student the adapter was trained on (its lineage.json 'variant'; "
+        "the sensor picks it): it fixes the base student and the held-out rollout limits. "
+        "From the CLI: dagster job execute -m definitions -j evaluate_adapter --tags "
+        '\'{"dagster/partition": "<variant>"}\' -c run_config.yaml; in the UI, the '
+        "launchpad's partition picker."
+    ),
 )
 
 

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from assets.partitions import VARIANTS, variant_partitions
-from coop_dag.adapters import repair_adapter
+from coop_dag.adapters import AdapterError, read_lineage, repair_adapter
 from coop_dag.lineage import content_version
 from coop_dag.serving import serve_adapter
 from resources.lineage import LineageResource
@@ -29,7 +29,9 @@ def _probe_table(served) -> str:
 
 class ServedAdapterConfig(dg.Config):
     """Serve this adapter directory instead of `lora_checkpoint`'s — set by the new-adapter
-    sensor for adapters dropped into the adapters directory (e.g. by an external verl job)."""
+    sensor for adapters dropped into the adapters directory (e.g. by an external verl job),
+    or by hand for the `evaluate_adapter` job. With it, no `lora_checkpoint` materialisation
+    is needed: the adapter's own `lineage.json` says which student it was trained on."""
 
     adapter_dir: str = ""
 
@@ -39,11 +41,14 @@ class ServedAdapterConfig(dg.Config):
     group_name="serving",
     code_version="1",
     check_specs=[dg.AssetCheckSpec(CHECK, asset="served_adapter", blocking=True)],
+    # a dropped adapter (config.adapter_dir) needs no lora_checkpoint: a partition never
+    # materialised loads as None instead of failing the run
+    ins={"lora_checkpoint": dg.AssetIn(metadata={"allow_missing_partitions": True})},
 )
 def served_adapter(
     context: dg.AssetExecutionContext,
     config: ServedAdapterConfig,
-    lora_checkpoint: dict,
+    lora_checkpoint: dict | None,
     serving: ServingResource,
     lineage: LineageResource,
 ):
@@ -54,14 +59,30 @@ def served_adapter(
     the variant are unloaded once the new one passes. The embedded server is started on the
     resource's fixed port if needed and left running for `student_rollouts`."""
     variant = VARIANTS[context.partition_key]
-    student = lora_checkpoint.get("student") or variant.student  # the student it trained on
-    endpoint = serving.ensure(student, log=context.log.info)
-    adapter_dir = lora_checkpoint["adapter_dir"]
-    expected_name = lora_checkpoint.get("adapter_name")
     if config.adapter_dir:  # a dropped adapter: fix verl 0.7.1's export quirks, then serve it
         adapter_dir, expected_name = config.adapter_dir, None
         for change in repair_adapter(adapter_dir):
             context.log.info(f"repaired {adapter_dir}: {change}")
+        try:
+            dropped = read_lineage(adapter_dir, required=False)
+        except AdapterError as exc:
+            raise dg.Failure(description=f"adapter_dir {adapter_dir}: {exc}") from None
+        # its own lineage stands in for lora_checkpoint's output
+        lora_checkpoint = {
+            "student": dropped.get("student"),
+            "base_model": dropped.get("base_model"),
+            "facts": {"adapter_dir": adapter_dir, "adapter_variant": dropped.get("variant")},
+        }
+    elif lora_checkpoint is None:
+        raise dg.Failure(
+            description=f"no lora_checkpoint materialisation for variant {variant.name}: "
+            "materialise lora_checkpoint first, or give served_adapter's config an adapter_dir"
+        )
+    else:
+        adapter_dir = lora_checkpoint["adapter_dir"]
+        expected_name = lora_checkpoint.get("adapter_name")
+    student = lora_checkpoint.get("student") or variant.student  # the student it trained on
+    endpoint = serving.ensure(student, log=context.log.info)
     served = serve_adapter(
         endpoint.engine,
         adapter_dir,
