@@ -74,9 +74,10 @@ def test_eval_an_adapter_and_the_base_on_the_session_vllm(
     run = tmp_path / "runs" / "eval" / "A" / "dataset"  # <runs>/eval/<model>/<dataset>
     for pid in ("f1_f2", "f1_f3", "f2_f3"):
         pair = run / "coop" / "beta_task" / "1" / pid
-        for f in ("agent1_traj.json", "agent2_traj.json", "conversation.json", "result.json"):
+        a, b = pid[1], pid[-1]  # trajectories are named by feature id
+        for f in (f"agent{a}_traj.json", f"agent{b}_traj.json", "conversation.json", "result.json"):
             assert (pair / f).is_file(), pair / f
-        assert json.loads((pair / "agent1_traj.json").read_text())["model"] == name
+        assert json.loads((pair / f"agent{a}_traj.json").read_text())["model"] == name
         assert json.loads((pair / "result.json").read_text())["prompt"] == "default"
     provenance = json.loads((run / "eval_run.json").read_text())
     assert provenance["model_kind"] == "adapter" and provenance["model_name"] == name
