@@ -53,6 +53,16 @@ def bar_check_specs(asset: str, partitions_def: dg.PartitionsDefinition) -> list
     ]
 
 
+def _rollout_source(dataset: DatasetResource, pairs: list) -> dict:
+    """What the rollouts actually ran on (lineage facts): this run's dataset and subset, and
+    the pairs, not whatever dataset trained the adapter."""
+    return {
+        "dataset": str(dataset.root),
+        "subset": dataset.subset_name,
+        "pair_ids": [p.pair_id for p in pairs],
+    }
+
+
 def _metric_metadata(summary: dict) -> dict:
     return {
         "n_pairs": summary["n_pairs"],
@@ -133,6 +143,7 @@ def base_student_metrics(
         "held_out_repos": task_pool["test_repos"],  # the test repositories (older name)
         "endpoint": endpoint.url,
         **get_student(variant.student).describe(),
+        **_rollout_source(dataset, pairs),
     }
     lineage.record(context, metrics["data_version"], facts=facts, metrics=metrics["summary"])
     return dg.Output(
@@ -206,6 +217,7 @@ def roll_out_adapter(
         **served.get("facts", {}),
         "adapter_name": served["adapter_name"],
         "held_out_repos": task_pool["test_repos"],  # the test repositories (older name)
+        **_rollout_source(dataset, pairs),
     }
     metadata = {
         "run_dir": dg.MetadataValue.path(summary["run_dir"]),

@@ -20,12 +20,21 @@ from coop_dag.adapters import (
 )
 from coop_dag.profiles import resolve_profile
 
-EVALUATED_ASSETS = ["dropped_adapter", "dropped_adapter_metrics"]
+# task_pool runs in the same run, so the pairs come from this run's dataset resource (the
+# dataset, subset and split it is configured with), never from an older materialisation.
+EVALUATED_ASSETS = ["task_pool", "dropped_adapter", "dropped_adapter_metrics"]
 
 evaluate_adapter_job = dg.define_asset_job(
     "evaluate_adapter",
     selection=EVALUATED_ASSETS,
-    description="Serve a landed adapter in its own partition (its content name) and evaluate it.",
+    description=(
+        "Serve an adapter in its own partition and evaluate it on the test split of the run's "
+        "dataset; no lora_checkpoint is needed. The partition is the adapter's content name "
+        "(student-<sha12>): the new-adapter sensor adds it for adapters under the adapters "
+        "directory; for any other directory `python -m assets.register_adapter DIR` adds it "
+        "and prints the command to run (ops.dropped_adapter.config.adapter_dir = DIR). The "
+        "variant in the adapter's lineage.json fixes the base student and the rollout limits."
+    ),
 )
 
 
@@ -45,20 +54,26 @@ def candidate_dirs(root: Path) -> list[Path]:
     return sorted(d for d in found if not any(part.startswith(".") for part in d.parts))
 
 
+def check_drop(adapter_dir: Path) -> tuple[str, str]:
+    """A dropped adapter's content hash and the variant its lineage.json names; AdapterError
+    when it is not servable or names no known variant."""
+    validate_adapter(adapter_dir)
+    sha = adapter_sha12(adapter_dir)
+    variant = read_lineage(adapter_dir).get("variant")
+    if variant not in VARIANTS:
+        raise AdapterError(
+            f"{adapter_dir}/lineage.json names variant {variant!r}, not one of {sorted(VARIANTS)}"
+        )
+    return sha, variant
+
+
 def scan(root: Path, seen: set[str], log) -> list[dg.RunRequest]:
     """Run requests for adapters not in `seen` (content hashes); updates `seen`. Each targets
     the partition named by the adapter's content name."""
     requests = []
     for adapter_dir in candidate_dirs(root):
         try:
-            validate_adapter(adapter_dir)
-            sha = adapter_sha12(adapter_dir)
-            lineage = read_lineage(adapter_dir)
-            variant = lineage.get("variant")
-            if variant not in VARIANTS:
-                raise AdapterError(
-                    f"lineage.json names variant {variant!r}, not one of {sorted(VARIANTS)}"
-                )
+            sha, variant = check_drop(adapter_dir)
         except (AdapterError, OSError, ValueError, KeyError) as err:
             log.warning(f"skipping malformed adapter drop {adapter_dir}: {err}")
             continue

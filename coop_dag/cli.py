@@ -126,6 +126,69 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import re
+
+    from coop_dag.dataset_config import parse_repos, resolve_dataset_config
+    from coop_dag.model_eval import evaluate_model, score_table, select_eval_pairs
+    from coop_dag.profiles import resolve_profile
+    from coop_dag.rollouts import RolloutErrors
+    from coop_dag.serving import ServeSettings
+    from coop_dag.variants import default_variant_name, get_variant
+
+    explicit_pairs = parse_repos(args.pairs) if args.pairs else ()
+    config = resolve_dataset_config(
+        dataset_dir=args.dataset,
+        subset=args.subset,
+        mirror_dir=args.mirror_dir,
+        validation_repos=args.validation,
+        test_repos=args.test,
+        require_split=False,  # only the chosen split must be set (select_eval_pairs says so)
+        flag_names={
+            "dataset": "--dataset",
+            "subset": "--subset",
+            "mirror": "--mirror-dir",
+            "validation": "--validation",
+            "test": "--test",
+        },
+    )
+    pairs = select_eval_pairs(config, split=args.split, pair_ids=explicit_pairs)
+    variant = get_variant(args.variant or default_variant_name())
+    profile = resolve_profile()
+    label = re.sub(r"[^\w.\-]+", "_", Path(args.model).name or args.model).strip("_")
+    run_dir = Path(args.out) if args.out else profile.runs_dir / "eval" / label / config.root.name
+    serve = ServeSettings(url=args.url or "", port=args.port, vllm_python=args.vllm_python or "")
+    try:
+        run = evaluate_model(
+            args.model,
+            pairs,
+            run_dir,
+            variant=variant,
+            serve=serve,
+            state_dir=profile.runs_dir / "serving",
+            dataset=config,
+            student=args.student,
+            redis_url=profile.redis_url,
+            concurrency=args.concurrency,
+            allow_unsandboxed=args.allow_unsandboxed,
+            api_key_env=args.api_key_env,
+            log=lambda msg: print(msg, file=sys.stderr),
+        )
+    except RolloutErrors as exc:
+        print(f"coop-dag eval: error: {exc}", file=sys.stderr)
+        print(f"run directory: {run_dir} (rerun the command to finish them)", file=sys.stderr)
+        return 1
+    print(f"run        {run.run_dir}")
+    print(f"model      {run.model_kind} {run.model_name}")
+    where = f"{config.root}" + (f" subset {config.subset}" if config.subset else "")
+    which = "given pairs" if explicit_pairs else f"{args.split} split"
+    print(f"dataset    {where}: {len(pairs)} pairs ({which})")
+    print(f"statuses   {json.dumps(run.rollout['statuses'])}")
+    print()
+    print(score_table(run.summary))
+    return 0
+
+
 def _cmd_lineage(args: argparse.Namespace) -> int:
     from coop_dag.lineage import LineageStore, default_store_path, format_chain
 
@@ -320,6 +383,38 @@ def build_parser() -> argparse.ArgumentParser:
         "then the bundled dataset; a repo found in none is checked against its task text only)",
     )
     p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser(
+        "eval",
+        help="roll out a model or adapter on a dataset's pairs (default: the test split), as "
+        "student_rollouts does, then score it: a CooperBench-layout run dir and the table",
+        description="MODEL is an adapter directory (served by vLLM on its student), a student "
+        "name (its untrained base, served by vLLM), a model served at --url, or a litellm "
+        "model string (provider/model). Dataset settings resolve like `coop-dag tasks`.",
+    )
+    p.add_argument("model", help="adapter dir | student name | served model name | litellm model")
+    p.add_argument("--url", help="attach to this running vLLM (default: start one, stop it after)")
+    p.add_argument("--port", type=int, default=8100, help="port of a started vLLM")
+    p.add_argument("--vllm-python", help="start vLLM with this python (default: the profile's)")
+    p.add_argument("--student", help="base student of an adapter without lineage.json")
+    p.add_argument("--variant", help="whose student_rollout limits apply (default: default)")
+    p.add_argument("--dataset", help="CooperBench-format dataset dir (default: bundled)")
+    p.add_argument("--subset", help="subset name under <dataset>/subsets/, or a subset file")
+    p.add_argument("--mirror-dir", help="local git mirrors of real tasks' repositories")
+    p.add_argument("--validation", help="comma-separated validation repositories")
+    p.add_argument("--test", help="comma-separated test repositories")
+    p.add_argument(
+        "--split", default="test", choices=("test", "validation", "train", "all"),
+        help="which pairs (default: test; all: every pair of the dataset or subset)",
+    )  # fmt: skip
+    p.add_argument("--pairs", help="comma-separated pair ids (<repo>/<task>/f<a>_f<b>)")
+    p.add_argument("--out", help="run directory (default: <runs>/eval/<model>/<dataset>)")
+    p.add_argument("--concurrency", type=int, help="pairs at once (default: the variant's)")
+    p.add_argument("--api-key-env", help="litellm models: the variable holding the API key")
+    p.add_argument(
+        "--allow-unsandboxed", action="store_true", help="run without bubblewrap (no isolation)"
+    )
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser(
         "lineage", help="print the chain (teacher, tokenizer, upweight, adapter...) behind a metric"

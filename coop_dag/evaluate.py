@@ -10,8 +10,15 @@
 3. `git merge` of the two branches (CooperBench's "naive" strategy); on conflicts, a retry
    with the union merge driver so the tests still have a tree to run on ("union" strategy);
 4. each feature's `tests.patch` run on the merged tree through the task's `runner.sh`,
-   inside the same bubblewrap sandbox agents use (no network, read-only root);
+   inside the same bubblewrap sandbox agents use (no network, read-only root). A real task's
+   runner, written for CooperBench's image (`cd /workspace/repo`, `pip install`), runs
+   unchanged against the merged checkout bound at `/workspace/repo`, in the task's own
+   environment built once from its declarations (`coop_dag.task_env`);
 5. pytest's summary line parsed into `tests_passed` / `tests_failed`.
+
+Tests that could not run (no environment for the task, or a runner that ended without a
+pytest summary) are no outcome of the agents: `error` names the cause, and scoring leaves the
+pair out of the success rates and counts it in `n_eval_errors`.
 
 `merge.status` is `clean`, `conflicts`, `identical` (both branches produce the same tree —
 a merge of nothing into something) or `missing_input` (a patch failed to apply or was
@@ -42,6 +49,14 @@ from coop_dag.sandbox import (
     hideable,
 )
 from coop_dag.scratch import owned_tempdir, sweep_stale
+from coop_dag.task_env import (
+    DOCKER_PATCHES,
+    DOCKER_REPO,
+    TaskEnvError,
+    ensure_task_env,
+    needs_docker_layout,
+    write_pip_shim,
+)
 from coop_dag.tasks import Pair, TaskError, checkout_base
 
 DEFAULT_TEST_TIMEOUT = 600.0
@@ -101,6 +116,11 @@ _SUMMARY_LINE = re.compile(
 )
 
 
+def has_pytest_summary(output: str) -> bool:
+    """Whether pytest got as far as its final summary line (its tests ran, or none could)."""
+    return bool(_SUMMARY_LINE.search(output or "")) or "no tests ran" in (output or "")
+
+
 def parse_pytest_summary(output: str) -> dict[str, int]:
     """Counts from pytest's final summary line (`3 failed, 10 passed in 0.12s`).
 
@@ -147,6 +167,7 @@ def _result(pair: Pair, **kw: Any) -> dict[str, Any]:
         "feature2": f2,
         "both_passed": bool(f1["passed"] and f2["passed"]),
         "error": kw.get("error"),
+        **({"test_env": kw["test_env"]} if kw.get("test_env") else {}),
         "evaluated_at": datetime.now(UTC).isoformat(),
     }
 
@@ -241,6 +262,8 @@ def evaluate_pair(
     max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
     pytest_plugin_autoload: bool = False,
     env: dict[str, str] | None = None,
+    task_env_root: str | os.PathLike | None = None,
+    log: Any = None,
 ) -> dict[str, Any]:
     """Merge two agents' patches and run both features' tests on the result.
 
@@ -252,6 +275,10 @@ def evaluate_pair(
     Bundled tasks need pytest only, so pytest's entry-point plugins from the interpreter's
     environment (≈1 s of start-up per run here) are not loaded unless
     `pytest_plugin_autoload`. `env` adds variables to the test environment.
+
+    A task whose runner expects CooperBench's image gets its own environment (built once
+    under `task_env_root`, default the cache root; see `coop_dag.task_env`), whose python
+    runs its tests with entry-point plugins on (they are the task's own).
     """
     task = pair.task
     feat_a, feat_b = pair.features
@@ -260,6 +287,20 @@ def evaluate_pair(
             return _result(pair, error=f"Tests patch not found: {feat.tests_patch}")
     if not task.runner.is_file():
         return _result(pair, error=f"runner.sh not found: {task.runner}")
+    docker = needs_docker_layout(task.runner)
+    task_env = None
+    if docker:
+        try:
+            task_env = ensure_task_env(
+                task,
+                Path(mirror_dir) if mirror_dir else None,
+                root=Path(task_env_root) if task_env_root else None,
+                log=log,
+            )
+        except (TaskEnvError, TaskError) as exc:
+            return _result(pair, error=f"tests not run: no test environment: {exc}")
+        python = str(task_env.python)
+        pytest_plugin_autoload = True
 
     work_root = Path(work_dir)
     work_root.mkdir(parents=True, exist_ok=True)
@@ -284,18 +325,35 @@ def evaluate_pair(
 
         # Only the checkout and a scratch HOME are writable: code under test cannot rewrite
         # the other feature's tests.patch or the runner between the two runs.
+        ro_binds: list[Any] = [patches]
+        writable: list[Any] = []
+        extra_path: list[Path] = []
+        layout_env: dict[str, str] = {}
+        if task_env is not None:  # CooperBench's image layout, on the merged checkout
+            shim = write_pip_shim(edir / "shim")
+            ro_binds += [(patches, DOCKER_PATCHES), shim]
+            writable.append((repo, DOCKER_REPO))
+            extra_path.append(shim)
+            layout_env = {
+                "COOP_DAG_TASK_ENV": str(task_env.path),
+                "PYTHONPATH": f"{DOCKER_REPO}/src:{DOCKER_REPO}",
+                "PYTHONDONTWRITEBYTECODE": "1",
+            }
         runner = BwrapRunner(
             repo,
             home,
-            ro_binds=[patches],
+            ro_binds=ro_binds,
+            writable=writable,
+            extra_path=extra_path,
             hidden=[*DEFAULT_HIDDEN_PATHS, *hideable(work_root.resolve())],
             env={
                 **_EVAL_GIT_ENV,
                 "REPO_DIR": str(repo),
-                "PATCH_DIR": str(patches),
+                "PATCH_DIR": DOCKER_PATCHES if docker else str(patches),
                 "PYTHON": python,
                 "BASE_SHA": base_sha,
                 **({} if pytest_plugin_autoload else {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}),
+                **layout_env,
                 **(env or {}),
             },
             python=python,
@@ -349,10 +407,17 @@ def evaluate_pair(
         ).stdout
 
         feats = []
+        not_run: list[str] = []
         for n, feat in ((1, feat_a), (2, feat_b)):
             proc = runner.run(f"TESTS_PATCH=tests{n}.patch\n{_TEST}", timeout, chdir=repo)
             run = _to_result(proc, timeout)  # on timeout the output says so
             counts = parse_pytest_summary(run.output)
+            if not run.timed_out and not has_pytest_summary(run.output):
+                tail = " | ".join(run.output.strip().splitlines()[-6:])
+                not_run.append(
+                    f"feature {feat.feature_id}'s tests did not run (runner.sh exited "
+                    f"{run.returncode} with no pytest summary): {tail[-600:]}"
+                )
             feats.append(
                 _feature_result(
                     feat.feature_id,
@@ -374,7 +439,8 @@ def evaluate_pair(
             },
             feature1=feats[0],
             feature2=feats[1],
-            error=None,
+            error=f"tests not run: {'; '.join(not_run)}" if not_run else None,
+            test_env=task_env.describe() if task_env is not None else None,
         )
     except SandboxError:
         raise

@@ -717,8 +717,9 @@ def eval_outcome(data: dict | None) -> dict | None:
 
     Reads CooperBench's shape (`both_passed`, `merge.status`, written by it and by
     `coop_dag.evaluate`) and the quickstart's (`overall_success`, `merged.merge_conflict`).
-    An eval whose `error` is an infrastructure failure (no merge outcome recorded) scores
-    neither; an `error` that reports a merge conflict still counts as a conflict and a fail.
+    An eval whose `error` is an infrastructure failure scores no test outcome (its tests did not
+    run: no environment, no pytest summary) and no merge outcome unless one was recorded; an
+    `error` that reports a merge conflict still counts as a conflict and a fail.
     """
     if not isinstance(data, dict):
         return None
@@ -732,7 +733,7 @@ def eval_outcome(data: dict | None) -> dict | None:
             merge_clean = not merged["merge_conflict"]
     both = data.get("both_passed", data.get("overall_success"))
     both = both if isinstance(both, bool) else None
-    if error and merge_clean is None:
+    if error and merge_clean is not False:  # tests that did not run are no outcome
         both = None
     return {"both_passed": both, "merge_clean": merge_clean, "error": error}
 
@@ -938,6 +939,12 @@ def summarise(
     clean = [e["merge_clean"] for e in evals if e["merge_clean"] is not None]
     s["n_evaluated"] = len(both)
     s["n_eval_errors"] = sum(1 for e in evals if e["error"])
+    # pairs left out of both_passed because their evaluation failed (listed, not scored)
+    s["eval_error_pairs"] = {
+        r["pair_id"]: str(r["eval"]["error"])[:300]
+        for r in rows
+        if r.get("eval") and r["eval"]["error"] and r["eval"]["both_passed"] is None
+    }
     s["n_both_passed"] = sum(both)
     s["both_passed_rate"] = _rate(sum(both), len(both)) if both else None
     s["both_passed_ci95"] = list(wilson_interval(sum(both), len(both))) if both else None
@@ -1049,4 +1056,12 @@ def main_score(
         out_path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     stream = stream or sys.stdout
     stream.write(json.dumps(result["summary"], indent=2) + "\n")
+    failed = result["summary"].get("eval_error_pairs") or {}
+    if failed:  # said apart from the rates: these pairs' tests never ran
+        print(
+            f"{len(failed)} pair(s) not scored for both_passed (evaluation error):",
+            file=sys.stderr,
+        )
+        for pid, cause in failed.items():
+            print(f"  {pid}: {cause}", file=sys.stderr)
     return result

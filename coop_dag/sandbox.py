@@ -336,7 +336,7 @@ def bwrap_argv(
     workspace: str | os.PathLike,
     command: str,
     *,
-    writable: Iterable[str | os.PathLike] = (),
+    writable: Iterable[str | os.PathLike | tuple[str | os.PathLike, str | os.PathLike]] = (),
     ro_binds: Iterable[str | os.PathLike | tuple[str | os.PathLike, str | os.PathLike]] = (),
     hidden: Iterable[str | os.PathLike] = DEFAULT_HIDDEN_PATHS,
     system: Iterable[str | os.PathLike] = (),
@@ -352,11 +352,12 @@ def bwrap_argv(
     recreated (see `system_mounts`); then fresh /dev and /proc and a private tmpfs /tmp;
     `hidden` paths get an empty read-only tmpfs (e.g. a secret directory inside a bound one);
     `ro_binds` (a path, or a (source, dest) pair) are bound read-only; `workspace` and
-    `writable` read-write at their own paths. Mounts are applied shallowest first, so a deeper
-    one always shows through a shallower one (a venv bound inside a hidden checkout stays
-    visible, a checkout hidden inside a bound directory stays hidden); at equal depth a hidden
-    tmpfs goes under a bind. Finally the root and the hidden tmpfs are remounted read-only, so
-    the only writable places are the workspace, `writable` and the private /tmp.
+    `writable` read-write at their own paths (a (source, dest) pair: at dest). Mounts are
+    applied shallowest first, so a deeper one always shows through a shallower one (a venv
+    bound inside a hidden checkout stays visible, a checkout hidden inside a bound directory
+    stays hidden); at equal depth a hidden tmpfs goes under a bind. Finally the root and the
+    hidden tmpfs are remounted read-only, so the only writable places are the workspace,
+    `writable` and the private /tmp.
     The command runs in `chdir` (default: the workspace) with no network, its own PID
     namespace and session, and dies if the caller dies.
     """
@@ -372,8 +373,9 @@ def bwrap_argv(
     for bind in ro_binds:
         src, dst = bind if isinstance(bind, tuple) else (bind, bind)
         ops.append((_depth(os.fspath(dst)), 2, ["--ro-bind", os.fspath(src), os.fspath(dst)]))
-    for path in (ws, *writable):
-        ops.append((_depth(os.fspath(path)), 3, ["--bind", os.fspath(path), os.fspath(path)]))
+    for bind in (ws, *writable):
+        src, dst = bind if isinstance(bind, tuple) else (bind, bind)
+        ops.append((_depth(os.fspath(dst)), 3, ["--bind", os.fspath(src), os.fspath(dst)]))
     argv = [bwrap]
     for _, _, args in sorted(ops, key=lambda op: op[:2]):  # stable: same depth keeps order
         argv += args
@@ -603,7 +605,7 @@ class BwrapRunner:
         python: str | os.PathLike | None = sys.executable,
         extra_path: Iterable[str | os.PathLike] = (),
         ro_binds: Iterable[str | os.PathLike | tuple] = (),
-        writable: Iterable[str | os.PathLike] = (),
+        writable: Iterable[str | os.PathLike | tuple] = (),
         hidden: Iterable[str | os.PathLike] = DEFAULT_HIDDEN_PATHS,
         secrets: Iterable[str | os.PathLike] = (),
         allow_unsandboxed: bool = False,
@@ -616,7 +618,8 @@ class BwrapRunner:
         self.ro_binds = list(ro_binds)
         if python:  # its venv and base installation, wherever they live (not what is around)
             self.ro_binds += interpreter_roots(os.path.abspath(os.fspath(python)))
-        self.writable = [Path(w) for w in writable]
+        # a (source, dest) pair binds source at dest (a real task's checkout at /workspace/repo)
+        self.writable = [w if isinstance(w, tuple) else Path(w) for w in writable]
         # Nothing of the host is mounted beyond the system, the binds and the workspace; a
         # secret (checkout, dataset, runs, $HOME) inside one of those binds is hidden again.
         leaks = secrets_to_hide(host_secrets(secrets), [*self.system, *self.ro_binds])

@@ -49,6 +49,7 @@ __all__ = [
     "Probe",
     "ProbeOutput",
     "ServedAdapter",
+    "ServeSettings",
     "ServingError",
     "SwapVerificationError",
     "Endpoint",
@@ -963,3 +964,121 @@ def stop_server(state_dir: str | os.PathLike, port: int, *, lock: bool = True) -
         for f in _lease_dir(state, port).glob("*"):
             f.unlink(missing_ok=True)
         return _stop_recorded(pid_path)
+
+
+# --------------------------------------------------------------------------------------
+# The student's server from plain settings: what the serving resource and `coop-dag eval`
+# both launch (coop_dag never imports Dagster; resources/serving.py wraps this)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How the student's vLLM is reached or launched. Empty strings fall back to the profile
+    (``COOP_DAG_PROFILE``, ``COOP_DAG_VLLM_URL`` / ``_PYTHON`` / ``_IMAGE`` / ``_DEVICE``); the
+    defaults are the evaluation protocol's (README "Serving: vLLM everywhere")."""
+
+    url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8100
+    startup_timeout: float = 900.0
+    reasoning_parser: str = ""
+    vllm_python: str = ""
+    vllm_image: str = ""
+    device: str = ""
+    dtype: str = "float32"
+    max_model_len: int = 8192
+    max_lora_rank: int = 16
+    max_loras: int = 2
+    cpu_kv_cache_gib: int = 2
+    cpu_threads: int = 1
+    gpu_memory_utilization: float = 0.85
+
+    def server_choice(self):
+        """The server and how to reach it (:class:`coop_dag.profiles.ServerChoice`): settings
+        given here beat the profile's."""
+        from coop_dag.profiles import ProfileError, ServerChoice, resolve_profile
+
+        explicit = [v for v in (self.url, self.vllm_python, self.vllm_image) if v]
+        if len(explicit) > 1:
+            raise ProfileError("ServingResource: set one of url, vllm_python, vllm_image")
+        profile = resolve_profile().server
+        device = self.device or profile.device
+        if device not in ("cpu", "gpu"):
+            raise ProfileError(f"ServingResource.device={device!r}: expected cpu or gpu")
+        if explicit:
+            return ServerChoice(
+                device, self.url or None, self.vllm_python or None, self.vllm_image or None
+            )
+        return ServerChoice(device, profile.url, profile.vllm_python, profile.vllm_image)
+
+    def command(self, model: str, *, served_model_name: str | None = None):
+        """The vLLM process launched for ``model`` (vLLM's own python, or its image with the
+        adapters directory mounted at the same path): a :class:`coop_dag.verl.Command`."""
+        from coop_dag.profiles import ProfileError, resolve_profile
+        from coop_dag.vllm import VllmLauncher, VllmServeConfig, lora_rank_slot, serve_command
+
+        choice = self.server_choice()
+        if choice.mode not in ("python", "container"):
+            raise ProfileError(f"ServingResource.vllm_command(): server mode is {choice.mode}")
+        adapters = str(resolve_profile().adapters_dir.resolve())
+        launcher = VllmLauncher(
+            python=choice.vllm_python,
+            image=choice.vllm_image,
+            mounts=((adapters, adapters, "ro"),) if choice.vllm_image else (),
+        )
+        config = VllmServeConfig(
+            model=model,
+            host=self.host,
+            port=self.port,
+            served_model_name=served_model_name,
+            max_model_len=self.max_model_len,
+            max_lora_rank=lora_rank_slot(self.max_lora_rank),
+            max_loras=self.max_loras,
+            reasoning_parser=self.reasoning_parser or None,
+            dtype=self.dtype or None,
+            device=choice.device,
+            cpu_kv_cache_gib=self.cpu_kv_cache_gib,
+            cpu_threads=self.cpu_threads,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+        )
+        return serve_command(config, launcher)
+
+    def ensure(self, student: str, state_dir: str | os.PathLike, *, log: LogFn | None = None):
+        """A running vLLM whose base model is ``student``: attached to (``url``), or reused /
+        started on ``host:port`` with a lease for this process under ``state_dir`` (return it
+        with :func:`release_server`). Returns ``(endpoint, leased)``."""
+        from coop_dag.hostcheck import check_server
+        from coop_dag.students import get_student
+
+        choice = self.server_choice()
+        resolved = get_student(student)
+        expect = [resolved.name, student, str(resolved.model_dir)]
+        if choice.url:
+            engine = VllmEngine(choice.url)
+            try:
+                engine.wait_until_healthy(min(self.startup_timeout, 60.0), interval=1.0)
+            except VllmError as exc:
+                raise ServingError(f"serving resource url={choice.url}: {exc}") from None
+            base = check_base_model(engine, expect, str(resolved.model_dir))
+            return Endpoint(engine.url, base, "vllm", False), False
+        check_server(choice)  # GPUs / Docker the choice needs: missing, fail before launching
+        if choice.vllm_python and not Path(choice.vllm_python).exists():
+            raise ServingError(
+                f"vLLM's python {choice.vllm_python} does not exist: build its venv with "
+                "`bash scripts/vllm_venv.sh` (the README's commands do), or point "
+                "COOP_DAG_VLLM_PYTHON at another vLLM environment"
+            )
+        command = self.command(str(resolved.model_dir), served_model_name=resolved.name)
+        endpoint = ensure_server(
+            list(command.argv),
+            host=self.host,
+            port=self.port,
+            state_dir=state_dir,
+            expect_ids=expect,
+            expect_root=str(resolved.model_dir),
+            startup_timeout=self.startup_timeout,
+            env=dict(command.env),
+            log=log,
+        )
+        return endpoint, True

@@ -27,14 +27,11 @@ from typing import TYPE_CHECKING
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from coop_dag.hostcheck import check_server
-from coop_dag.profiles import ProfileError, ServerChoice, resolve_profile
+from coop_dag.profiles import ServerChoice, resolve_profile
 from coop_dag.serving import (
     DEFAULT_PROBE_MAX_TOKENS,
     Endpoint,
-    ServingError,
-    check_base_model,
-    ensure_server,
+    ServeSettings,
     first_turn_probe,
     release_server,
     stop_server,
@@ -100,20 +97,30 @@ class ServingResource(dg.ConfigurableResource):
     _leases: set = PrivateAttr(default_factory=set)
 
     # -- choices ------------------------------------------------------------------------
+    def settings(self) -> ServeSettings:
+        """This resource's fields as the plain settings `coop_dag.serving` launches from (the
+        same code `coop-dag eval` uses)."""
+        return ServeSettings(
+            url=self.url,
+            host=self.host,
+            port=self.port,
+            startup_timeout=self.startup_timeout,
+            reasoning_parser=self.reasoning_parser,
+            vllm_python=self.vllm_python,
+            vllm_image=self.vllm_image,
+            device=self.device,
+            dtype=self.dtype,
+            max_model_len=self.max_model_len,
+            max_lora_rank=self.max_lora_rank,
+            max_loras=self.max_loras,
+            cpu_kv_cache_gib=self.cpu_kv_cache_gib,
+            cpu_threads=self.cpu_threads,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+        )
+
     def server_choice(self) -> ServerChoice:
         """The server and how to reach it: fields set here beat the profile's."""
-        explicit = [v for v in (self.url, self.vllm_python, self.vllm_image) if v]
-        if len(explicit) > 1:
-            raise ProfileError("ServingResource: set one of url, vllm_python, vllm_image")
-        profile = resolve_profile().server
-        device = self.device or profile.device
-        if device not in ("cpu", "gpu"):
-            raise ProfileError(f"ServingResource.device={device!r}: expected cpu or gpu")
-        if explicit:
-            return ServerChoice(
-                device, self.url or None, self.vllm_python or None, self.vllm_image or None
-            )
-        return ServerChoice(device, profile.url, profile.vllm_python, profile.vllm_image)
+        return self.settings().server_choice()
 
     def state_root(self) -> Path:
         if self.state_dir:
@@ -127,72 +134,15 @@ class ServingResource(dg.ConfigurableResource):
     # -- endpoints ----------------------------------------------------------------------
     def ensure(self, student: str, *, log=None) -> Endpoint:
         """A running vLLM whose base model is ``student`` (see the module docstring)."""
-        from coop_dag.students import get_student
-        from coop_dag.vllm import VllmEngine, VllmError
-
-        choice = self.server_choice()
-        resolved = get_student(student)
-        expect = [resolved.name, student, str(resolved.model_dir)]
-        if choice.url:
-            engine = VllmEngine(choice.url)
-            try:
-                engine.wait_until_healthy(min(self.startup_timeout, 60.0), interval=1.0)
-            except VllmError as exc:
-                raise ServingError(f"serving resource url={choice.url}: {exc}") from None
-            base = check_base_model(engine, expect, str(resolved.model_dir))
-            return Endpoint(engine.url, base, "vllm", False)
-        check_server(choice)  # GPUs / Docker the choice needs: missing, fail before launching
-        if choice.vllm_python and not Path(choice.vllm_python).exists():
-            raise ServingError(
-                f"vLLM's python {choice.vllm_python} does not exist: build its venv with "
-                "`bash scripts/vllm_venv.sh` (the README's commands do), or point "
-                "COOP_DAG_VLLM_PYTHON at another vLLM environment"
-            )
-        command = self.vllm_command(str(resolved.model_dir), served_model_name=resolved.name)
-        endpoint = ensure_server(
-            list(command.argv),
-            host=self.host,
-            port=self.port,
-            state_dir=self.state_root(),
-            expect_ids=expect,
-            expect_root=str(resolved.model_dir),
-            startup_timeout=self.startup_timeout,
-            env=dict(command.env),
-            log=log,
-        )
-        self._hold(self.state_root(), self.port)
+        endpoint, leased = self.settings().ensure(student, self.state_root(), log=log)
+        if leased:
+            self._hold(self.state_root(), self.port)
         return endpoint
 
     def vllm_command(self, model: str, *, served_model_name: str | None = None) -> Command:
         """The vLLM process this resource launches for ``model`` (vLLM's own python, or its
         image with the adapters directory mounted at the same path)."""
-        from coop_dag.vllm import VllmLauncher, VllmServeConfig, lora_rank_slot, serve_command
-
-        choice = self.server_choice()
-        if choice.mode not in ("python", "container"):
-            raise ProfileError(f"ServingResource.vllm_command(): server mode is {choice.mode}")
-        adapters = str(resolve_profile().adapters_dir.resolve())
-        launcher = VllmLauncher(
-            python=choice.vllm_python,
-            image=choice.vllm_image,
-            mounts=((adapters, adapters, "ro"),) if choice.vllm_image else (),
-        )
-        config = VllmServeConfig(
-            model=model,
-            host=self.host,
-            port=self.port,
-            served_model_name=served_model_name,
-            max_model_len=self.max_model_len,
-            max_lora_rank=lora_rank_slot(self.max_lora_rank),
-            max_loras=self.max_loras,
-            reasoning_parser=self.reasoning_parser or None,
-            dtype=self.dtype or None,
-            device=choice.device,
-            cpu_kv_cache_gib=self.cpu_kv_cache_gib,
-            cpu_threads=self.cpu_threads,
-            gpu_memory_utilization=self.gpu_memory_utilization,
-        )
-        return serve_command(config, launcher)
+        return self.settings().command(model, served_model_name=served_model_name)
 
     # -- lifecycle ----------------------------------------------------------------------
     def _hold(self, state: Path, port: int) -> None:

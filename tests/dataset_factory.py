@@ -126,3 +126,84 @@ def make_dataset(root: Path, repos: tuple[str, ...] = ("alpha_task", "beta_task"
     for repo in repos:
         add_task(root, repo)
     return root
+
+
+# --------------------------------------------------------------------------- Docker layout
+
+DOCKER_PYPROJECT = """[project]
+name = "calc"
+version = "0.1.0"
+dependencies = []
+
+[project.optional-dependencies]
+test = ["pytest"]
+"""
+
+# CooperBench's runner shape (dataset/dspy_task/task8394/runner.sh): the image's checkout at
+# /workspace/repo, patches under /patches, `pip install -e` of the repository, pytest on the
+# files the test patch names.
+DOCKER_RUNNER = """#!/bin/bash
+set -e
+cleanup() { git reset --hard HEAD || true; git clean -fdx || true; }
+trap cleanup EXIT INT TERM
+TEST_PATCH="$1"
+FEATURE_PATCH="$2"
+cd /workspace/repo
+git reset --hard HEAD
+git clean -fdx
+git apply "/patches/$TEST_PATCH"
+if [[ -n "$FEATURE_PATCH" ]]; then git apply "/patches/$FEATURE_PATCH"; fi
+pip install --upgrade pip
+pip install -e ".[test]"
+PATCH_TARGETS=$(grep -oE '^\\+\\+\\+ b/.*' "/patches/$TEST_PATCH" | sed 's|^+++ b/||' | sort -u)
+timeout 300 python -m pytest tests/test_base.py $PATCH_TARGETS -v --tb=short
+"""
+
+DOCKERFILE = """FROM python:3.11-slim
+RUN apt-get update && apt-get install -y git && rm -rf /var/lib/apt/lists/*
+WORKDIR /workspace
+RUN git clone {url} repo && \\
+    cd repo && \\
+    git checkout {sha}
+WORKDIR /workspace/repo
+RUN pip install --upgrade pip && \\
+    pip install -e ".[test]"
+COPY runner.sh /usr/local/bin/
+ENTRYPOINT ["/usr/local/bin/runner.sh"]
+"""
+
+
+def make_mirror(mirror_dir: Path, owner: str = "example", name: str = "calc") -> tuple[str, str]:
+    """A bare git mirror `<mirror_dir>/<owner>/<name>.git` of BASE plus a static
+    pyproject.toml; returns `(clone url, sha)`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for rel, text in {**BASE, "pyproject.toml": DOCKER_PYPROJECT}.items():
+            write(work / rel, text)
+        _git(work, "init", "-q", "-b", "main")
+        _git(work, "add", "-A")
+        _git(work, "commit", "-q", "--no-gpg-sign", "-m", "base")
+        sha = _git(work, "rev-parse", "HEAD").strip()
+        bare = mirror_dir / owner / f"{name}.git"
+        bare.parent.mkdir(parents=True, exist_ok=True)
+        _git(mirror_dir, "clone", "-q", "--bare", str(work), str(bare))
+    return f"https://github.com/{owner}/{name}.git", sha
+
+
+def add_docker_task(
+    root: Path, mirror_dir: Path, repo: str = "calc_task", task_id: int = 1
+) -> Path:
+    """A real-task-shaped task: Dockerfile (clone + checkout + `pip install -e ".[test]"`),
+    a runner that expects CooperBench's image, no bundled source; the base in `mirror_dir`."""
+    url, sha = make_mirror(mirror_dir)
+    task_dir = root / repo / f"task{task_id}"
+    write(task_dir / "Dockerfile", DOCKERFILE.format(url=url, sha=sha))
+    write(task_dir / "runner.sh", DOCKER_RUNNER)
+    for fid, (title, changes, test) in FEATURES.items():
+        fdir = task_dir / f"feature{fid}"
+        (path,) = changes
+        func = title.lower()
+        write(fdir / "feature.md", FEATURE_MD.format(title=title, func=func, path=path))
+        write(fdir / "feature.patch", diff_of(changes))
+        write(fdir / "tests.patch", diff_of({f"tests/test_feature{fid}_{func}.py": test}))
+    return task_dir

@@ -84,7 +84,7 @@ def test_run_requests_fit_the_evaluation_job():
 
     job = defs.resolve_job_def("evaluate_adapter")
     nodes = {n.name for n in job.graph.nodes}
-    assert nodes == {"dropped_adapter", "dropped_adapter_metrics"}  # not the variant chain
+    assert nodes == {"task_pool", "dropped_adapter", "dropped_adapter_metrics"}  # no variant chain
     assert job.partitions_def.name == DROPPED_ADAPTERS
     config = {"ops": {"dropped_adapter": {"config": {"adapter_dir": "/drop/student"}}}}
     assert dg.validate_run_config(job, config)
