@@ -1,6 +1,6 @@
 """LoRA adapter directories: validation, repair of verl's export, content names, lineage.
 
-An adapter is a PEFT directory that vLLM (and the embedded server) can load:
+An adapter is a PEFT directory that vLLM can load:
 `adapter_config.json` + `adapter_model.safetensors`, plus our `lineage.json`.
 
 - `validate_adapter` checks what the seed learnt the hard way: r > 0, lora_alpha > 0 (verl

@@ -1,8 +1,9 @@
-"""vLLM as the cluster serving engine: the `vllm serve` command and an HTTP client.
+"""vLLM, the one serving engine (CPU build here, GPU image on the cluster): its command and an
+HTTP client.
 
 vLLM runs in its own environment (a separate Python) or its container image
 (`vllm/vllm-openai`), never in the core venv; or it is already running and we attach to its
-URL. `VllmEngine` speaks the endpoints the embedded server implements too:
+URL. `VllmEngine` speaks these endpoints:
 
 - ``GET /health`` — 200 when the engine is up;
 - ``GET /v1/models`` — ``{"object": "list", "data": [{"id", "root", "parent", ...}]}``; a
