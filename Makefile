@@ -1,4 +1,4 @@
-.PHONY: demo test lint ui bootstrap
+.PHONY: demo test faults lint ui bootstrap
 export HF_HUB_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
@@ -10,6 +10,9 @@ demo: bootstrap
 
 test: bootstrap
 	.venv/bin/python -m pytest -q
+
+faults: bootstrap  # the fault suite alone (docs/reliability.md)
+	.venv/bin/python -m pytest -q -m faults
 
 lint: bootstrap
 	.venv/bin/ruff check .

@@ -226,6 +226,8 @@ def run_pair(
             _write_json(stage / "eval.json", result_eval)
     except Exception as err:  # the pair is recorded as Error; other pairs go on
         error = f"{type(err).__name__}: {err}"
+        if isinstance(err, redis.RedisError):  # named: "ConnectionError" alone says little
+            error = f"RedisError: the Redis-protocol server failed during the pair ({error})"
     except BaseException:  # aborted: publish nothing, leave no staging behind
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -271,18 +273,25 @@ def run_pair(
 def run_pairs(
     pairs: Iterable[Pair],
     make_model: ModelFactory,
-    client: redis.Redis,
+    client: redis.Redis | Callable[[], redis.Redis],
     settings: EpisodeSettings,
     *,
     concurrency: int = 2,
     make_sandbox: SandboxFactory = local_sandbox,
     on_progress: Callable[[int, int, Pair, dict], None] | None = None,
 ) -> list[dict]:
-    """Run every pair not already complete; returns the results of the pairs run now."""
+    """Run every pair not already complete; returns the results of the pairs run now.
+    ``client``: a Redis client, or a function asked for one before each pair starts
+    (:meth:`coop_dag.redis_server.RedisLink.client`: it checks the server, restarts an
+    embedded one that died, and raises when a configured one is gone -- which stops the run:
+    no further pair starts)."""
     sweep_stale(SCRATCH_PREFIX, settings.sandbox_root)  # sandboxes of a killed earlier run
     todo = [p for p in pairs if not pair_is_complete(settings.run_dir, p)]
     results: list[dict] = []
     stop = threading.Event()
+    client_for_pair = (
+        client if callable(client) and not isinstance(client, redis.Redis) else lambda: client
+    )
 
     def attempt(pair: Pair) -> dict | None:
         if stop.is_set():
@@ -291,8 +300,8 @@ def run_pairs(
             with pair_lock(settings.run_dir, pair):
                 if pair_is_complete(settings.run_dir, pair):
                     return None  # another process finished it while this one waited
-                return run_pair(pair, make_model, client, settings, make_sandbox)
-        except BaseException:  # KeyboardInterrupt, SystemExit: stop starting pairs
+                return run_pair(pair, make_model, client_for_pair(), settings, make_sandbox)
+        except BaseException:  # an abort, or the Redis server gone: stop starting pairs
             stop.set()
             raise
 

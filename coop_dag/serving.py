@@ -566,6 +566,13 @@ def ensure_loaded(engine: VllmEngine | str, name: str, path: str | os.PathLike) 
 # steps share it too, and nothing outlives the run or command that started it; a lease of a
 # process that died is ignored. A server of another identity, or one this state directory did
 # not start, is never reused silently.
+#
+# Healing. Every stage that needs the server calls `ensure_server` first, which checks it: a
+# server this state directory started that has died (the OOM killer, a crash) is started
+# again -- its log's last lines are logged -- and one that was up but no longer answers
+# /health within `HUNG_GRACE_S` is killed and started again. A start that fails raises
+# ServingError with the log's tail. The pairs that were running when it died are errors of
+# their asset (coop_dag.rollouts.RolloutErrors), which the rerun's ensure then heals.
 
 
 @dataclass(frozen=True)
@@ -663,6 +670,14 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
+def _last_start(path: Path) -> str:
+    """The log of the server's last start (after the last ``=== <argv>`` line)."""
+    try:
+        return path.read_text(errors="replace").rsplit("\n=== ", 1)[-1]
+    except OSError:
+        return ""
+
+
 class _FileLock:
     def __init__(self, path: Path):
         self.path = path
@@ -724,6 +739,9 @@ def engine_version(python: str | os.PathLike) -> str:
 
 
 LEASE_GRACE_S = 30.0
+# a server that answered once and then stops answering /health for this long is wedged: it is
+# killed and started again (a busy CPU server still answers /health within seconds)
+HUNG_GRACE_S = 120.0
 SERVED_REQUEST_TIMEOUT_S = 1800.0  # a server with no live lease holder for this long stops itself
 
 
@@ -833,6 +851,15 @@ def ensure_server(
     with _FileLock(lock_path):
         recorded = _read_state(pid_path)
         pid = recorded.get("pid") if _pid_alive(recorded.get("pid")) else None
+        if pid is None and recorded.get("pid"):
+            if "lease_watch: no live lease" in _last_start(log_path):
+                say(f"the server pid {recorded['pid']} at {url} stopped when no run held it")
+            else:  # killed or crashed: said, with why
+                say(
+                    f"the server pid {recorded['pid']} at {url} that {state} started has died; "
+                    f"starting it again. Last lines of {log_path}:\n{_tail(log_path, 15)}"
+                )
+            _kill_strays(int(recorded["pid"]), recorded.get("argv") or [], host, port)
         if pid is None:
             pid_path.unlink(missing_ok=True)
         elif recorded.get("identity") != identity:
@@ -854,10 +881,27 @@ def ensure_server(
                 "runs directory, DAGSTER_HOME or a hand-started server); stop it, attach to it "
                 "with the serving resource's url, or set the serving resource's port"
             )
-        if pid is not None:
-            if not engine.health(timeout=5.0):
+        if pid is not None and not engine.health(timeout=5.0):
+            if recorded.get("up"):  # it answered before: dead engine or wedged
+                say(f"server pid {pid} at {url} was up but does not answer /health; waiting "
+                    f"up to {HUNG_GRACE_S:g}s")  # fmt: skip
+                try:
+                    engine.wait_until_healthy(
+                        HUNG_GRACE_S, interval=1.0, alive=lambda: _pid_alive(pid)
+                    )
+                except VllmError as exc:
+                    say(
+                        f"server pid {pid} at {url}: {exc}; stopping it and starting it again. "
+                        f"Last lines of {log_path}:\n{_tail(log_path, 15)}"
+                    )
+                    _kill_group(int(pid), grace=5.0)
+                    _kill_strays(int(pid), recorded.get("argv") or [], host, port)
+                    pid_path.unlink(missing_ok=True)
+                    pid = None
+            else:
                 say(f"server pid {pid} at {url} is still starting; waiting")
                 _wait(engine, pid, startup_timeout, log_path)
+        if pid is not None:
             base = check_base_model(engine, expect_ids, expect_root)
             _take_lease(state, port)
             say(f"reusing the server at {url} (pid {pid}, base model {base!r})")
@@ -893,6 +937,8 @@ def ensure_server(
             pid_path.unlink(missing_ok=True)
             (_lease_dir(state, port) / str(os.getpid())).unlink(missing_ok=True)
             raise
+        # recorded: from now on a server that stops answering is wedged, not starting
+        pid_path.write_text(json.dumps({**_read_state(pid_path), "up": True}, indent=2))
         say(f"server at {url} is up")
         return Endpoint(url, base, kind, True, new_pid, str(log_path), identity)
 
@@ -920,6 +966,45 @@ def _kill_group(pid: int, grace: float = 20.0) -> None:
             if not _pid_alive(pid):
                 return
             time.sleep(0.1)
+
+
+def _group_is_ours(pgid: int, argv: Sequence[str]) -> bool:
+    """Some live process of group ``pgid`` runs the recorded server command (a group id of a
+    dead leader can be reused by somebody else's process: that group is never signalled)."""
+    command = list(argv)
+    if "--" in command:
+        command = command[command.index("--") + 1 :]
+    want = " ".join(command)
+    if not want:
+        return False
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z" and want in _cmdline(int(entry.name)):
+                return True
+        except (OSError, IndexError, ValueError):
+            continue
+    return False
+
+
+def _kill_strays(pgid: int, argv: Sequence[str], host: str, port: int, timeout: float = 30.0):
+    """SIGKILL what is left of a dead or wedged server's process group (started with setsid,
+    its group id is the recorded pid) when it still runs the recorded command, and wait until
+    the port is free, so the server can be started again on it. Stopped (SIGSTOP) members die
+    too."""
+    import signal
+    import time
+
+    if _group_is_ours(pgid, argv):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + timeout
+    while _port_open(host, port) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def release_server(state_dir: str | os.PathLike, port: int) -> bool:

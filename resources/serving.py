@@ -12,6 +12,11 @@ server on ``host:port`` (from this resource's config), which is
   ``<vllm python> -m vllm.entrypoints.openai.api_server --model <student dir> ...`` in its own
   session, log and state under ``<runs dir>/serving``.
 
+``ensure`` is also the health check each stage runs before using the server: a server this
+runs directory started that has died since is started again (its death logged with its log's
+last lines), one that was up and no longer answers ``/health`` is killed and started again,
+and a start that fails raises with the log's tail (docs/reliability.md).
+
 Every ensure takes a lease for the calling process; at the end of the run (Dagster tears the
 resource down after execution) or at the process's exit the lease is returned, and the last
 holder stops the server: no server outlives the run that started it, unless ``keep_alive``.

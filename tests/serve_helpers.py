@@ -104,7 +104,8 @@ class FaultProxy:
     adapter that is not applied); ``sticky`` loads every new adapter name from the path of the
     first one loaded through it (a server that keeps the old weights under a new name);
     ``die_after``: after that many chat completions every request is refused with 503 (a model
-    server killed mid-run)."""
+    server killed mid-run). :meth:`die` stops the proxy outright: from then on connections are
+    refused, as they are by a server that was killed."""
 
     def __init__(
         self,
@@ -171,6 +172,7 @@ class FaultProxy:
         import urllib.error  # noqa: F401  (used in the handler)
 
         self.loaded: dict[str, str] = {}
+        self._dead = False
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -188,9 +190,15 @@ class FaultProxy:
         self._thread.start()
         return self
 
+    def die(self) -> None:
+        """Stop listening: every later connection is refused (requests in flight finish)."""
+        if not self._dead:
+            self._dead = True
+            self.httpd.shutdown()
+            self.httpd.server_close()
+
     def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.die()
 
 
 @lru_cache(maxsize=1)

@@ -125,6 +125,7 @@ def test_a_content_name_is_never_repointed(server, adapters, tmp_path):
     assert ensure_loaded(server.url, name, adapters["A"]) is True  # after a restart
 
 
+@pytest.mark.faults
 def test_probe_catches_a_server_that_keeps_the_old_weights(server, adapters):
     """The seed's silent no-op: the server accepts a new name and path, lists them in
     /v1/models, but keeps serving the weights it loaded first."""

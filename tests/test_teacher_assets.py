@@ -83,6 +83,7 @@ def _pair_dirs(run_dir: Path) -> list[Path]:
     return sorted(p for p in run_dir.glob("coop/*/*/f*_f*") if p.is_dir())
 
 
+@pytest.mark.faults
 def test_killed_teacher_rollouts_resume_only_missing_pairs(tmp_path):
     env = {
         **os.environ,

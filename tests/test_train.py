@@ -356,6 +356,54 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tiny, data, tmp_path):
     assert [t["step"] for t in resumed.train_losses] == list(range(1, 11))
 
 
+@pytest.mark.faults
+def test_a_training_run_killed_with_sigkill_resumes_to_the_same_weights(tiny, data, tmp_path):
+    """A real SIGKILL of the training process at step 7 of 10 (no exception handler, finally
+    or atexit runs): the checkpoints saved before it are complete, no adapter is published,
+    and the rerun resumes from step 6 and ends with the weights of an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    over = dict(max_steps=10, save_steps=3, lora_dropout=0.1, epochs=1.0)
+    train, val = data / "train.parquet", data / "val.parquet"
+    full = train_lora(tiny, train, val, quick(**over), tmp_path / "a")
+    work = tmp_path / "b"
+    values = {**quick(**over).__dict__}
+    killed = subprocess.run(
+        [sys.executable, "-c", f"""
+import os, signal, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from coop_dag.students import get_student
+from coop_dag.train import Recipe, train_lora
+
+def kill_at_7(event):
+    if event["event"] == "step" and event["step"] == 7:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+train_lora(get_student("tiny-qwen3"), {str(train)!r}, {str(val)!r}, Recipe(**{values!r}),
+           {str(work)!r}, progress=kill_at_7)
+"""],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run_dir = next(p for p in work.iterdir() if p.is_dir())
+    saved = complete_checkpoints(run_dir / "checkpoints")
+    assert [p.name for p in saved] == ["checkpoint-3", "checkpoint-6"]
+    assert not (run_dir / "adapter").exists()  # nothing half-trained is published
+    steps = []
+    resumed = train_lora(
+        tiny, train, val, quick(**over), work,
+        progress=lambda e: steps.append(e["step"]) if e["event"] == "step" else None,
+    )  # fmt: skip
+    assert resumed.resumed_from_step == 6 and steps == [7, 8, 9, 10]  # only what was missing
+    assert resumed.adapter_sha12 == full.adapter_sha12
+    a, b = _weights(full.adapter_dir), _weights(resumed.adapter_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+    assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
 # --------------------------------------------------------------------------------------
 # refusals
 # --------------------------------------------------------------------------------------
