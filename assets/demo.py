@@ -23,7 +23,7 @@ if not (_home / "dagster.yaml").exists():
 
 import dagster as dg  # noqa: E402
 
-from assets.partitions import DEFAULT_VARIANT, VARIANTS  # noqa: E402
+from assets.partitions import DEFAULT_VARIANT, VARIANTS, variant_partitions  # noqa: E402
 
 
 def _report(result: dg.ExecuteInProcessResult) -> str | None:
@@ -53,6 +53,20 @@ def _summarise(result: dg.ExecuteInProcessResult) -> list[str]:
     return lines
 
 
+def demo_steps(graph, variant: str) -> list[tuple[list[dg.AssetKey], str | None]]:
+    """The main job as runs: the unpartitioned assets upstream of the variant chain (task_pool),
+    the variant's partition of every variant-partitioned asset, then the unpartitioned assets
+    downstream (the report). Assets partitioned otherwise (the dropped adapters' dynamic
+    partitions) are the new-adapter sensor's, not the main job's."""
+    keys = graph.get_all_asset_keys()
+    chain = {k for k in keys if graph.get(k).partitions_def == variant_partitions}
+    other = {k for k in keys - chain if graph.get(k).partitions_def is not None}
+    plain = keys - chain - other
+    after = {k for k in plain if graph.get_ancestor_asset_keys(k) & chain}
+    steps = [(plain - after, None), (chain, variant), (after, None)]
+    return [(sorted(step), partition) for step, partition in steps if step]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default=DEFAULT_VARIANT, choices=sorted(VARIANTS))
@@ -60,21 +74,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from definitions import defs
 
-    graph = defs.resolve_asset_graph()
     assets = [*(defs.assets or []), *(defs.asset_checks or [])]
-    keys = graph.get_all_asset_keys()
-    partitioned = {k for k in keys if graph.get(k).partitions_def is not None}
-    # Unpartitioned assets run before the variant chain (task_pool) or after it (the report),
-    # depending on whether anything partitioned lies upstream of them.
-    after = {k for k in keys - partitioned if graph.get_ancestor_asset_keys(k) & partitioned}
-    before = keys - partitioned - after
+    steps = demo_steps(defs.resolve_asset_graph(), args.variant)
     instance = dg.DagsterInstance.get()
     started = time.time()
     summary: list[str] = []
     report = None
-    for step, partition in ((before, None), (partitioned, args.variant), (after, None)):
-        if not step:
-            continue
+    for step, partition in steps:
         result = dg.materialize(
             assets,
             selection=list(step),
