@@ -82,7 +82,8 @@ def rollout_pairs(
 ) -> dict:
     """Run every missing pair (resumable) and summarise the whole run directory. Agents run in
     the `sandbox` backend (local: bubblewrap; docker: CooperBench's task images), checked
-    before the first pair starts."""
+    before the first pair starts; with docker, a real task's tests run in its image too
+    (`coop_dag.evaluate.evaluate_pair`)."""
     started = time.time()
     make_sandbox = sandbox_factory(sandbox)  # fails here, before any pair, without Docker
     settings = EpisodeSettings(
@@ -92,6 +93,7 @@ def rollout_pairs(
         model_name=model_name,
         mirror_dir=mirror_dir,
         allow_unsandboxed=allow_unsandboxed,
+        eval_backend=sandbox,  # docker: a real task's tests run in its image, too
     )
 
     def progress(done: int, total: int, pair: Pair, result: dict) -> None:
