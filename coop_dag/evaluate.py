@@ -1,4 +1,4 @@
-"""CooperBench's coop evaluation of one feature pair, offline, in the local sandbox.
+"""CooperBench's coop evaluation of one feature pair: tests run locally or in the task's image.
 
 `evaluate_pair` reproduces CooperBench's `test_merged` (cooperbench/eval/sandbox.py) and the
 `eval.json` its `_evaluate_single` writes, key for key:
@@ -13,12 +13,15 @@
    inside the same bubblewrap sandbox agents use (no network, read-only root). A real task's
    runner, written for CooperBench's image (`cd /workspace/repo`, `pip install`), runs
    unchanged against the merged checkout bound at `/workspace/repo`, in the task's own
-   environment built once from its declarations (`coop_dag.task_env`);
+   environment built once from its declarations (`coop_dag.task_env`). With the docker
+   backend (the cluster profile's sandbox) such a runner runs in the task's own image
+   instead, as CooperBench runs it: `runner.sh tests.patch merged.patch` with the merged
+   diff and the feature's tests in `/patches` (`run_in_image`, `ImageTestSettings`);
 5. pytest's summary line parsed into `tests_passed` / `tests_failed`.
 
-Tests that could not run (no environment for the task, or a runner that ended without a
-pytest summary) are no outcome of the agents: `error` names the cause, and scoring leaves the
-pair out of the success rates and counts it in `n_eval_errors`.
+Tests that could not run (no environment for the task, no image or no Docker daemon, or a
+runner that ended without a pytest summary) are no outcome of the agents: `error` names the
+cause, and scoring leaves the pair out of the success rates and counts it in `n_eval_errors`.
 
 `merge.status` is `clean`, `conflicts`, `identical` (both branches produce the same tree —
 a merge of nothing into something) or `missing_input` (a patch failed to apply or was
