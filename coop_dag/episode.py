@@ -56,6 +56,9 @@ class EpisodeSettings:
     sandbox_root: Path | None = None
     mirror_dir: Path | None = None  # local git mirrors for real CooperBench tasks
     allow_unsandboxed: bool = False  # only where bubblewrap is missing, by explicit choice
+    # where a real task's tests run: local (its uv environment, bubblewrap) or docker (its
+    # image, as CooperBench); the agents' sandbox choice (rollout_pairs passes it)
+    eval_backend: str = "local"
 
 
 SCRATCH_PREFIX = "coop-sbx-"  # a pair's sandboxes and evaluation, under settings.sandbox_root
@@ -222,6 +225,7 @@ def run_pair(
                 scratch / "eval",
                 mirror_dir=settings.mirror_dir,
                 allow_unsandboxed=settings.allow_unsandboxed,
+                backend=settings.eval_backend,
             )
             _write_json(stage / "eval.json", result_eval)
     except Exception as err:  # the pair is recorded as Error; other pairs go on

@@ -1,4 +1,4 @@
-"""CooperBench's coop evaluation of one feature pair, offline, in the local sandbox.
+"""CooperBench's coop evaluation of one feature pair: tests run locally or in the task's image.
 
 `evaluate_pair` reproduces CooperBench's `test_merged` (cooperbench/eval/sandbox.py) and the
 `eval.json` its `_evaluate_single` writes, key for key:
@@ -13,12 +13,15 @@
    inside the same bubblewrap sandbox agents use (no network, read-only root). A real task's
    runner, written for CooperBench's image (`cd /workspace/repo`, `pip install`), runs
    unchanged against the merged checkout bound at `/workspace/repo`, in the task's own
-   environment built once from its declarations (`coop_dag.task_env`);
+   environment built once from its declarations (`coop_dag.task_env`). With the docker
+   backend (the cluster profile's sandbox) such a runner runs in the task's own image
+   instead, as CooperBench runs it: `runner.sh tests.patch merged.patch` with the merged
+   diff and the feature's tests in `/patches` (`run_in_image`, `ImageTestSettings`);
 5. pytest's summary line parsed into `tests_passed` / `tests_failed`.
 
-Tests that could not run (no environment for the task, or a runner that ended without a
-pytest summary) are no outcome of the agents: `error` names the cause, and scoring leaves the
-pair out of the success rates and counts it in `n_eval_errors`.
+Tests that could not run (no environment for the task, no image or no Docker daemon, or a
+runner that ended without a pytest summary) are no outcome of the agents: `error` names the
+cause, and scoring leaves the pair out of the success rates and counts it in `n_eval_errors`.
 
 `merge.status` is `clean`, `conflicts`, `identical` (both branches produce the same tree —
 a merge of nothing into something) or `missing_input` (a patch failed to apply or was
@@ -30,11 +33,15 @@ nothing is not a merge of the agents' joint work.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 import sys
 import tempfile
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,10 +50,17 @@ from coop_dag.sandbox import (
     DEFAULT_HIDDEN_PATHS,
     DEFAULT_MAX_OUTPUT_BYTES,
     BwrapRunner,
+    CommandResult,
     SandboxError,
     _prepare_home,
+    _run_process,
     _to_result,
+    docker_cp_argv,
+    docker_create_argv,
+    docker_rm_argv,
+    docker_start_argv,
     hideable,
+    task_image,
 )
 from coop_dag.scratch import owned_tempdir, sweep_stale
 from coop_dag.task_env import (
@@ -59,8 +73,11 @@ from coop_dag.task_env import (
 )
 from coop_dag.tasks import Pair, TaskError, checkout_base
 
+log = logging.getLogger(__name__)
+
 DEFAULT_TEST_TIMEOUT = 600.0
 MERGE_DIFF_LIMIT = 5000  # CooperBench truncates the stored merged diff to this many chars
+EVAL_BACKENDS = ("local", "docker")  # the sandbox choice (COOP_DAG_SANDBOX) decides
 
 # Fixed identity so eval commits never depend on the host's git config.
 _EVAL_GIT_ENV = {
@@ -193,6 +210,141 @@ def write_eval(path: str | os.PathLike, result: dict[str, Any]) -> Path:
     return path
 
 
+# --------------------------------------------------------------------------- task images
+
+IMAGE_RUNNER = "/usr/local/bin/runner.sh"  # where CooperBench's images keep the task's runner
+IMAGE_PATCHES = "/patches"  # where the runner reads its patch arguments
+
+# With no network, `pip` (and `pip3`) in the runner -- CooperBench's `pip install -e ".[dev]"`,
+# which the image's Dockerfile already ran -- is a bash function that says why it did nothing;
+# exported, so the runner's own bash sees it. The runner itself runs unchanged.
+_OFFLINE_RUNNER = (
+    "pip() { echo \"coop-dag: 'pip $*' skipped: no network in the evaluation container "
+    "(COOP_DAG_EVAL_NETWORK=none); the image's installed environment is used\"; }; "
+    'pip3() { pip "$@"; }; export -f pip pip3; '
+    f'exec bash {IMAGE_RUNNER} "$@"'
+)
+
+
+def _env(env: Mapping[str, str], key: str, default: str) -> str:
+    value = (env.get(key) or "").strip()
+    return value or default
+
+
+@dataclass(frozen=True)
+class ImageTestSettings:
+    """How a task's tests run in its Docker image (the docker evaluation backend).
+
+    One container per feature, created from the task's image (:func:`task_image`), the
+    feature's ``tests.patch`` and the merged ``merged.patch`` copied into ``/patches``, then
+    ``bash /usr/local/bin/runner.sh tests.patch merged.patch`` -- CooperBench's call. The
+    container is bounded in memory and CPUs, removed afterwards, and killed by name when the
+    tests outlive their timeout. Without a network (the default), `pip` in the runner does
+    nothing and says so (the image has the task's environment installed); with one
+    (``COOP_DAG_EVAL_NETWORK=bridge``: CooperBench's setting), the runner installs as it does
+    in CooperBench.
+    """
+
+    network: str = "none"  # COOP_DAG_EVAL_NETWORK
+    memory: str = "4g"  # COOP_DAG_EVAL_MEMORY (docker --memory)
+    cpus: str = "2"  # COOP_DAG_EVAL_CPUS (docker --cpus)
+    image_template: str | None = None  # COOP_DAG_TASK_IMAGE; None: CooperBench's names
+    pull_timeout: float = 600.0  # `docker create` pulls a missing image
+    executable: str = "docker"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ImageTestSettings:
+        env = os.environ if env is None else env
+        return cls(
+            network=_env(env, "COOP_DAG_EVAL_NETWORK", cls.network),
+            memory=_env(env, "COOP_DAG_EVAL_MEMORY", cls.memory),
+            cpus=_env(env, "COOP_DAG_EVAL_CPUS", cls.cpus),
+            image_template=_env(env, "COOP_DAG_TASK_IMAGE", "") or None,
+        )
+
+    @property
+    def offline(self) -> bool:
+        return self.network == "none"
+
+    def command(self, patch_args: Sequence[str]) -> list[str]:
+        """Arguments of the container's `/bin/bash` (its entrypoint)."""
+        if self.offline:
+            return ["-c", _OFFLINE_RUNNER, "runner.sh", *patch_args]
+        return [IMAGE_RUNNER, *patch_args]
+
+    def create_argv(self, image: str, name: str, patch_args: Sequence[str]) -> list[str]:
+        return docker_create_argv(
+            image,
+            name,
+            self.command(patch_args),
+            network=self.network,
+            run_args=("--rm", "--memory", self.memory, "--cpus", self.cpus),
+            executable=self.executable,
+        )
+
+    def describe(self, image: str) -> dict[str, Any]:
+        """`eval.json`'s `test_env` for tests run in `image`."""
+        out = {"backend": "docker", "image": image, "runner": IMAGE_RUNNER}
+        out.update({k: v for k, v in asdict(self).items() if k in ("network", "memory", "cpus")})
+        if self.offline:
+            out["pip"] = "skipped (no network): the image's installed environment"
+        return out
+
+
+class ImageTestError(RuntimeError):
+    """Docker could not run the tests (no image, no daemon, a failed copy): no outcome."""
+
+
+def run_in_image(
+    image: str,
+    patches: Path,
+    patch_args: Sequence[str],
+    timeout: float,
+    settings: ImageTestSettings,
+    *,
+    max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES,
+) -> CommandResult:
+    """Run the task's runner once in a fresh container of `image`, with `patches`' files at
+    ``/patches``; the runner's output (stdout and stderr) and exit code. Raises
+    :class:`ImageTestError` when docker fails before the runner starts. The container goes
+    whatever happens (``docker rm -f`` by name: also what kills it after `timeout`)."""
+    name = f"coop-dag-eval-{uuid.uuid4().hex[:10]}"
+    host_env = dict(os.environ)  # the docker CLI needs DOCKER_HOST etc.
+
+    def docker(argv: list[str], what: str, limit: float) -> None:
+        p = _run_process(argv, env=host_env, cwd=None, timeout=limit, merge_stderr=False)
+        if p.returncode != 0:
+            why = "timed out" if p.timed_out else f"exit {p.returncode}"
+            detail = (p.stderr.strip() or p.stdout.strip())[-1500:]
+            raise ImageTestError(f"{what} failed ({why}): {detail}")
+
+    try:
+        # files go in by `docker cp`, not a bind mount: a daemon reached through a mounted
+        # socket (the compose run containers) sees its host's paths, not this process's
+        docker(settings.create_argv(image, name, patch_args), f"docker create {image}",
+               settings.pull_timeout)  # fmt: skip
+        docker(docker_cp_argv(f"{patches}/.", name, IMAGE_PATCHES, settings.executable),
+               f"copying the patches into {name}", 120.0)  # fmt: skip
+        run = _run_process(
+            docker_start_argv(name, settings.executable),
+            env=host_env,
+            cwd=None,
+            timeout=timeout,
+            merge_stderr=True,
+            max_output_bytes=max_output_bytes,
+        )
+        return _to_result(run, timeout)
+    except SandboxError as exc:  # no docker CLI at all
+        raise ImageTestError(str(exc)) from None
+    finally:
+        try:
+            _run_process(
+                docker_rm_argv(name, settings.executable), env=host_env, cwd=None, timeout=60.0
+            )
+        except SandboxError as exc:
+            log.warning("could not remove container %s: %s", name, exc)
+
+
 # --------------------------------------------------------------------------- evaluation
 
 _SETUP = r"""
@@ -264,6 +416,8 @@ def evaluate_pair(
     env: dict[str, str] | None = None,
     task_env_root: str | os.PathLike | None = None,
     log: Any = None,
+    backend: str = "local",
+    image_settings: ImageTestSettings | None = None,
 ) -> dict[str, Any]:
     """Merge two agents' patches and run both features' tests on the result.
 
@@ -278,8 +432,14 @@ def evaluate_pair(
 
     A task whose runner expects CooperBench's image gets its own environment (built once
     under `task_env_root`, default the cache root; see `coop_dag.task_env`), whose python
-    runs its tests with entry-point plugins on (they are the task's own).
+    runs its tests with entry-point plugins on (they are the task's own). With
+    `backend="docker"` (the sandbox choice of the cluster profile) such a task's tests run
+    in its Docker image instead, as CooperBench runs them (:func:`run_in_image`, settings
+    from `image_settings`, default :meth:`ImageTestSettings.from_env`); the patches are still
+    merged here. Tasks whose runner needs no image run locally under either backend.
     """
+    if backend not in EVAL_BACKENDS:
+        raise ValueError(f"evaluation backend {backend!r}: expected one of {EVAL_BACKENDS}")
     task = pair.task
     feat_a, feat_b = pair.features
     for feat in (feat_a, feat_b):
@@ -289,7 +449,16 @@ def evaluate_pair(
         return _result(pair, error=f"runner.sh not found: {task.runner}")
     docker = needs_docker_layout(task.runner)
     task_env = None
-    if docker:
+    image: str | None = None
+    image_env: dict[str, Any] | None = None
+    if docker and backend == "docker":
+        image_settings = image_settings or ImageTestSettings.from_env()
+        try:
+            image = task_image(task, image_settings.image_template)
+        except TaskError as exc:
+            return _result(pair, error=f"tests not run: no task image: {exc}")
+        image_env = image_settings.describe(image)
+    elif docker:
         try:
             task_env = ensure_task_env(
                 task,
@@ -349,7 +518,7 @@ def evaluate_pair(
             env={
                 **_EVAL_GIT_ENV,
                 "REPO_DIR": str(repo),
-                "PATCH_DIR": DOCKER_PATCHES if docker else str(patches),
+                "PATCH_DIR": DOCKER_PATCHES if task_env is not None else str(patches),
                 "PYTHON": python,
                 "BASE_SHA": base_sha,
                 **({} if pytest_plugin_autoload else {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}),
@@ -402,15 +571,64 @@ def evaluate_pair(
         else:
             merge_status = "clean"
 
-        merged_diff = runner.run(
-            f"git diff --binary {base_sha} merged", 120.0, chdir=repo, merge_stderr=False
-        ).stdout
+        diff = runner.run(
+            f"git diff --binary {base_sha} merged",
+            120.0,
+            chdir=repo,
+            merge_stderr=False,
+            max_output_bytes=None,  # whole: in a task image it is the merged.patch applied
+        )
+        merged_diff = diff.stdout
+        merged = {
+            "status": merge_status,
+            "strategy": strategy,
+            "diff": merged_diff[:MERGE_DIFF_LIMIT],
+        }
+        test_env = image_env or (
+            {"backend": "local", **task_env.describe()} if task_env is not None else None
+        )
+        if image is not None and diff.returncode != 0:
+            return _result(
+                pair,
+                apply_status=apply_status,
+                merge=merged,
+                error=f"tests not run: cannot diff the merged tree: {diff.stderr.strip()[-600:]}",
+                test_env=test_env,
+            )
 
         feats = []
         not_run: list[str] = []
         for n, feat in ((1, feat_a), (2, feat_b)):
-            proc = runner.run(f"TESTS_PATCH=tests{n}.patch\n{_TEST}", timeout, chdir=repo)
-            run = _to_result(proc, timeout)  # on timeout the output says so
+            if image is not None:  # CooperBench: runner.sh tests.patch merged.patch, in the image
+                staged = edir / "image" / f"feature{n}"
+                staged.mkdir(parents=True)
+                shutil.copyfile(feat.tests_patch, staged / "tests.patch")
+                patch_args = ["tests.patch"]
+                if merged_diff.strip():  # nothing merged: the runner gets the tests alone
+                    (staged / "merged.patch").write_text(merged_diff, encoding="utf-8")
+                    patch_args.append("merged.patch")
+                for path in (staged, *staged.iterdir()):  # whichever user the image runs as
+                    path.chmod(0o755 if path.is_dir() else 0o644)
+                try:
+                    run = run_in_image(
+                        image,
+                        staged,
+                        patch_args,
+                        timeout,
+                        image_settings,
+                        max_output_bytes=max_output_bytes,
+                    )
+                except ImageTestError as exc:
+                    return _result(
+                        pair,
+                        apply_status=apply_status,
+                        merge=merged,
+                        error=f"tests not run: feature {feat.feature_id} in {image}: {exc}",
+                        test_env=test_env,
+                    )
+            else:
+                proc = runner.run(f"TESTS_PATCH=tests{n}.patch\n{_TEST}", timeout, chdir=repo)
+                run = _to_result(proc, timeout)  # on timeout the output says so
             counts = parse_pytest_summary(run.output)
             if not run.timed_out and not has_pytest_summary(run.output):
                 tail = " | ".join(run.output.strip().splitlines()[-6:])
@@ -432,15 +650,11 @@ def evaluate_pair(
         return _result(
             pair,
             apply_status=apply_status,
-            merge={
-                "status": merge_status,
-                "strategy": strategy,
-                "diff": merged_diff[:MERGE_DIFF_LIMIT],
-            },
+            merge=merged,
             feature1=feats[0],
             feature2=feats[1],
             error=f"tests not run: {'; '.join(not_run)}" if not_run else None,
-            test_env=task_env.describe() if task_env is not None else None,
+            test_env=test_env,
         )
     except SandboxError:
         raise

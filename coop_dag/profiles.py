@@ -8,6 +8,7 @@ laptop or a GPU cluster by changing the environment, not code.
 | concern | embedded (default) | cluster | override |
 |---|---|---|---|
 | sandbox | ``local`` (bubblewrap) | ``docker`` (CooperBench images) | ``COOP_DAG_SANDBOX`` |
+| real tasks' tests | task env, bubblewrap | the task's image | (follows the sandbox) |
 | messaging | embedded Redis server | ``redis://redis:6379/0`` | ``COOP_DAG_REDIS_URL`` |
 | trainer | ``embedded`` (CPU LoRA; or ``verl-cpu``) | ``verl`` | ``COOP_DAG_TRAINER`` |
 | verl | verl-cpu: ``<repo>/.venv-verl`` | ``/opt/verl-env/bin/python`` | ``COOP_DAG_VERL_PYTHON`` |
@@ -18,6 +19,12 @@ laptop or a GPU cluster by changing the environment, not code.
 | runs | ``<repo>/runs`` | ``/data/runs`` | ``COOP_DAG_RUNS_DIR`` |
 | adapters | ``<runs>/adapters`` | ``/data/adapters`` | ``COOP_DAG_ADAPTERS_DIR`` |
 | lineage | ``<runs>/lineage.duckdb`` | ``/data/lineage/lineage.duckdb`` | ``COOP_DAG_LINEAGE_DB`` |
+
+With the docker sandbox, a real task's tests run in its image (`coop_dag.evaluate`):
+``COOP_DAG_TASK_IMAGE`` names the images (a template, default CooperBench's
+``akhatua/cooperbench-{name}:task{task}``, agents' containers too), ``COOP_DAG_EVAL_NETWORK``
+(default ``none``), ``COOP_DAG_EVAL_MEMORY`` (``4g``) and ``COOP_DAG_EVAL_CPUS`` (``2``)
+bound the test container.
 
 ``COOP_DAG_DATA_DIR`` moves the root of the three paths (``<root>/runs``, ``<root>/adapters``,
 ``<root>/lineage/lineage.duckdb``; the cluster root is ``/data``, a mounted volume).
@@ -82,7 +89,11 @@ def local_verl_python(env: Mapping[str, str] | None = None) -> str:
 
 ENV_VARS: dict[str, str] = {
     "COOP_DAG_PROFILE": "embedded (default) | cluster: picks every engine below",
-    "COOP_DAG_SANDBOX": "local | docker: where agent commands run",
+    "COOP_DAG_SANDBOX": "local | docker: where agent commands (and real tasks' tests) run",
+    "COOP_DAG_TASK_IMAGE": "task image template: {repo} {name} {task} (default CooperBench's)",
+    "COOP_DAG_EVAL_NETWORK": "docker network of a test container (default none: pip skipped)",
+    "COOP_DAG_EVAL_MEMORY": "memory bound of a test container (docker --memory; default 4g)",
+    "COOP_DAG_EVAL_CPUS": "CPU bound of a test container (docker --cpus; default 2)",
     "COOP_DAG_REDIS_URL": "Redis URL for agent messaging; unset: an embedded server",
     "COOP_DAG_TRAINER": "embedded | verl | verl-cpu (real verl on this CPU, own venv)",
     "COOP_DAG_VERL_VENV": "verl-cpu's venv (scripts/verl_venv.sh; default <repo>/.venv-verl)",

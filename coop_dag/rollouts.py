@@ -82,7 +82,8 @@ def rollout_pairs(
 ) -> dict:
     """Run every missing pair (resumable) and summarise the whole run directory. Agents run in
     the `sandbox` backend (local: bubblewrap; docker: CooperBench's task images), checked
-    before the first pair starts; they message through `redis_url`, or an embedded server
+    before the first pair starts (with docker, a real task's tests run in its image too:
+    `coop_dag.evaluate.evaluate_pair`); they message through `redis_url`, or an embedded server
     (:class:`coop_dag.redis_server.RedisLink`: checked before each pair, restarted when the
     embedded one dies, :class:`~coop_dag.redis_server.RedisGone` when a configured one is
     gone)."""
@@ -95,6 +96,7 @@ def rollout_pairs(
         model_name=model_name,
         mirror_dir=mirror_dir,
         allow_unsandboxed=allow_unsandboxed,
+        eval_backend=sandbox,  # docker: a real task's tests run in its image, too
     )
 
     def progress(done: int, total: int, pair: Pair, result: dict) -> None:

@@ -6,17 +6,20 @@
   host: not the project checkout, the dataset, runs/ or $HOME), a private `/tmp`, fresh
   `/dev` and `/proc`, no network, its own PID namespace, and a per-command timeout that
   kills everything the command started.
-- `DockerSandbox` (cluster): CooperBench's per-task images (`akhatua/cooperbench-...:task<N>`),
-  one long-lived container per agent, `docker exec <container> bash -lc <command>` per command
-  in `/workspace/repo`, as CooperBench's mini-swe-agent Docker environment does.
+- `DockerSandbox` (cluster): CooperBench's per-task images (`akhatua/cooperbench-...:task<N>`,
+  or those `$COOP_DAG_TASK_IMAGE` names: `task_image`), one long-lived container per agent,
+  `docker exec <container> bash -lc <command>` per command in `/workspace/repo`, as
+  CooperBench's mini-swe-agent Docker environment does.
 
 Both give CooperBench's command semantics: `bash -lc`, stdout and stderr merged, a fresh
 subshell per command (a `cd` or `export` does not carry over), the working directory reset
 to the repository every time. `format_observation` renders a result the way CooperBench's
 coop config does (JSON-ish, head + tail past 10 000 characters).
 
-The argv builders (`bwrap_argv`, `docker_run_argv`, `docker_exec_argv`, `image_for`) are pure
-functions so the isolation a command gets can be asserted without running it.
+The argv builders (`bwrap_argv`, `docker_run_argv`, `docker_exec_argv`, `docker_create_argv`,
+`image_for`) are pure functions so the isolation a command gets can be asserted without running
+it. `docker_create_argv` / `docker_cp_argv` / `docker_start_argv` also serve evaluation, which
+runs a task's `runner.sh` in its image (`coop_dag.evaluate`).
 """
 
 from __future__ import annotations
@@ -100,6 +103,9 @@ DEFAULT_HIDDEN_PATHS: tuple[str, ...] = ()
 DOCKER_REGISTRY = "akhatua"
 DOCKER_IMAGE_PREFIX = "cooperbench"
 DOCKER_WORKDIR = "/workspace/repo"
+# CooperBench's image naming (`cooperbench.utils.get_image_name`); `task_image` fields.
+COOPERBENCH_TASK_IMAGE = DOCKER_REGISTRY + "/" + DOCKER_IMAGE_PREFIX + "-{name}:task{task}"
+TASK_IMAGE_VARIABLE = "COOP_DAG_TASK_IMAGE"  # another template for every task's image
 
 _BASH_PROFILE = """\
 # Written by coop_dag.sandbox. A login shell's /etc/profile resets PATH; restore the sandbox's.
@@ -851,6 +857,11 @@ class LocalSandbox(Sandbox):
 # --------------------------------------------------------------------------- docker
 
 
+def _image_fields(repo: str, task_id: int) -> dict[str, object]:
+    # {name}: CooperBench's spelling of the repository, without `_task` and with `_` → `-`
+    return {"repo": repo, "name": repo.replace("_task", "").replace("_", "-"), "task": task_id}
+
+
 def image_for(task: Task | str, task_id: int | None = None) -> str:
     """CooperBench's Docker Hub image for a task: `akhatua/cooperbench-<repo>:task<N>`, the
     repo name without `_task` and with `_` → `-` (e.g. pallets_click_task/2068 →
@@ -861,8 +872,49 @@ def image_for(task: Task | str, task_id: int | None = None) -> str:
         if task_id is None:
             raise TaskError("image_for(repo_name, task_id): task_id is required")
         repo, tid = task, task_id
-    clean = repo.replace("_task", "").replace("_", "-")
-    return f"{DOCKER_REGISTRY}/{DOCKER_IMAGE_PREFIX}-{clean}:task{tid}"
+    return COOPERBENCH_TASK_IMAGE.format(**_image_fields(repo, tid))
+
+
+def task_image(
+    task: Task, template: str | None = None, env: Mapping[str, str] | None = None
+) -> str:
+    """The Docker image of `task`, for the agents' containers and for running its tests.
+
+    `template` (default: ``$COOP_DAG_TASK_IMAGE``; unset or empty: CooperBench's naming,
+    :func:`image_for`) is a format string with ``{repo}`` (the dataset's repository
+    directory, e.g. ``pallets_click_task``), ``{name}`` (CooperBench's spelling of it,
+    ``pallets-click``) and ``{task}`` (the task id): ``myregistry/{repo}:task{task}``.
+    """
+    env = os.environ if env is None else env
+    template = template or (env.get(TASK_IMAGE_VARIABLE) or "").strip() or None
+    if template is None:
+        return image_for(task)
+    try:
+        image = template.format(**_image_fields(task.repo, task.task_id))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise TaskError(
+            f"{TASK_IMAGE_VARIABLE}={template!r} is not an image template ({exc!r}); its "
+            "fields are {repo}, {name} and {task}, e.g. myregistry/{repo}:task{task}"
+        ) from None
+    if not image or any(c.isspace() for c in image):
+        raise TaskError(f"{TASK_IMAGE_VARIABLE}={template!r} gives no image name: {image!r}")
+    return image
+
+
+def _container_options(
+    container_name: str,
+    *,
+    workdir: str,
+    entrypoint: str,
+    network: str | None,
+    volumes: Iterable[tuple[str, str, str]],
+) -> list[str]:
+    argv = ["--name", container_name, "-w", workdir, "--entrypoint", entrypoint]
+    if network:
+        argv += ["--network", network]
+    for host, container, mode in volumes:
+        argv += ["-v", f"{host}:{container}:{mode}"]
+    return argv
 
 
 def docker_run_argv(
@@ -878,18 +930,46 @@ def docker_run_argv(
 ) -> list[str]:
     """Start a detached container that just sleeps. The entrypoint is overridden because
     CooperBench's images use runner.sh as theirs. `volumes` are (host, container, mode)."""
-    argv = [
-        executable, "run", "-d",
-        "--name", container_name,
-        "-w", workdir,
-        "--entrypoint", "/bin/bash",
+    options = _container_options(
+        container_name, workdir=workdir, entrypoint="/bin/bash", network=network, volumes=volumes
+    )
+    return [
+        executable, "run", "-d", *options, *run_args, image, "-c", f"sleep {container_timeout}",
     ]  # fmt: skip
-    if network:
-        argv += ["--network", network]
-    for host, container, mode in volumes:
-        argv += ["-v", f"{host}:{container}:{mode}"]
-    argv += [*run_args, image, "-c", f"sleep {container_timeout}"]
-    return argv
+
+
+def docker_create_argv(
+    image: str,
+    container_name: str,
+    command: Sequence[str],
+    *,
+    workdir: str = DOCKER_WORKDIR,
+    entrypoint: str = "/bin/bash",
+    network: str | None = None,
+    volumes: Iterable[tuple[str, str, str]] = (),
+    run_args: Sequence[str] = ("--rm",),
+    executable: str = "docker",
+) -> list[str]:
+    """Create (not start) a container that runs `entrypoint` with `command` as its arguments;
+    files go in with :func:`docker_cp_argv`, :func:`docker_start_argv` runs it attached. A
+    missing image is pulled here, as `docker run` would."""
+    options = _container_options(
+        container_name, workdir=workdir, entrypoint=entrypoint, network=network, volumes=volumes
+    )
+    return [executable, "create", *options, *run_args, image, *command]
+
+
+def docker_cp_argv(
+    source: str | os.PathLike, container: str, dest: str, executable: str = "docker"
+) -> list[str]:
+    """Copy host `source` to `dest` in `container` (created or running). A source ending in
+    ``/.`` copies a directory's contents, creating `dest` when the image lacks it."""
+    return [executable, "cp", os.fspath(source), f"{container}:{dest}"]
+
+
+def docker_start_argv(container: str, executable: str = "docker") -> list[str]:
+    """Start a created container attached: its output on ours, its exit code ours."""
+    return [executable, "start", "-a", container]
 
 
 def docker_exec_argv(
@@ -951,7 +1031,7 @@ class DockerSandbox(Sandbox):
         start: bool = True,
     ):
         self.task = task
-        self.image = image or image_for(task)
+        self.image = image or task_image(task)
         self.container_name = container_name or f"coop-dag-{uuid.uuid4().hex[:8]}"
         self.timeout = timeout
         self.env = {**DEFAULT_ENV, **(env or {})}
