@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from coop_dag.dataset_config import DatasetConfig
+from coop_dag.profiles import resolve_profile
 from coop_dag.tasks import Pair, discover_pairs, split_pairs
 
 SPLIT_CHOICES = ("test", "validation", "train", "all")
@@ -111,6 +112,7 @@ def evaluate_model(
     redis_url: str | None = None,
     concurrency: int | None = None,
     allow_unsandboxed: bool = False,
+    sandbox: str = "",
     api_key_env: str | None = None,
     log: LogFn = print,
 ) -> EvalRun:
@@ -127,6 +129,7 @@ def evaluate_model(
 
     if not pairs:
         raise EvalError("no pairs to evaluate")
+    backend = sandbox or resolve_profile().sandbox  # as the rollout resource chooses it
     settings = dict(variant.student_rollout)
     max_tokens = int(settings.get("max_tokens", 320))
     run_dir = Path(run_dir)
@@ -198,6 +201,7 @@ def evaluate_model(
             redis_url=redis_url,
             concurrency=concurrency or int(settings.get("concurrency", 2)),
             mirror_dir=dataset.mirror_dir,
+            sandbox=backend,
             allow_unsandboxed=allow_unsandboxed,
             log=log,
         )
@@ -216,6 +220,7 @@ def evaluate_model(
         "pair_ids": [p.pair_id for p in pairs],
         "limits": settings,
         "steering": False,
+        "sandbox": backend,
         "facts": facts,
         "rollout": {k: v for k, v in rollout.items() if k != "pair_ids"},
     }
