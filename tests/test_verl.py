@@ -185,7 +185,8 @@ def test_extras_lists_and_long_contexts(data):
         "target_modules": ["q_proj", "v_proj"],
         "max_length": 16384,
         "lora_alpha": 32.0,
-        "verl": {"optim.lr_scheduler_type": "cosine", "trainer.save_freq": 50},
+        "save_freq": 25,  # a managed key: the recipe's own, validated
+        "verl": {"optim.lr_scheduler_type": "cosine", "trainer.test_freq": 50},
     }
     cfg = VerlSFTConfig.from_recipe(
         recipe,
@@ -202,7 +203,8 @@ def test_extras_lists_and_long_contexts(data):
     assert "model.path=Qwen/Qwen3-4B" in ov
     assert f"trainer.default_local_dir='{tmp_path}/my ckpt'" in ov  # a space: quoted
     assert "trainer.experiment_name='1'" in ov  # would otherwise be read as an int
-    assert ov[-2:] == ["optim.lr_scheduler_type=cosine", "trainer.save_freq=50"]
+    assert "trainer.save_freq=25" in ov
+    assert ov[-2:] == ["optim.lr_scheduler_type=cosine", "trainer.test_freq=50"]
     assert not any(o.startswith("data.val_files") for o in ov)
 
 
@@ -252,12 +254,16 @@ def test_train_command_in_verl_environment(data):
     assert cmd.argv == (
         "/opt/verl-env/bin/python", "-m", "torch.distributed.run",
         "--standalone", "--nnodes=1", "--nproc_per_node=2",
-        "-m", "verl.trainer.sft_trainer",
+        "-m", "coop_dag.verl_pipes",
         *expected_overrides(tmp_path),
     )  # fmt: skip
     assert cmd.env == {"PYTHONPATH": "/src/coop-dag"}
     assert cmd.container_name is None
     assert cmd.shell().startswith("PYTHONPATH=/src/coop-dag /opt/verl-env/bin/python -m torch")
+    # with an export: rank 0 exports the last checkpoint once verl's trainer is done
+    exported = train_command(cfg, launcher, export_to=tmp_path / "merged")
+    assert exported.argv[6:10] == ("-m", "coop_dag.verl_pipes", "--export-to", f"{tmp_path}/merged")
+    assert exported.argv[10:] == cmd.argv[8:]
 
 
 def test_train_command_in_container(data):
@@ -273,16 +279,23 @@ def test_train_command_in_container(data):
         "docker", "run", "--rm", "--ipc=host", "--gpus", "all",
         "--name", "coop-dag-verl-test",
         "-e", "HF_HUB_OFFLINE", "-e", "HF_TOKEN", "-e", "HF_HOME", "-e", "WANDB_API_KEY",
+        # Dagster Pipes' variables, by name: docker copies them from a Pipes launch's env
+        "-e", "DAGSTER_PIPES_CONTEXT", "-e", "DAGSTER_PIPES_MESSAGES",
         "-v", f"{d}:{d}:ro",
         "-v", "/models/Qwen3-4B:/models/Qwen3-4B:ro",
         "-v", f"{tmp_path}/ckpt:{tmp_path}/ckpt:rw",
         "-v", "/hf-cache:/root/.cache/huggingface:rw",
         "coop-dag-gpu:latest",
         "torchrun", "--standalone", "--nnodes=1", "--nproc_per_node=1",
-        "-m", "verl.trainer.sft_trainer",
+        "-m", "coop_dag.verl_pipes",
         *expected_overrides(tmp_path),
     )  # fmt: skip
     assert cmd.env == {} and cmd.container_name == "coop-dag-verl-test"
+    # the export's target is mounted too (the Pipes channel is in the mounted output dir)
+    exported = train_command(cfg, launcher, name="n", export_to=tmp_path / "merged")
+    assert f"{tmp_path}/merged:{tmp_path}/merged:rw" in exported.argv
+    i = exported.argv.index("coop_dag.verl_pipes")
+    assert exported.argv[i + 1 : i + 3] == ("--export-to", f"{tmp_path}/merged")
 
 
 def test_container_pythonpath_is_mounted_and_exported(data):
@@ -299,10 +312,10 @@ def test_merge_commands(tmp_path):
     ckpt, target = tmp_path / "ckpt" / "global_step_4", tmp_path / "merged"
     cmd = merge_command(ckpt, target, VerlLauncher(python="/opt/verl-env/bin/python"))
     assert cmd.argv == (
-        "/opt/verl-env/bin/python", "-m", "verl.model_merger", "merge",
+        "/opt/verl-env/bin/python", "-m", "coop_dag.verl_pipes",
+        "--export-only", str(ckpt),
+        "--export-to", str(target),
         "--backend", "fsdp",
-        "--local_dir", str(ckpt),
-        "--target_dir", str(target),
     )  # fmt: skip
     in_image = merge_command(
         ckpt,
@@ -311,12 +324,13 @@ def test_merge_commands(tmp_path):
         trust_remote_code=True,
         name="m1",
     )
+    out = ckpt.parent  # the run's output dir: its metrics and the Pipes channel
     assert in_image.argv == (
         "docker", "run", "--rm", "--ipc=host", "--name", "m1",
-        "-v", f"{ckpt}:{ckpt}:ro", "-v", f"{target}:{target}:rw",
+        "-v", f"{out}:{out}:rw", "-v", f"{target}:{target}:rw",
         "coop-dag-gpu:latest",
-        "python", "-m", "verl.model_merger", "merge",
-        "--backend", "fsdp", "--local_dir", str(ckpt), "--target_dir", str(target),
+        "python", "-m", "coop_dag.verl_pipes",
+        "--export-only", str(ckpt), "--export-to", str(target), "--backend", "fsdp",
         "--trust-remote-code",
     )  # fmt: skip
     with pytest.raises(VerlError, match="backend"):
@@ -486,11 +500,10 @@ if args[:2] == ["-m", "torch.distributed.run"]:
         os.makedirs(os.path.join(out, f"global_step_{step}", "huggingface"), exist_ok=True)
     with open(os.path.join(out, "latest_checkpointed_iteration.txt"), "w") as f:
         f.write("2")
-elif args[:3] == ["-m", "verl.model_merger", "merge"]:
+    # coop_dag.verl_pipes --export-to: rank 0 exports the last checkpoint
     import torch
     from safetensors.torch import save_file
-    target = args[args.index("--target_dir") + 1]
-    assert args[args.index("--local_dir") + 1].endswith("global_step_2")
+    target = args[args.index("--export-to") + 1]
     lora = os.path.join(target, "lora_adapter")
     os.makedirs(lora, exist_ok=True)
     g = torch.Generator().manual_seed(0)
@@ -545,9 +558,9 @@ def test_run_verl_trains_merges_repairs_and_validates(data, fake_verl):
     assert result.adapter.lora_alpha == 16 and result.adapter.base_model == "/models/Qwen3-4B"
     assert "step:2 - train/loss:0.500" in lines
     assert any(line.startswith("[coop-dag] repaired verl export: lora_alpha") for line in lines)
-    calls = [json.loads(x) for x in log.read_text().splitlines()]
-    assert calls[0][:2] == ["-m", "torch.distributed.run"]
-    assert calls[1][:3] == ["-m", "verl.model_merger", "merge"]
+    (call,) = [json.loads(x) for x in log.read_text().splitlines()]  # train, then export
+    assert call[:2] == ["-m", "torch.distributed.run"]
+    assert call[6:9] == ["coop_dag.verl_pipes", "--export-to", str(tmp_path / "ckpt" / "merged")]
     cfg_json = json.loads((result.adapter_dir / "adapter_config.json").read_text())
     assert cfg_json["task_type"] == "CAUSAL_LM"
 
@@ -561,4 +574,4 @@ def test_run_verl_failure_carries_the_last_lines(data, fake_verl, monkeypatch):
         run_verl(cfg, launcher)
     assert "verl sft_trainer failed (exit code 1)" in str(err.value)
     assert "Traceback: ValueError: bad row" in str(err.value)
-    assert not os.path.exists(tmp_path / "ckpt" / "merged")
+    assert not os.path.exists(tmp_path / "ckpt" / "merged" / "lora_adapter")
