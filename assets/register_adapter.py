@@ -1,7 +1,8 @@
 """``python -m assets.register_adapter DIR``: make an adapter directory evaluable by the
 ``evaluate_adapter`` job without the sensor -- check it as the sensor would, add its partition
 (its content name) to ``$DAGSTER_HOME``'s instance, write the run config naming the directory
-(``$DAGSTER_HOME/evaluate_adapter/<name>.yaml``) and print the command that runs the job on it. Adapters under the adapters directory need none of this: the sensor does it."""
+(``$DAGSTER_HOME/evaluate_adapter/<name>.yaml``) and print the command that runs the job on
+it. Adapters under the adapters directory need none of this: the sensor does it."""
 
 import argparse
 import json
