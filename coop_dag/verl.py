@@ -1493,7 +1493,7 @@ def train_lora_verl(
         device=device,
     )
     check_launcher(launcher)
-    command = train_command(cfg, launcher)
+    command = train_command(cfg, launcher, export_to=run_dir / "merged")  # what run_verl runs
     (run_dir / CONFIG_RECORD).write_text(cfg.to_yaml())
     (run_dir / COMMAND_RECORD).write_text(command.shell() + "\n")
     log(

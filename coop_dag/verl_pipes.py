@@ -26,7 +26,9 @@ imported from ``dagster_pipes`` and the entry behaves as verl's own trainer (and
 
 Resume: verl's ``trainer.resume_mode=auto`` loads the newest checkpoint named by its tracker
 (model, optimizer, scheduler, dataloader position); the start record names the step resumed
-from, and the steps trained again after it replace the killed attempt's.
+from, and the steps trained again after it replace the killed attempt's. A checkpoint taken
+at the end of an epoch holds an exhausted loader, with which verl 0.9.1 would skip the next
+epoch (and never reach its last step): the entry gives that resume a fresh loader.
 """
 
 from __future__ import annotations
@@ -55,6 +57,26 @@ STEP_TIME_KEY = "coop_dag/step_time_s"  # added to verl's train metrics: its tra
 def _is_pipes_process(environ: Mapping[str, str] | None = None) -> bool:
     env = os.environ if environ is None else environ
     return bool(env.get(PIPES_ENV[0]))
+
+
+def _open_pipes() -> Any:
+    """The Pipes context when this process was launched through Pipes (`dagster_pipes` keeps
+    it as a singleton), else None. An environment without ``dagster-pipes`` (a verl image
+    built without it) trains all the same, unreported, with a warning saying so."""
+    if not _is_pipes_process():
+        return None
+    try:
+        from dagster_pipes import open_dagster_pipes
+    except ImportError:
+        print(
+            "coop_dag.verl_pipes: launched through Dagster Pipes, but dagster-pipes is not "
+            "installed in verl's environment (scripts/verl-requirements.txt pins it): training "
+            "without reporting to Dagster",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    return open_dagster_pipes()
 
 
 def _finite(value: Any) -> float | None:
@@ -126,17 +148,17 @@ class Reporter:
     def open(cls, output_dir: str | os.PathLike) -> Reporter:
         """A reporter writing to `output_dir`, with the Pipes context when this process was
         launched through Pipes (opened once per process: `dagster_pipes` keeps a singleton)."""
-        pipes = None
-        if _is_pipes_process():
-            from dagster_pipes import open_dagster_pipes
-
-            pipes = open_dagster_pipes()
-        return cls(output_dir, pipes)
+        return cls(output_dir, _open_pipes())
 
     def _append(self, record: Mapping[str, Any]) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        with (self.output_dir / METRICS_FILE).open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
+        line = json.dumps({**record, "time": round(time.time(), 3)}) + "\n"
+        with (self.output_dir / METRICS_FILE).open("a+b") as fh:
+            if fh.tell() > 0:  # a killed attempt may have left half a line: end it first
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    line = "\n" + line
+            fh.write(line.encode("utf-8"))
 
     def _log(self, message: str) -> None:
         if self.pipes is not None:
@@ -234,6 +256,20 @@ def _install_hooks(output: dict[str, Any]) -> None:
         def fit(self):
             global _REPORTER
             output["output_dir"] = str(self.config.trainer.default_local_dir)
+            resumed = int(self.resume_global_step or 0)
+            if resumed and self.steps_per_epoch and resumed % self.steps_per_epoch == 0:
+                # verl 0.9.1 restores the loader state saved at the end of an epoch: an
+                # exhausted iterator, so the next epoch yields nothing -- an epoch lost, and
+                # no final checkpoint. A fresh loader (its sampler re-seeded per epoch by
+                # fit's set_epoch) trains that epoch.
+                self._build_dataloader()
+                self.ckpt_handler.train_dataloader = self.train_dataloader
+                if self.rank == 0:
+                    print(
+                        f"coop_dag.verl_pipes: resumed at the end of epoch "
+                        f"{resumed // self.steps_per_epoch}: a fresh train loader",
+                        flush=True,
+                    )
             logging_rank = (
                 self.engine.is_mp_src_rank_with_outputs()
                 and self.engine.get_data_parallel_rank() == 0
@@ -324,11 +360,8 @@ def _terminate_as_exit(signum, _frame) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args, overrides = _parse(sys.argv[1:] if argv is None else argv)
     rank = int(os.environ.get("RANK", "0"))
-    pipes = None
-    if rank == 0 and _is_pipes_process():
-        from dagster_pipes import open_dagster_pipes
-
-        pipes = open_dagster_pipes()
+    pipes = _open_pipes() if rank == 0 else None
+    if pipes is not None:
         signal.signal(signal.SIGTERM, _terminate_as_exit)
     try:
         if args.export_only:

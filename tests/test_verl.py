@@ -575,3 +575,84 @@ def test_run_verl_failure_carries_the_last_lines(data, fake_verl, monkeypatch):
     assert "verl sft_trainer failed (exit code 1)" in str(err.value)
     assert "Traceback: ValueError: bad row" in str(err.value)
     assert not os.path.exists(tmp_path / "ckpt" / "merged" / "lora_adapter")
+
+
+# --------------------------------------------------------------------------- verl_pipes
+
+
+def test_metrics_record_keeps_the_curve_whole_across_a_resume(tmp_path):
+    """Rank 0's record (`coop_dag.verl_pipes.Reporter`): a resumed attempt's steps replace
+    the killed attempt's after the checkpoint it resumed from; a line cut short is skipped."""
+    from coop_dag.verl_pipes import METRICS_FILE, STEP_TIME_KEY, Reporter, loss_curve, read_metrics
+
+    first = Reporter(tmp_path)
+    first.started(6, 0)
+    for step in (1, 2, 3, 4):  # killed after step 4; its last checkpoint was step 2
+        first.step(step, {"train/loss": 10.0 - step, "train/lr": 0.1, STEP_TIME_KEY: 0.5})
+    with (tmp_path / METRICS_FILE).open("a") as fh:
+        fh.write('{"event": "step", "step": 5, "metr')  # the kill cut this line short
+    second = Reporter(tmp_path)
+    second.started(6, 2)
+    for step in (3, 4, 5, 6):
+        second.step(step, {"train/loss": 1.0 / step, "train/lr": 0.1, "note": "x"})
+    second.step(6, {"val/loss": 0.25})
+    steps, resumed = read_metrics(tmp_path)
+    assert resumed == 2 and sorted(steps) == [1, 2, 3, 4, 5, 6]
+    assert steps[2] == {"train/loss": 8.0, "train/lr": 0.1, STEP_TIME_KEY: 0.5}
+    assert steps[3] == {"train/loss": 1.0 / 3, "train/lr": 0.1}  # the resumed attempt's
+    curve = loss_curve(steps)
+    assert [p["step"] for p in curve["train"]] == [1, 2, 3, 4, 5, 6]
+    assert curve["val"] == [{"step": 6, "val_loss": 0.25}]
+    assert read_metrics(tmp_path / "nothing") == ({}, 0)
+
+
+class _FakePipes:
+    def __init__(self):
+        import logging
+
+        self.logged, self.reported, self.is_closed = [], [], False
+        self.log = logging.getLogger("fake-pipes")
+        self.log.info = self.logged.append
+
+    def report_asset_materialization(self, metadata):
+        self.reported.append(metadata)
+
+
+def test_reporter_logs_each_step_and_reports_the_export(tmp_path):
+    from coop_dag.verl_pipes import STEP_TIME_KEY, Reporter
+
+    pipes = _FakePipes()
+    reporter = Reporter(tmp_path / "ckpt", pipes)
+    reporter.started(2, 0)
+    reporter.step(1, {"train/loss": 2.5, "train/lr": 2e-5, STEP_TIME_KEY: 1.25})
+    reporter.step(2, {"train/loss": 2.0, "train/lr": 2e-5, STEP_TIME_KEY: 0.75})
+    reporter.step(2, {"val/loss": 1.5})
+    meta = reporter.exported(tmp_path / "ckpt" / "global_step_2", tmp_path / "m" / "lora_adapter")
+    assert pipes.logged[:4] == [
+        "verl sft_trainer: 2 steps, from step 0",
+        "verl step 1/2: loss 2.5000, lr 2e-05, 1.25 s",
+        "verl step 2/2: loss 2.0000, lr 2e-05, 0.75 s",
+        "verl step 2/2: val_loss 1.5000",
+    ]
+    assert pipes.reported == [meta]
+    assert meta["verl_adapter_path"] == {
+        "raw_value": str(tmp_path / "m" / "lora_adapter"), "type": "path",
+    }  # fmt: skip
+    curve = meta["verl_loss_curve"]["raw_value"]
+    assert [p["loss"] for p in curve["train"]] == [2.5, 2.0]
+    assert (meta["verl_steps"], meta["verl_final_loss"]) == (2, 2.0)
+    assert meta["verl_final_val_loss"] == 1.5
+    assert meta["verl_mean_step_time_s"] == 1.0 and meta["verl_resumed_from_step"] == 0
+
+
+def test_verl_pipes_entry_arguments():
+    from coop_dag.verl_pipes import _parse
+
+    args, overrides = _parse(["--export-to", "/m", "a.b=1", "+c.d=x", "trainer.logger=['console']"])
+    assert args.export_to == "/m" and not args.export_only
+    assert overrides == ["a.b=1", "+c.d=x", "trainer.logger=['console']"]
+    args, overrides = _parse(["--export-only", "/c/global_step_2", "--export-to", "/m"])
+    assert (args.export_only, overrides, args.backend) == ("/c/global_step_2", [], "fsdp")
+    for bad in (["--export-only", "/c"], ["--export-only", "/c", "--export-to", "/m", "a=1"]):
+        with pytest.raises(SystemExit):
+            _parse(bad)
