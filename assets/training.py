@@ -5,6 +5,9 @@ base model, and dropped into the adapters directory under its content-addressed 
 import base64
 import json
 import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +87,39 @@ def _base_probe(
     return result
 
 
+class VerlPipes:
+    """Dagster Pipes around each verl launch (`coop_dag.verl.LaunchSession`): the same contract
+    for a local subprocess and a ``docker run`` -- the context in ``DAGSTER_PIPES_CONTEXT``
+    (`dg.PipesEnvContextInjector`), messages appended to a file in the channel directory
+    `coop_dag.verl` hands over (inside the run's output dir, mounted at the same path in a
+    container; `dg.PipesFileMessageReader`). `coop_dag.verl_pipes` (rank 0) logs every step
+    into this run's log and reports the materialization's metadata (loss curve, exported
+    adapter), collected here as `results`."""
+
+    def __init__(self, context: dg.AssetExecutionContext) -> None:
+        self.context = context
+        self.results: list[Any] = []
+
+    @contextmanager
+    def __call__(self, channel: Path) -> Iterator[Mapping[str, str]]:
+        reader = dg.PipesFileMessageReader(str(channel / f"messages-{uuid.uuid4().hex}.jsonl"))
+        with dg.open_pipes_session(
+            context=self.context,
+            context_injector=dg.PipesEnvContextInjector(),
+            message_reader=reader,
+        ) as session:
+            yield session.get_bootstrap_env_vars()
+        self.results.extend(session.get_reported_results())
+
+    def metadata(self) -> dict[str, Any]:
+        """The reported materializations' metadata (the last launch's wins)."""
+        merged: dict[str, Any] = {}
+        for result in self.results:
+            if isinstance(result, dg.MaterializeResult):
+                merged.update(result.metadata or {})
+        return merged
+
+
 def _train(
     context: dg.AssetExecutionContext,
     training: TrainingResource,
@@ -92,16 +128,19 @@ def _train(
     recipe: Any,
     tito_parquet: dict,
     facts: dict,
-) -> TrainResult:
+) -> tuple[TrainResult, dict[str, Any]]:
     """The adapter, from the trainer the resource resolves: embedded (CPU, in process) or verl
-    (its own environment or image; `coop_dag.verl.train_lora_verl`). Same result either way."""
+    (its own environment or image, through Dagster Pipes: `VerlPipes`,
+    `coop_dag.verl.train_lora_verl`). Same result either way, plus the metadata verl reported
+    through Pipes (none for the embedded trainer or a reused finished run)."""
     choice = training.trainer_choice()
     training.check_host()  # e.g. the cluster profile on a host without GPUs: fail here, clearly
     if choice.kind in VERL_KINDS:
         launcher = training.verl_launcher()
         where = "CPU" if choice.device == "cpu" else f"{choice.nproc} GPU(s)"
         context.log.info(f"train[{variant.name}]: {choice.kind} ({launcher.describe()}, {where})")
-        return train_lora_verl(
+        pipes = VerlPipes(context)
+        result = train_lora_verl(
             student,
             tito_parquet["train_path"],
             tito_parquet.get("val_path"),
@@ -115,12 +154,21 @@ def _train(
             force=training.force,
             experiment_name=variant.name,
             device=choice.device,
+            session=pipes,
         )
+        reported = pipes.metadata()
+        path = reported.get("verl_adapter_path")
+        if path is not None and path.value != result.lineage.get("verl_export"):
+            raise RuntimeError(
+                f"verl reported the adapter {path.value} through Pipes; the run exported "
+                f"{result.lineage.get('verl_export')}"
+            )
+        return result, reported
 
     def forward(event: dict) -> None:
         context.log.info(f"train[{variant.name}] {format_event(event)}")
 
-    return train_lora(
+    result = train_lora(
         student,
         tito_parquet["train_path"],
         tito_parquet.get("val_path"),
@@ -131,6 +179,7 @@ def _train(
         facts=facts,
         force=training.force,
     )
+    return result, {}
 
 
 @dg.asset(
@@ -215,7 +264,7 @@ def lora_checkpoint(
         "seed": recipe.seed,
     }
 
-    result = _train(context, training, variant, student, recipe, tito_parquet, facts)
+    result, reported = _train(context, training, variant, student, recipe, tito_parquet, facts)
     if result.reused:
         context.log.info(f"train[{variant.name}]: run {result.run_key} already finished; reused")
     # the probe runs where the student will be evaluated: on the serving engine
@@ -223,7 +272,7 @@ def lora_checkpoint(
     probe_base = _base_probe(context, student, cases, training, endpoint)
     yield from _publish(
         context, training, lineage, variant, student, recipe, tito_parquet, facts, cases,
-        endpoint, probe_base, result, started,
+        endpoint, probe_base, result, started, reported,
     )  # fmt: skip
 
 
@@ -241,10 +290,12 @@ def _publish(
     probe_base: ProbeResult,
     result: TrainResult,
     started: float,
+    reported: Mapping[str, Any] | None = None,
 ):
     """Whichever trainer made it: copy the adapter under its content-addressed name into the
     adapters directory, probe it on the serving engine, write its lineage, record lineage,
-    yield the output and checks."""
+    yield the output (with the metadata verl `reported` through Pipes: ``verl_*``) and
+    checks."""
     name = adapter_name(result.adapter_dir)
     final = copy_adapter(result.adapter_dir, training.adapter_dir(variant.name, name))
     ensure_loaded(endpoint.url, name, final)
@@ -356,6 +407,7 @@ def _publish(
             "lineage": dg.MetadataValue.json(
                 {k: v for k, v in all_facts.items() if isinstance(v, str | int | float | bool)}
             ),
+            **(reported or {}),
         },
     )
 

@@ -48,15 +48,18 @@ value syntax follows Hydra's override grammar (facebookresearch/hydra
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,7 @@ __all__ = [
     "TRAINER_MODULE",
     "MERGER_MODULE",
     "Command",
+    "LaunchSession",
     "VerlError",
     "VerlLauncher",
     "VerlResult",
@@ -82,8 +86,7 @@ __all__ = [
     "hydra_value",
     "latest_checkpoint",
     "merge_command",
-    "metrics_from_log",
-    "parse_metrics",
+    "metrics_from_file",
     "run_command",
     "run_record",
     "run_verl",
@@ -91,8 +94,9 @@ __all__ = [
     "train_lora_verl",
 ]
 
-TRAINER_MODULE = "verl.trainer.sft_trainer"
-MERGER_MODULE = "verl.model_merger"
+TRAINER_MODULE = "coop_dag.verl_pipes"  # verl.trainer.sft_trainer's main + Pipes reporting
+VERL_TRAINER_MODULE = "verl.trainer.sft_trainer"  # what TRAINER_MODULE runs, in process
+MERGER_MODULE = "verl.model_merger"  # what TRAINER_MODULE exports with, in process
 DATASET_MODULE = "pkg://coop_dag.tito_dataset"
 DATASET_CLASS = "TitoSFTDataset"
 TRACKER_FILE = "latest_checkpointed_iteration.txt"  # verl.utils.checkpoint tracker name
@@ -123,9 +127,17 @@ CPU_OVERRIDES: tuple[tuple[str, Any], ...] = (
 
 # Environment variables handed to a container by name only (`-e NAME`): docker copies the
 # caller's value when set, and no secret ever appears on a command line.
-DEFAULT_PASS_ENV = ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_HOME", "WANDB_API_KEY")
+# Dagster Pipes' bootstrap variables too: a launch through `run_verl`'s `session` sets them
+# (their values never reach a command line or verl_command.txt); unset, docker sets nothing.
+PIPES_ENV = ("DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES")  # coop_dag.verl_pipes.PIPES_ENV
+DEFAULT_PASS_ENV = ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_HOME", "WANDB_API_KEY", *PIPES_ENV)
+PIPES_DIR = "pipes"  # in output_dir: where a session's message file goes (mounted rw)
 
 LogFn = Callable[[str], None]
+# One verl launch's session (Dagster Pipes, opened by the asset): called with a directory the
+# launch can write to (inside output_dir: mounted into a container at the same path), it
+# yields the environment variables the launch gets on top of the command's.
+LaunchSession = Callable[[Path], AbstractContextManager[Mapping[str, str]]]
 
 
 class VerlError(RuntimeError):
@@ -284,6 +296,8 @@ RECIPE_KEYS: dict[str, tuple[str, ...]] = {
     "use_dynamic_bsz": ("use_dynamic_bsz",),
     "total_training_steps": ("total_training_steps", "max_steps"),  # 0: not set
     "truncation": ("truncation",),
+    "save_freq": ("save_freq",),  # trainer.save_freq: a checkpoint every N steps (resume)
+    "resume_mode": ("resume_mode",),
 }
 
 # Override keys this module owns; a recipe's free-form `verl:` section may not set them
@@ -313,6 +327,7 @@ MANAGED_KEYS = frozenset(
         "trainer.experiment_name",
         "trainer.logger",
         "trainer.resume_mode",
+        "trainer.save_freq",
         *(key for key, _ in CPU_OVERRIDES),
     }
 )
@@ -356,7 +371,8 @@ class VerlSFTConfig:
     experiment_name: str = "sft"
     nproc_per_node: int = 1
     logger: tuple[str, ...] = ("console",)
-    resume_mode: str = "disable"  # a fresh output_dir per data version; "auto" to resume
+    resume_mode: str = "disable"  # "auto": resume from output_dir's newest checkpoint
+    save_freq: int | None = None  # trainer.save_freq (None: verl's -1, the last step only)
     max_token_len_per_gpu: int | None = None
     use_dynamic_bsz: bool | None = None
     # trainer.total_training_steps (None: verl's len(dataloader) * total_epochs); verl's loop
@@ -508,6 +524,8 @@ class VerlSFTConfig:
             raise VerlError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.resume_mode not in ("disable", "auto"):
             raise VerlError(f"resume_mode must be 'disable' or 'auto', got {self.resume_mode!r}")
+        if self.save_freq is not None:
+            positive_int("save_freq")
         clash = sorted(set(self.extra) & MANAGED_KEYS)
         if clash:
             raise VerlError(
@@ -587,6 +605,8 @@ class VerlSFTConfig:
             ("trainer.logger", list(self.logger)),
             ("trainer.resume_mode", self.resume_mode),
         ]
+        if self.save_freq is not None:
+            items.append(("trainer.save_freq", self.save_freq))
         if self.device == "cpu":
             items += CPU_OVERRIDES
         items += sorted(self.extra.items())
@@ -700,19 +720,28 @@ def _parent_dirs(paths: Iterable[str]) -> list[str]:
 
 
 def train_command(
-    cfg: VerlSFTConfig, launcher: VerlLauncher, *, name: str | None = None
+    cfg: VerlSFTConfig,
+    launcher: VerlLauncher,
+    *,
+    name: str | None = None,
+    export_to: str | os.PathLike | None = None,
 ) -> Command:
     """The torchrun command for `cfg` in `launcher`'s environment or container (`name`: the
-    container's name; a random one when None). ``cfg.device == "cpu"``: `CPU_ENV` on top (the
-    overrides are in ``cfg``), and a container gets no GPUs."""
+    container's name; a random one when None): ``-m coop_dag.verl_pipes`` (verl's
+    ``sft_trainer`` in process, rank 0 reporting through Dagster Pipes when launched with it)
+    with `cfg`'s overrides; `export_to`: rank 0 then exports the last checkpoint's adapter to
+    ``<export_to>/lora_adapter`` with verl's model merger. ``cfg.device == "cpu"``: `CPU_ENV`
+    on top (the overrides are in ``cfg``), and a container gets no GPUs."""
     cfg.validate()
     device_env = device_environment(cfg.device)
+    export = ["--export-to", os.path.abspath(os.fspath(export_to))] if export_to else []
     torchrun_args = [
         "--standalone",
         "--nnodes=1",
         f"--nproc_per_node={cfg.nproc_per_node}",
         "-m",
         TRAINER_MODULE,
+        *export,
         *cfg.overrides(),
     ]
     if launcher.python:
@@ -725,6 +754,8 @@ def train_command(
         mounts.append((cfg.model_path, cfg.model_path, "ro"))
     out = os.path.abspath(cfg.output_dir)
     mounts.append((out, out, "rw"))
+    if export:
+        mounts.append((export[1], export[1], "rw"))
     return launcher._container(
         [launcher.container_torchrun, *torchrun_args], mounts, name,
         gpus=cfg.device != "cpu", extra_env=device_env,
@@ -748,26 +779,31 @@ def merge_command(
     name: str | None = None,
     device: str = "cuda",
 ) -> Command:
-    """``python -m verl.model_merger merge --backend fsdp --local_dir <global_step_N>
-    --target_dir <dir>``; the adapter lands in ``<target_dir>/lora_adapter``. The merger
-    works on the CPU either way; ``device="cpu"`` sets `CPU_ENV` so that ``import verl`` in
-    it resolves the same platform the trainer ran on."""
+    """The export of a saved checkpoint alone (a run killed after its last save): ``python -m
+    coop_dag.verl_pipes --export-only <global_step_N> --export-to <dir>`` runs ``python -m
+    verl.model_merger merge --backend fsdp --local_dir <global_step_N> --target_dir <dir>`` in
+    process and reports the adapter (``<target_dir>/lora_adapter``) and the run's loss curve
+    through Dagster Pipes when launched with it. The merger works on the CPU either way;
+    ``device="cpu"`` sets `CPU_ENV` so that ``import verl`` in it resolves the same platform
+    the trainer ran on. In a container the checkpoint's parent (the run's output dir, with
+    its metrics and the Pipes channel) and the target are mounted read-write."""
     device_env = device_environment(device)
     if backend not in ("fsdp", "megatron"):
         raise VerlError(f"model merger backend must be 'fsdp' or 'megatron', got {backend!r}")
     ckpt = os.path.abspath(os.fspath(checkpoint_dir))
     target = os.path.abspath(os.fspath(target_dir))
     args = [
-        "-m", MERGER_MODULE, "merge",
+        "-m", TRAINER_MODULE,
+        "--export-only", ckpt,
+        "--export-to", target,
         "--backend", backend,
-        "--local_dir", ckpt,
-        "--target_dir", target,
     ]  # fmt: skip
     if trust_remote_code:
         args.append("--trust-remote-code")
     if launcher.python:
         return Command((_executable(launcher.python), *args), launcher._python_env(device_env))
-    mounts = [(ckpt, ckpt, "ro"), (target, target, "rw")]
+    out = os.path.dirname(ckpt)
+    mounts = [(out, out, "rw"), (target, target, "rw")]
     return launcher._container(
         [launcher.container_python, *args], mounts, name, gpus=False, extra_env=device_env
     )
@@ -826,11 +862,16 @@ def run_command(
     tail: int = 60,
     cwd: str | os.PathLike | None = None,
     docker: str = "docker",
+    env: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Run `command`, streaming each output line (stdout and stderr merged) to `on_log`.
-    Returns the last `tail` lines; raises VerlError with them if it fails or times out."""
+    """Run `command` in a process group of its own, streaming each output line (stdout and
+    stderr merged) to `on_log`; `env`: variables on top of the command's that are not part of
+    it (a Pipes session's: never logged). Returns the last `tail` lines; raises VerlError with
+    them if it fails or times out. Anything raised while it runs -- a Dagster run's
+    cancellation arrives as an interrupt here, or `on_log` raising -- stops the whole group
+    (SIGTERM, SIGKILL after 10 s; a container is removed) before it propagates."""
     last: collections.deque[str] = collections.deque(maxlen=tail)
-    env = {**os.environ, **command.env}
+    env = {**os.environ, **command.env, **(env or {})}
     try:
         proc = subprocess.Popen(
             list(command.argv),
@@ -959,36 +1000,18 @@ def finished_checkpoint(cfg: VerlSFTConfig, record: Mapping[str, Any] | None = N
 def _start_run(root: Path, record: Mapping[str, Any], *, resume: bool = False) -> None:
     """Before launching verl (once `finished_checkpoint` found nothing to reuse): drop the done
     marker and verl's tracker, so that after this launch they can only be this launch's --
-    except the tracker of the same run when verl is to resume from it (``resume_mode=auto``)
-    -- then record this run."""
+    except the tracker of the same run when verl is to resume from it (``resume_mode=auto``),
+    whose metrics file then goes on too -- then record this run."""
+    from coop_dag.verl_pipes import METRICS_FILE
+
     root.mkdir(parents=True, exist_ok=True)
     (root / DONE_FILE).unlink(missing_ok=True)
     same = _read_json(root / RUN_RECORD) == record
     if not (same and resume):
         (root / TRACKER_FILE).unlink(missing_ok=True)
+        (root / METRICS_FILE).unlink(missing_ok=True)  # a fresh run's curve starts empty
     if not same:
         _write_json(root / RUN_RECORD, dict(record))
-
-
-_METRIC_LINE = re.compile(r"(?:^|[\s\]:])step:(\d+) - (.+)$")
-
-
-def parse_metrics(line: str) -> tuple[int, dict[str, float]] | None:
-    """verl's console logger line ``step:12 - train/loss:0.53 - train/lr:1e-05 - ...`` (also
-    ``step:24 - val/loss:0.61``) as ``(12, {"train/loss": 0.53, ...})``; None otherwise."""
-    match = _METRIC_LINE.search(line.rstrip())
-    if not match:
-        return None
-    values: dict[str, float] = {}
-    for part in match.group(2).split(" - "):
-        key, sep, raw = part.partition(":")
-        if not sep:
-            continue
-        try:
-            values[key.strip()] = float(raw)
-        except ValueError:
-            continue
-    return (int(match.group(1)), values) if values else None
 
 
 @dataclass(frozen=True)
@@ -1003,6 +1026,17 @@ class VerlResult:
     train_time_s: float | None = None  # verl's training process, when it ran (or the record)
 
 
+@contextlib.contextmanager
+def _launch_session(session: LaunchSession | None, root: Path) -> Iterator[Mapping[str, str]]:
+    if session is None:
+        yield {}
+        return
+    channel = root / PIPES_DIR
+    channel.mkdir(parents=True, exist_ok=True)
+    with session(channel) as env:
+        yield dict(env)
+
+
 def run_verl(
     cfg: VerlSFTConfig,
     launcher: VerlLauncher,
@@ -1015,18 +1049,21 @@ def run_verl(
     merge_timeout: float | None = 3600.0,
     tail: int = 60,
     reuse_finished: bool = True,
+    session: LaunchSession | None = None,
 ) -> VerlResult:
     """Train with verl, export the LoRA adapter and make it servable.
 
-    1. `train_command` (torchrun -m verl.trainer.sft_trainer), logs streamed to `on_log` --
-       skipped when ``cfg.output_dir`` already holds the final checkpoint of the same run
-       (`finished_checkpoint`; `reuse_finished`), so a run killed after verl finished does
-       not train again;
-    2. `merge_command` on that checkpoint (the latest `global_step_N`) into `merged_dir`
-       (default ``<output_dir>/merged``);
-    3. `repair_adapter` on ``<merged_dir>/lora_adapter`` (0.9.1: the base model, which its
+    1. `train_command` (torchrun -m coop_dag.verl_pipes: verl's sft_trainer, then, with
+       `merge`, rank 0 exports the last checkpoint into `merged_dir`, default
+       ``<output_dir>/merged``), logs streamed to `on_log`, `timeout` for the whole launch --
+       or, when ``cfg.output_dir`` already holds the final checkpoint of the same run
+       (`finished_checkpoint`; `reuse_finished`), so that a run killed after verl finished
+       does not train again, `merge_command` (the export alone; `merge_timeout`);
+    2. `repair_adapter` on ``<merged_dir>/lora_adapter`` (0.9.1: the base model, which its
        merger leaves null; an export without verl's LoRA metadata: lora_alpha and task_type
        too), `validate_adapter`, and a check that its rank and alpha are the config's.
+    Each launch runs inside `session` when one is given (`LaunchSession`: the asset's Dagster
+    Pipes session, whose variables the launch gets; rank 0 reports through it).
     Any failing step raises VerlError carrying its command and the last lines of its output.
     """
     import time
@@ -1038,25 +1075,40 @@ def run_verl(
     log = on_log or (lambda _line: None)
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
+    target = Path(merged_dir) if merged_dir is not None else root / "merged"
+    adapter_dir = target / ADAPTER_SUBDIR
     record = run_record(cfg)
     ckpt = finished_checkpoint(cfg, record) if reuse_finished else None
     lines: list[str] = []
     train_time: float | None = None
     reused = ckpt is not None
+    if merge:
+        target.mkdir(parents=True, exist_ok=True)
+        if adapter_dir.exists():  # an earlier attempt's export: only this launch's counts
+            shutil.rmtree(adapter_dir)
     if ckpt is not None:
         log(f"[coop-dag] verl already finished this run: {ckpt}; not training again")
         done = _read_json(root / DONE_FILE)
         if isinstance(done, dict) and isinstance(done.get("train_time_s"), int | float):
             train_time = float(done["train_time_s"])
+        if merge:
+            export = merge_command(ckpt, target, launcher, device=cfg.device)
+            log(f"[coop-dag] verl export: {export.shell()}")
+            with _launch_session(session, root) as session_env:
+                lines = run_command(
+                    export, what="verl export", on_log=log, timeout=merge_timeout, tail=tail,
+                    cwd=target, docker=launcher.docker, env=session_env,
+                )  # fmt: skip
     else:
         _start_run(root, record, resume=cfg.resume_mode == "auto")
-        train = train_command(cfg, launcher)
+        train = train_command(cfg, launcher, export_to=target if merge else None)
         log(f"[coop-dag] verl train ({launcher.describe()}): {train.shell()}")
         started = time.monotonic()
-        lines = run_command(
-            train, what="verl sft_trainer", on_log=log, timeout=timeout, tail=tail, cwd=root,
-            docker=launcher.docker,
-        )  # fmt: skip
+        with _launch_session(session, root) as session_env:
+            lines = run_command(
+                train, what="verl sft_trainer", on_log=log, timeout=timeout, tail=tail,
+                cwd=root, docker=launcher.docker, env=session_env,
+            )  # fmt: skip
         train_time = round(time.monotonic() - started, 2)
         if not (root / TRACKER_FILE).is_file():  # _start_run removed any other launch's
             raise VerlError(
@@ -1082,20 +1134,10 @@ def run_verl(
             reused_checkpoint=reused, train_time_s=train_time,
         )  # fmt: skip
 
-    target = Path(merged_dir) if merged_dir is not None else Path(cfg.output_dir) / "merged"
-    target.mkdir(parents=True, exist_ok=True)
-    merge_cmd = merge_command(ckpt, target, launcher, device=cfg.device)
-    log(f"[coop-dag] verl merge: {merge_cmd.shell()}")
-    merge_lines = run_command(
-        merge_cmd, what="verl model_merger", on_log=log, timeout=merge_timeout, tail=tail,
-        cwd=target,
-        docker=launcher.docker,
-    )  # fmt: skip
-    adapter_dir = target / ADAPTER_SUBDIR
     if not adapter_dir.is_dir():
         raise VerlError(
-            f"verl model_merger wrote no {ADAPTER_SUBDIR}/ under {target} (was the model "
-            "trained with model.lora_rank > 0?)\n" + "\n".join(merge_lines)
+            f"verl's export wrote no {ADAPTER_SUBDIR}/ under {target} (was the model "
+            "trained with model.lora_rank > 0?)\n" + "\n".join(lines)
         )
     repairs: list[str] = []
     try:
@@ -1115,7 +1157,7 @@ def run_verl(
             f"{cfg.lora_alpha:g} (model.lora_rank / model.lora_alpha)"
         )
     return VerlResult(
-        ckpt, target, adapter_dir, tuple(repairs), info, tuple(merge_lines),
+        ckpt, target, adapter_dir, tuple(repairs), info, tuple(lines),
         reused_checkpoint=reused, train_time_s=train_time,
     )  # fmt: skip
 
@@ -1123,9 +1165,9 @@ def run_verl(
 # --------------------------------------------------------------------------- lora_checkpoint
 
 BACKEND = "verl"  # the `trainer` recorded in lineage (the embedded one: coop_dag.train.BACKEND)
-BRIDGE_VERSION = "1"  # bump when what train_lora_verl sends to verl changes: a new run dir
+BRIDGE_VERSION = "2"  # bump when what train_lora_verl sends to verl changes: a new run dir
 RESULT_FILE = "train_result.json"
-LOG_FILE = "verl.log"  # every line verl printed, all attempts (metrics are parsed from it)
+LOG_FILE = "verl.log"  # every line verl printed, all attempts (a record; nothing parses it)
 CONFIG_RECORD = "verl_config.yaml"
 COMMAND_RECORD = "verl_command.txt"
 # recipe lr_scheduler -> verl optim.lr_scheduler_type (verl's constant has a warmup too)
@@ -1133,7 +1175,6 @@ SCHEDULERS = {"constant": "constant", "constant_with_warmup": "constant", "cosin
 # recipe keys verl has no counterpart for (recorded in lineage as not applied)
 NOT_APPLIED = {
     "lora_dropout": "verl's model config has no LoRA dropout",
-    "save_steps": "verl saves the final checkpoint only (trainer.save_freq -1)",
     "bf16": "verl trains in its engine's dtype (engine.dtype, bfloat16 by default)",
     "torch_threads": "CPU trainer only",
     # 0.9.1: trainer.seed is read by nothing in sft_trainer; engine.seed only under
@@ -1155,6 +1196,7 @@ def config_for_recipe(
     experiment_name: str = "sft",
     nproc_per_node: int = 1,
     device: str = "cuda",
+    resume_mode: str = "auto",
 ) -> VerlSFTConfig:
     """The verl config for a `coop_dag.train.Recipe` (``configs/recipes.yaml``), with the
     recipe's meaning kept: an optimizer step is ``batch_size x grad_accum`` rows (verl's
@@ -1163,7 +1205,9 @@ def config_for_recipe(
     ``trainer.total_training_steps`` with enough epochs for verl's loop to reach it;
     ``learning_rate``, ``lr_scheduler`` (constant | constant_with_warmup | cosine; verl has no
     linear), ``warmup_steps``, ``weight_decay`` (verl's default is 0.01), ``max_grad_norm``,
-    ``lora_r``/``lora_alpha``/``target_modules``, ``max_length`` and ``truncation``.
+    ``lora_r``/``lora_alpha``/``target_modules``, ``max_length`` and ``truncation``;
+    ``save_steps`` becomes ``trainer.save_freq`` and, with `resume_mode` ``auto`` (the run dir
+    is the run's own: `run_key`), a relaunch resumes from the newest of those checkpoints.
     `NOT_APPLIED` lists what verl cannot honour."""
     scheduler = SCHEDULERS.get(recipe.lr_scheduler)
     if scheduler is None:
@@ -1201,6 +1245,8 @@ def config_for_recipe(
         "max_length": recipe.max_length,
         "truncation": recipe.truncation,
         "total_training_steps": total,
+        "save_freq": recipe.save_steps if recipe.save_steps > 0 else None,
+        "resume_mode": resume_mode,
         "verl": {
             "optim.lr_scheduler_type": scheduler,
             "optim.lr_warmup_steps": (
@@ -1253,20 +1299,15 @@ def check_launcher(launcher: VerlLauncher) -> None:
         )
 
 
-def metrics_from_log(path: str | os.PathLike) -> dict[int, dict[str, float]]:
-    """Per-step metrics from a log of verl's output (`parse_metrics`); a later attempt's line
-    for a step replaces an earlier one's."""
-    steps: dict[int, dict[str, float]] = {}
-    p = Path(path)
-    if not p.is_file():
-        return steps
-    with p.open(encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            parsed = parse_metrics(line)
-            if parsed is not None:
-                step, values = parsed
-                steps.setdefault(step, {}).update(values)
-    return steps
+def metrics_from_file(
+    output_dir: str | os.PathLike,
+) -> tuple[dict[int, dict[str, float]], int]:
+    """Per-step metrics of the run in `output_dir`, as rank 0 recorded them from verl's step
+    loop (`coop_dag.verl_pipes.METRICS_FILE`; a later attempt's record for a step replaces an
+    earlier one's), and the step the last attempt resumed from (0: none)."""
+    from coop_dag.verl_pipes import read_metrics
+
+    return read_metrics(output_dir)
 
 
 def _lora_params(adapter_dir: Path) -> int:
@@ -1313,6 +1354,7 @@ def train_lora_verl(
     timeout: float | None = None,
     merge_timeout: float | None = 3600.0,
     device: str = "cuda",
+    session: LaunchSession | None = None,
 ) -> Any:
     """`coop_dag.train.train_lora`'s contract, trained by verl (``device="cpu"``: verl on this
     machine's CPU, `CPU_OVERRIDES`/`CPU_ENV`; the same trainer, dataset and export): a LoRA
@@ -1329,14 +1371,17 @@ def train_lora_verl(
       is refused). The parquet's tokenizer and chat template are checked first.
     - ``verl_config.yaml`` (`VerlSFTConfig.to_yaml`, from `config_for_recipe`) and
       ``verl_command.txt``: what verl is sent.
-    - ``checkpoints/``: verl's ``trainer.default_local_dir`` (``global_step_N``; `run_verl`
-      reuses a finished one), ``merged/``: the model merger's export, ``verl.log``: every
-      line verl printed (each also goes to `on_log`; the loss curve is parsed from it).
+    - ``checkpoints/``: verl's ``trainer.default_local_dir`` (``global_step_N`` every
+      ``save_steps``; a relaunch resumes from the newest, `run_verl` reuses a finished one)
+      with ``coop_dag_verl_metrics.jsonl``, the metrics rank 0 took from verl's step loop (the
+      loss curve; `coop_dag.verl_pipes`), ``merged/``: the model merger's export,
+      ``verl.log``: every line verl printed (each also goes to `on_log`).
+    - `session`: each verl launch runs inside it (``lora_checkpoint``'s Dagster Pipes
+      session: rank 0 reports the steps, the loss curve and the exported adapter to Dagster).
     - ``adapter/``: the repaired, validated PEFT export plus ``lineage.json`` and
       ``loss_curve.{json,png}``; ``train_result.json`` once all is done -- a rerun then
       returns it (``reused``) without starting verl. ``force``: start the run over.
     """
-    import shutil
     import time
 
     from coop_dag.adapters import ADAPTER_WEIGHTS, write_lineage
@@ -1352,6 +1397,7 @@ def train_lora_verl(
         write_loss_curve,
         write_rows,
     )
+    from coop_dag.verl_pipes import STEP_TIME_KEY
 
     started = time.monotonic()
     if isinstance(student, str):
@@ -1447,7 +1493,7 @@ def train_lora_verl(
         device=device,
     )
     check_launcher(launcher)
-    command = train_command(cfg, launcher)
+    command = train_command(cfg, launcher, export_to=run_dir / "merged")  # what run_verl runs
     (run_dir / CONFIG_RECORD).write_text(cfg.to_yaml())
     (run_dir / COMMAND_RECORD).write_text(command.shell() + "\n")
     log(
@@ -1464,13 +1510,14 @@ def train_lora_verl(
 
         verl = run_verl(
             cfg, launcher, on_log=tee, merged_dir=run_dir / "merged", timeout=timeout,
-            merge_timeout=merge_timeout,
+            merge_timeout=merge_timeout, session=session,
         )  # fmt: skip
     assert verl.adapter_dir is not None and verl.adapter is not None
 
     steps = int(verl.checkpoint_dir.name.removeprefix("global_step_"))
     per_epoch = cfg.steps_per_epoch()
-    metrics = {s: m for s, m in metrics_from_log(run_dir / LOG_FILE).items() if s <= steps}
+    recorded, resumed_from = metrics_from_file(cfg.output_dir)
+    metrics = {s: m for s, m in recorded.items() if s <= steps}
     tokens, train_curve, val_curve = 0, [], []
     for step in sorted(metrics):
         m = metrics[step]
@@ -1484,6 +1531,7 @@ def train_lora_verl(
                     "loss": m["train/loss"],
                     "learning_rate": m.get("train/lr"),
                     "tokens_seen": tokens,
+                    "step_time_s": m.get(STEP_TIME_KEY),  # verl's train_batch call
                 }
             )
         if "val/loss" in m:
@@ -1525,7 +1573,7 @@ def train_lora_verl(
         "lora_r": verl.adapter.r,
         "lora_alpha": verl.adapter.lora_alpha,
         "train_time_s": train_time,
-        "resumed_from_step": None,
+        "resumed_from_step": resumed_from or None,
         "versions": {"verl": launcher.describe()},
         "verl_nproc": nproc,
         "verl_device": device,
@@ -1569,7 +1617,7 @@ def train_lora_verl(
         tokens_per_s=round(tokens / train_time, 2) if train_time > 0 else 0.0,
         trainable_params=trainable,
         total_params=None,
-        resumed_from_step=None,
+        resumed_from_step=resumed_from or None,
         reused=False,
         train_rows=len(train_rows),
         val_rows=len(val_rows),

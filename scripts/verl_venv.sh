@@ -54,7 +54,7 @@ from verl.plugin.platform import get_platform
 from verl.utils.distributed import initialize_global_process_group as init
 assert get_platform().device_name == 'cpu', get_platform()
 assert init.__module__ == 'coop_dag.verl_cpu_platform', init.__module__
-import coop_dag.tito_dataset, fastapi, uvicorn, peft
+import coop_dag.tito_dataset, coop_dag.verl_pipes, dagster_pipes, fastapi, uvicorn, peft
 "
 echo "$want" > "$stamp"
 echo "verl_venv: ready: $VENV/bin/python (verl 0.9.1, torch 2.13.0+cpu)" >&2

@@ -185,7 +185,8 @@ def test_extras_lists_and_long_contexts(data):
         "target_modules": ["q_proj", "v_proj"],
         "max_length": 16384,
         "lora_alpha": 32.0,
-        "verl": {"optim.lr_scheduler_type": "cosine", "trainer.save_freq": 50},
+        "save_freq": 25,  # a managed key: the recipe's own, validated
+        "verl": {"optim.lr_scheduler_type": "cosine", "trainer.test_freq": 50},
     }
     cfg = VerlSFTConfig.from_recipe(
         recipe,
@@ -202,7 +203,8 @@ def test_extras_lists_and_long_contexts(data):
     assert "model.path=Qwen/Qwen3-4B" in ov
     assert f"trainer.default_local_dir='{tmp_path}/my ckpt'" in ov  # a space: quoted
     assert "trainer.experiment_name='1'" in ov  # would otherwise be read as an int
-    assert ov[-2:] == ["optim.lr_scheduler_type=cosine", "trainer.save_freq=50"]
+    assert "trainer.save_freq=25" in ov
+    assert ov[-2:] == ["optim.lr_scheduler_type=cosine", "trainer.test_freq=50"]
     assert not any(o.startswith("data.val_files") for o in ov)
 
 
@@ -252,12 +254,16 @@ def test_train_command_in_verl_environment(data):
     assert cmd.argv == (
         "/opt/verl-env/bin/python", "-m", "torch.distributed.run",
         "--standalone", "--nnodes=1", "--nproc_per_node=2",
-        "-m", "verl.trainer.sft_trainer",
+        "-m", "coop_dag.verl_pipes",
         *expected_overrides(tmp_path),
     )  # fmt: skip
     assert cmd.env == {"PYTHONPATH": "/src/coop-dag"}
     assert cmd.container_name is None
     assert cmd.shell().startswith("PYTHONPATH=/src/coop-dag /opt/verl-env/bin/python -m torch")
+    # with an export: rank 0 exports the last checkpoint once verl's trainer is done
+    exported = train_command(cfg, launcher, export_to=tmp_path / "merged")
+    assert exported.argv[6:10] == ("-m", "coop_dag.verl_pipes", "--export-to", f"{tmp_path}/merged")
+    assert exported.argv[10:] == cmd.argv[8:]
 
 
 def test_train_command_in_container(data):
@@ -273,16 +279,23 @@ def test_train_command_in_container(data):
         "docker", "run", "--rm", "--ipc=host", "--gpus", "all",
         "--name", "coop-dag-verl-test",
         "-e", "HF_HUB_OFFLINE", "-e", "HF_TOKEN", "-e", "HF_HOME", "-e", "WANDB_API_KEY",
+        # Dagster Pipes' variables, by name: docker copies them from a Pipes launch's env
+        "-e", "DAGSTER_PIPES_CONTEXT", "-e", "DAGSTER_PIPES_MESSAGES",
         "-v", f"{d}:{d}:ro",
         "-v", "/models/Qwen3-4B:/models/Qwen3-4B:ro",
         "-v", f"{tmp_path}/ckpt:{tmp_path}/ckpt:rw",
         "-v", "/hf-cache:/root/.cache/huggingface:rw",
         "coop-dag-gpu:latest",
         "torchrun", "--standalone", "--nnodes=1", "--nproc_per_node=1",
-        "-m", "verl.trainer.sft_trainer",
+        "-m", "coop_dag.verl_pipes",
         *expected_overrides(tmp_path),
     )  # fmt: skip
     assert cmd.env == {} and cmd.container_name == "coop-dag-verl-test"
+    # the export's target is mounted too (the Pipes channel is in the mounted output dir)
+    exported = train_command(cfg, launcher, name="n", export_to=tmp_path / "merged")
+    assert f"{tmp_path}/merged:{tmp_path}/merged:rw" in exported.argv
+    i = exported.argv.index("coop_dag.verl_pipes")
+    assert exported.argv[i + 1 : i + 3] == ("--export-to", f"{tmp_path}/merged")
 
 
 def test_container_pythonpath_is_mounted_and_exported(data):
@@ -299,10 +312,10 @@ def test_merge_commands(tmp_path):
     ckpt, target = tmp_path / "ckpt" / "global_step_4", tmp_path / "merged"
     cmd = merge_command(ckpt, target, VerlLauncher(python="/opt/verl-env/bin/python"))
     assert cmd.argv == (
-        "/opt/verl-env/bin/python", "-m", "verl.model_merger", "merge",
+        "/opt/verl-env/bin/python", "-m", "coop_dag.verl_pipes",
+        "--export-only", str(ckpt),
+        "--export-to", str(target),
         "--backend", "fsdp",
-        "--local_dir", str(ckpt),
-        "--target_dir", str(target),
     )  # fmt: skip
     in_image = merge_command(
         ckpt,
@@ -311,12 +324,13 @@ def test_merge_commands(tmp_path):
         trust_remote_code=True,
         name="m1",
     )
+    out = ckpt.parent  # the run's output dir: its metrics and the Pipes channel
     assert in_image.argv == (
         "docker", "run", "--rm", "--ipc=host", "--name", "m1",
-        "-v", f"{ckpt}:{ckpt}:ro", "-v", f"{target}:{target}:rw",
+        "-v", f"{out}:{out}:rw", "-v", f"{target}:{target}:rw",
         "coop-dag-gpu:latest",
-        "python", "-m", "verl.model_merger", "merge",
-        "--backend", "fsdp", "--local_dir", str(ckpt), "--target_dir", str(target),
+        "python", "-m", "coop_dag.verl_pipes",
+        "--export-only", str(ckpt), "--export-to", str(target), "--backend", "fsdp",
         "--trust-remote-code",
     )  # fmt: skip
     with pytest.raises(VerlError, match="backend"):
@@ -486,11 +500,10 @@ if args[:2] == ["-m", "torch.distributed.run"]:
         os.makedirs(os.path.join(out, f"global_step_{step}", "huggingface"), exist_ok=True)
     with open(os.path.join(out, "latest_checkpointed_iteration.txt"), "w") as f:
         f.write("2")
-elif args[:3] == ["-m", "verl.model_merger", "merge"]:
+    # coop_dag.verl_pipes --export-to: rank 0 exports the last checkpoint
     import torch
     from safetensors.torch import save_file
-    target = args[args.index("--target_dir") + 1]
-    assert args[args.index("--local_dir") + 1].endswith("global_step_2")
+    target = args[args.index("--export-to") + 1]
     lora = os.path.join(target, "lora_adapter")
     os.makedirs(lora, exist_ok=True)
     g = torch.Generator().manual_seed(0)
@@ -545,9 +558,9 @@ def test_run_verl_trains_merges_repairs_and_validates(data, fake_verl):
     assert result.adapter.lora_alpha == 16 and result.adapter.base_model == "/models/Qwen3-4B"
     assert "step:2 - train/loss:0.500" in lines
     assert any(line.startswith("[coop-dag] repaired verl export: lora_alpha") for line in lines)
-    calls = [json.loads(x) for x in log.read_text().splitlines()]
-    assert calls[0][:2] == ["-m", "torch.distributed.run"]
-    assert calls[1][:3] == ["-m", "verl.model_merger", "merge"]
+    (call,) = [json.loads(x) for x in log.read_text().splitlines()]  # train, then export
+    assert call[:2] == ["-m", "torch.distributed.run"]
+    assert call[6:9] == ["coop_dag.verl_pipes", "--export-to", str(tmp_path / "ckpt" / "merged")]
     cfg_json = json.loads((result.adapter_dir / "adapter_config.json").read_text())
     assert cfg_json["task_type"] == "CAUSAL_LM"
 
@@ -561,4 +574,85 @@ def test_run_verl_failure_carries_the_last_lines(data, fake_verl, monkeypatch):
         run_verl(cfg, launcher)
     assert "verl sft_trainer failed (exit code 1)" in str(err.value)
     assert "Traceback: ValueError: bad row" in str(err.value)
-    assert not os.path.exists(tmp_path / "ckpt" / "merged")
+    assert not os.path.exists(tmp_path / "ckpt" / "merged" / "lora_adapter")
+
+
+# --------------------------------------------------------------------------- verl_pipes
+
+
+def test_metrics_record_keeps_the_curve_whole_across_a_resume(tmp_path):
+    """Rank 0's record (`coop_dag.verl_pipes.Reporter`): a resumed attempt's steps replace
+    the killed attempt's after the checkpoint it resumed from; a line cut short is skipped."""
+    from coop_dag.verl_pipes import METRICS_FILE, STEP_TIME_KEY, Reporter, loss_curve, read_metrics
+
+    first = Reporter(tmp_path)
+    first.started(6, 0)
+    for step in (1, 2, 3, 4):  # killed after step 4; its last checkpoint was step 2
+        first.step(step, {"train/loss": 10.0 - step, "train/lr": 0.1, STEP_TIME_KEY: 0.5})
+    with (tmp_path / METRICS_FILE).open("a") as fh:
+        fh.write('{"event": "step", "step": 5, "metr')  # the kill cut this line short
+    second = Reporter(tmp_path)
+    second.started(6, 2)
+    for step in (3, 4, 5, 6):
+        second.step(step, {"train/loss": 1.0 / step, "train/lr": 0.1, "note": "x"})
+    second.step(6, {"val/loss": 0.25})
+    steps, resumed = read_metrics(tmp_path)
+    assert resumed == 2 and sorted(steps) == [1, 2, 3, 4, 5, 6]
+    assert steps[2] == {"train/loss": 8.0, "train/lr": 0.1, STEP_TIME_KEY: 0.5}
+    assert steps[3] == {"train/loss": 1.0 / 3, "train/lr": 0.1}  # the resumed attempt's
+    curve = loss_curve(steps)
+    assert [p["step"] for p in curve["train"]] == [1, 2, 3, 4, 5, 6]
+    assert curve["val"] == [{"step": 6, "val_loss": 0.25}]
+    assert read_metrics(tmp_path / "nothing") == ({}, 0)
+
+
+class _FakePipes:
+    def __init__(self):
+        import logging
+
+        self.logged, self.reported, self.is_closed = [], [], False
+        self.log = logging.getLogger("fake-pipes")
+        self.log.info = self.logged.append
+
+    def report_asset_materialization(self, metadata):
+        self.reported.append(metadata)
+
+
+def test_reporter_logs_each_step_and_reports_the_export(tmp_path):
+    from coop_dag.verl_pipes import STEP_TIME_KEY, Reporter
+
+    pipes = _FakePipes()
+    reporter = Reporter(tmp_path / "ckpt", pipes)
+    reporter.started(2, 0)
+    reporter.step(1, {"train/loss": 2.5, "train/lr": 2e-5, STEP_TIME_KEY: 1.25})
+    reporter.step(2, {"train/loss": 2.0, "train/lr": 2e-5, STEP_TIME_KEY: 0.75})
+    reporter.step(2, {"val/loss": 1.5})
+    meta = reporter.exported(tmp_path / "ckpt" / "global_step_2", tmp_path / "m" / "lora_adapter")
+    assert pipes.logged[:4] == [
+        "verl sft_trainer: 2 steps, from step 0",
+        "verl step 1/2: loss 2.5000, lr 2e-05, 1.25 s",
+        "verl step 2/2: loss 2.0000, lr 2e-05, 0.75 s",
+        "verl step 2/2: val_loss 1.5000",
+    ]
+    assert pipes.reported == [meta]
+    assert meta["verl_adapter_path"] == {
+        "raw_value": str(tmp_path / "m" / "lora_adapter"), "type": "path",
+    }  # fmt: skip
+    curve = meta["verl_loss_curve"]["raw_value"]
+    assert [p["loss"] for p in curve["train"]] == [2.5, 2.0]
+    assert (meta["verl_steps"], meta["verl_final_loss"]) == (2, 2.0)
+    assert meta["verl_final_val_loss"] == 1.5
+    assert meta["verl_mean_step_time_s"] == 1.0 and meta["verl_resumed_from_step"] == 0
+
+
+def test_verl_pipes_entry_arguments():
+    from coop_dag.verl_pipes import _parse
+
+    args, overrides = _parse(["--export-to", "/m", "a.b=1", "+c.d=x", "trainer.logger=['console']"])
+    assert args.export_to == "/m" and not args.export_only
+    assert overrides == ["a.b=1", "+c.d=x", "trainer.logger=['console']"]
+    args, overrides = _parse(["--export-only", "/c/global_step_2", "--export-to", "/m"])
+    assert (args.export_only, overrides, args.backend) == ("/c/global_step_2", [], "fsdp")
+    for bad in (["--export-only", "/c"], ["--export-only", "/c", "--export-to", "/m", "a=1"]):
+        with pytest.raises(SystemExit):
+            _parse(bad)

@@ -3,10 +3,16 @@
 The ``verl-cpu`` trainer (`coop_dag.profiles`) through the asset, with nothing faked: verl's
 own venv (``scripts/verl_venv.sh``, built here when missing), the torchrun command
 `coop_dag.verl.train_command` builds (the cluster's command plus `CPU_OVERRIDES` and
-`CPU_ENV`), ``TitoSFTDataset`` through ``data.custom_cls``, verl's model merger, the repair
-of its export (0.9.1: the base model only), validation, publication and the asset checks.
-The adapter is then loaded with PEFT in this (the core) venv: its logits differ from the
-base model's and it fits the trained output better than the base does.
+`CPU_ENV`) running ``coop_dag.verl_pipes`` (verl's sft_trainer in process) through Dagster
+Pipes, ``TitoSFTDataset`` through ``data.custom_cls``, verl's model merger (rank 0, in the
+same process), the repair of its export (0.9.1: the base model only), validation,
+publication and the asset checks. What rank 0 reported through Pipes -- a log line per step
+of verl's loop, the loss curve and the exported adapter's path -- reaches the
+materialization. The adapter is then loaded with PEFT in this (the core) venv: its logits
+differ from the base model's and it fits the trained output better than the base does.
+
+A verl run killed mid-training (its process group, from outside, once its first checkpoint
+is saved) resumes from that checkpoint when launched again (no Dagster: the plain CLI path).
 
 The student is tiny-qwen3 (a random 2-layer Qwen3: seconds per step); the TITO rows come
 from tests/test_train.py's helpers (one fixed plan sentence as every output).
@@ -17,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -34,7 +41,14 @@ from coop_dag.adapters import read_lineage, validate_adapter  # noqa: E402
 from coop_dag.profiles import local_verl_python  # noqa: E402
 from coop_dag.students import get_student  # noqa: E402
 from coop_dag.tito import write_parquet  # noqa: E402
-from coop_dag.verl import CPU_ENV, CPU_OVERRIDES, hydra_value, metrics_from_log  # noqa: E402
+from coop_dag.verl import (  # noqa: E402
+    CPU_ENV,
+    CPU_OVERRIDES,
+    VerlLauncher,
+    hydra_value,
+    metrics_from_file,
+    train_lora_verl,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -169,12 +183,14 @@ def test_verl_cpu_trains_exports_and_publishes_a_working_adapter(
 
     # the command: the cluster's, plus the CPU flags and environment, from verl's own venv
     command = (run / "verl_command.txt").read_text()
-    assert command.startswith(
+    head = (
         f"PYTHONPATH={REPO_ROOT} "
         + " ".join(f"{k}={v}" for k, v in sorted(CPU_ENV.items()))
         + f" {verl_python} -m torch.distributed.run --standalone --nnodes=1 --nproc_per_node=1"
-        " -m verl.trainer.sft_trainer "
+        f" -m coop_dag.verl_pipes --export-to {run / 'merged'} "
     )
+    assert command.startswith(head), (head, command[: len(head) + 40])
+    assert "DAGSTER_PIPES" not in command  # the session's variables are never recorded
     for key, value in CPU_OVERRIDES:
         assert f" {key}={hydra_value(value)}" in command
     for flag in (
@@ -189,9 +205,12 @@ def test_verl_cpu_trains_exports_and_publishes_a_working_adapter(
     # what verl did: our platform, every step, a falling loss, its checkpoint and merge
     log = (run / "verl.log").read_text()
     assert "Platform override from VERL_PLATFORM: cpu" in log
-    metrics = metrics_from_log(run / "verl.log")  # step lines follow tqdm's \r output
+    metrics, resumed = metrics_from_file(run / "checkpoints")  # rank 0's record of verl's loop
     assert sorted(s for s, m in metrics.items() if "train/loss" in m) == list(range(1, STEPS + 1))
+    assert resumed == 0
     assert (run / "checkpoints" / f"global_step_{STEPS}" / "lora_train_meta.json").is_file()
+    # save_steps 2: a checkpoint every 2 steps, which a killed run resumes from
+    assert (run / "checkpoints" / "global_step_2").is_dir()
     # verl ran in its output dir: Hydra's outputs/ land there, not in the caller's cwd
     assert list((run / "checkpoints").glob("outputs/*/*/.hydra/overrides.yaml"))
     out = result.output_for_node("lora_checkpoint")
@@ -210,6 +229,24 @@ def test_verl_cpu_trains_exports_and_publishes_a_working_adapter(
     meta = {k: v.value for k, v in mat.metadata.items()}
     assert meta["trainer"] == "verl" and meta["steps"] == STEPS
     assert "data:image/png;base64," in meta["loss_curve"]
+
+    # Pipes: rank 0 logged each step of verl's loop and reported the loss curve and export
+    step_logs = [m for m in messages if m.startswith("verl step ") and ": loss " in m]
+    assert [m.split(":")[0] for m in step_logs] == [
+        f"verl step {s}/{STEPS}" for s in range(1, STEPS + 1)
+    ]
+    assert all(re.search(r", lr 0\.02, [0-9.]+ s\b", m) for m in step_logs), step_logs
+    assert f"verl step {STEPS}/{STEPS}: val_loss " in "\n".join(messages)
+    assert "[pipes] external process successfully opened dagster pipes." in messages
+    curve = meta["verl_loss_curve"]
+    assert len(curve["train"]) == STEPS >= 2 and curve["val"][-1]["step"] == STEPS
+    assert [p["loss"] for p in curve["train"]] == losses  # the curve lineage got
+    assert all(p["step_time_s"] > 0 and p["lr"] == 0.02 for p in curve["train"])
+    assert Path(meta["verl_adapter_path"]) == run / "merged" / "lora_adapter"
+    assert (Path(meta["verl_adapter_path"]) / "adapter_model.safetensors").is_file()
+    assert meta["verl_checkpoint"] == str(run / "checkpoints" / f"global_step_{STEPS}")
+    assert meta["verl_steps"] == STEPS and meta["verl_resumed_from_step"] == 0
+    step_times = [p["step_time_s"] for p in curve["train"]]
 
     # the export: 0.9.1 gets r, alpha and task_type right; only the base model is repaired
     assert lineage["verl_export_repairs"] == [
@@ -257,8 +294,73 @@ def test_verl_cpu_trains_exports_and_publishes_a_working_adapter(
         serve_helpers.unload_all(serve_helpers.server())
     print(
         f"verl-cpu: {STEPS} steps, train {lineage['train_time_s']}s, losses {losses[0]:.3f} -> "
-        f"{losses[-1]:.3f}, NLL base {base_nll:.3f}"
+        f"{losses[-1]:.3f}, NLL base {base_nll:.3f}, step times {step_times}, "
+        f"reported {sorted(k for k in meta if k.startswith('verl_'))}"
     )
+
+
+def _processes_naming(path: Path) -> list[int]:
+    """Live processes whose command line names `path` (verl's launcher and its ranks)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(path).encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+class _Stop(Exception):
+    """Raised from the log callback: `run_command` then kills verl's process group (SIGTERM,
+    SIGKILL after 10 s), as it does when Dagster cancels the run."""
+
+
+def test_a_verl_run_killed_mid_training_resumes_from_its_last_checkpoint(
+    verl_python, tiny, tito, tmp_path
+):
+    from coop_dag.train import get_recipe
+
+    # 4 rows: 16 steps, a checkpoint every 4 (an epoch's end, where verl's loader state is
+    # exhausted: coop_dag.verl_pipes resumes with a fresh one)
+    recipe = get_recipe("tiny-test", epochs=4, save_steps=4)
+    launcher = VerlLauncher(python=str(verl_python), pythonpath=(str(REPO_ROOT),))
+
+    def train(on_log=None):
+        return train_lora_verl(
+            tiny, tito / "train.parquet", tito / "val.parquet", recipe, tmp_path / "work",
+            launcher, device="cpu", on_log=on_log,
+        )  # fmt: skip
+
+    def stop_once_saved(_line: str) -> None:  # tqdm's per-step output keeps lines coming
+        if list((tmp_path / "work").glob("verl-*/checkpoints/latest_checkpointed_iteration.txt")):
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(stop_once_saved)  # killed mid-training, once its first checkpoint is saved
+    (run,) = (tmp_path / "work").glob("verl-*")
+    assert _processes_naming(run / "checkpoints") == []  # torchrun and its rank are gone
+    tracker = run / "checkpoints" / "latest_checkpointed_iteration.txt"
+    saved = int(tracker.read_text())  # the newest complete checkpoint when the group died
+    assert 4 <= saved < 16 and saved % 4 == 0
+    assert not (run / "checkpoints" / "global_step_16").exists()
+    first, _ = metrics_from_file(run / "checkpoints")
+    assert min(first) == 1 and max(first) < 16  # the killed attempt's steps
+
+    result = train()  # launched again: verl resumes from that checkpoint (resume_mode=auto)
+    assert result.resumed_from_step == saved and result.lineage["resumed_from_step"] == saved
+    assert result.steps == 16 and result.lineage["verl_reused_checkpoint"] is False
+    log = (run / "verl.log").read_text()
+    assert f"Found latest checkpoint: {run / 'checkpoints'}/global_step_{saved}" in log
+    # save_steps 4 = one epoch: verl's loader state there is exhausted; the entry replaces it
+    assert f"resumed at the end of epoch {saved // 4}: a fresh train loader" in log
+    # the curve is whole: the killed attempt's steps up to the checkpoint, the rest resumed
+    assert [t["step"] for t in result.train_losses] == list(range(1, 17))
+    steps, resumed = metrics_from_file(run / "checkpoints")
+    assert resumed == saved and all(steps[s] == first[s] for s in range(1, saved + 1))
+    info = validate_adapter(result.adapter_dir, expected_base=str(tiny.model_dir))
+    assert (info.r, info.lora_alpha) == (4, 16)
+    print(f"verl-cpu resume: killed after the step-{saved} checkpoint, resumed, 16 steps")
 
 
 PLATFORM_PROBE = """

@@ -5,6 +5,10 @@ command and the log tail), a trainer killed after its last save (the checkpoint 
 trained again), upweighted rows sent as copies, the recipe's mapping onto multi-GPU configs,
 and checkpoint records.
 
+A run cancelled while verl trains stops verl's whole process group, through Dagster's own
+cancellation path. With the fake, the Pipes path is exercised as well: the fake reports through
+``coop_dag.verl_pipes.Reporter``, as verl's rank 0 does.
+
 The fake stands in for verl's python (``TrainingResource(kind="verl", verl_python=...)``): it
 parses the real torchrun command line and Hydra overrides (refusing keys verl 0.9.1's
 ``sft_trainer_engine`` config does not have), builds ``TitoSFTDataset`` through
@@ -42,7 +46,6 @@ from coop_dag.verl import (  # noqa: E402
     VerlLauncher,
     config_for_recipe,
     finished_checkpoint,
-    parse_metrics,
     train_lora_verl,
 )
 
@@ -78,7 +81,8 @@ def verl_python(tmp_path, monkeypatch):
     wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" "$@"\n')
     wrapper.chmod(0o755)
     monkeypatch.setenv("FAKE_VERL_RECORD", str(tmp_path / "calls.jsonl"))
-    for name in ("FAKE_VERL_FAIL", "FAKE_VERL_DIE_AFTER_SAVE", "FAKE_VERL_NO_TRAIN"):
+    fakes = ("FAKE_VERL_FAIL", "FAKE_VERL_DIE_AFTER_SAVE", "FAKE_VERL_NO_TRAIN", "FAKE_VERL_HANG")
+    for name in fakes:
         monkeypatch.delenv(name, raising=False)
     return wrapper
 
@@ -88,23 +92,13 @@ def calls(tmp_path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
 
 
-def materialize(tmp_path, tito, verl_python, monkeypatch, *, raise_on_error=True):
+def lora_assets(tito: Path) -> list:
+    """A ``tito_parquet`` stand-in and ``lora_checkpoint`` (variant ``templated``, which the
+    caller points at tiny-qwen3 / tiny-test)."""
     import dagster as dg
-    import serve_helpers
 
     from assets import training as asset_module
     from assets.partitions import variant_partitions
-    from resources.dataset import DatasetResource
-    from resources.lineage import LineageResource
-    from resources.serving import ServingResource
-    from resources.training import TrainingResource
-
-    variant = asset_module.VARIANTS["templated"]
-    monkeypatch.setitem(
-        asset_module.VARIANTS,
-        "templated",
-        dataclasses.replace(variant, student="tiny-qwen3", recipe="tiny-test"),
-    )
 
     @dg.asset(partitions_def=variant_partitions, name="tito_parquet")
     def tito_parquet() -> dict:
@@ -116,26 +110,52 @@ def materialize(tmp_path, tito, verl_python, monkeypatch, *, raise_on_error=True
             "student": "tiny-qwen3",
         }
 
+    return [tito_parquet, asset_module.lora_checkpoint]
+
+
+def tiny_variant():
+    from assets import training as asset_module
+
+    variant = asset_module.VARIANTS["templated"]
+    return dataclasses.replace(variant, student="tiny-qwen3", recipe="tiny-test")
+
+
+def lora_resources(tmp_path: Path, verl_python: Path, serving_url: str) -> dict:
+    from resources.dataset import DatasetResource
+    from resources.lineage import LineageResource
+    from resources.serving import ServingResource
+    from resources.training import TrainingResource
+
+    return {
+        "dataset": DatasetResource(),
+        "training": TrainingResource(
+            kind="verl",
+            verl_python=str(verl_python),
+            check_gpus=False,  # the fake verl runs on the CPU
+            adapters_dir=str(tmp_path / "adapters"),
+            work_dir=str(tmp_path / "work"),
+            probe_prompts=2,
+            probe_max_new_tokens=16,
+        ),
+        "serving": ServingResource(url=serving_url),
+        "lineage": LineageResource(path=str(tmp_path / "lineage.duckdb")),
+    }
+
+
+def materialize(tmp_path, tito, verl_python, monkeypatch, *, raise_on_error=True):
+    import dagster as dg
+    import serve_helpers
+
+    from assets import training as asset_module
+
+    monkeypatch.setitem(asset_module.VARIANTS, "templated", tiny_variant())
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
-        [tito_parquet, asset_module.lora_checkpoint],
+        lora_assets(tito),
         partition_key="templated",
         instance=instance,
         raise_on_error=raise_on_error,
-        resources={
-            "dataset": DatasetResource(),
-            "training": TrainingResource(
-                kind="verl",
-                verl_python=str(verl_python),
-                check_gpus=False,  # the fake verl runs on the CPU
-                adapters_dir=str(tmp_path / "adapters"),
-                work_dir=str(tmp_path / "work"),
-                probe_prompts=2,
-                probe_max_new_tokens=16,
-            ),
-            "serving": ServingResource(url=serve_helpers.server().url),
-            "lineage": LineageResource(path=str(tmp_path / "lineage.duckdb")),
-        },
+        resources=lora_resources(tmp_path, verl_python, serve_helpers.server().url),
     )
     messages = [e.user_message for e in instance.all_logs(result.run_id)]
     return result, messages
@@ -164,7 +184,7 @@ def test_a_failing_verl_fails_the_asset_with_the_command_and_log_tail(
     assert message.startswith("verl sft_trainer failed (exit code 3): ")
     command = message.splitlines()[0]
     assert str(verl_python) in command and " -m torch.distributed.run " in command
-    assert "-m verl.trainer.sft_trainer" in command and "model.lora_alpha=16" in command
+    assert "-m coop_dag.verl_pipes --export-to " in command and "model.lora_alpha=16" in command
     tail = message.split("--- last 60 lines ---\n", 1)[1].splitlines()
     assert tail[-2:] == [
         "Traceback (most recent call last):",
@@ -195,7 +215,13 @@ def test_a_run_killed_after_verl_saved_its_final_checkpoint_is_not_trained_again
     out = result.output_for_node("lora_checkpoint")
     lineage = read_lineage(out["adapter_dir"])
     assert lineage["verl_reused_checkpoint"] is True and lineage["steps"] == STEPS
-    assert lineage["train_loss"] is not None  # the killed attempt's log still gives the curve
+    assert lineage["train_loss"] is not None  # the killed attempt's metrics give the curve
+    # the export alone ran through Pipes too: its report reached the materialization
+    meta = output_meta(result)
+    assert meta["verl_adapter_path"] == lineage["verl_export"]
+    assert [p["step"] for p in meta["verl_loss_curve"]["train"]] == list(range(1, STEPS + 1))
+    assert meta["verl_steps"] == STEPS and meta["verl_resumed_from_step"] == 0
+    assert any(m.startswith("verl export: ") for m in messages)  # a Pipes log line
 
     # and once published, a third run reuses the finished result without starting verl
     result, _ = materialize(tmp_path, tito, verl_python, monkeypatch)
@@ -220,7 +246,7 @@ def test_weighted_rows_reach_verl_as_copies(tiny, verl_python, tmp_path):
         tmp_path / "work",
         VerlLauncher(python=str(verl_python)),
     )
-    (train_call, _) = calls(tmp_path)
+    (train_call,) = calls(tmp_path)  # training, then the export in the same launch
     assert train_call["dataset_len"] == 4 + 2 * 3 and train_call["weights"] == [1.0]
     assert "data.val_files" not in train_call["overrides"]
     assert result.steps == 10 and result.lineage["trainer"] == "verl"
@@ -280,10 +306,93 @@ def test_a_checkpoint_of_another_run_is_never_taken_for_finished(tmp_path):
     assert finished_checkpoint(other) is None
 
 
-def test_parse_metrics():
-    assert parse_metrics("step:3 - train/loss:0.5 - train/lr:1e-05 - note:x") == (
-        3,
-        {"train/loss": 0.5, "train/lr": 1e-05},
+# --------------------------------------------------------------------------- cancellation
+
+CANCEL_CHILD = """
+import sys, threading, time
+sys.path[:0] = {paths!r}
+from pathlib import Path
+import dagster as dg
+from dagster._core.execution.run_cancellation_thread import start_run_cancellation_thread
+import test_verl_training as t
+from assets import training as asset_module
+
+asset_module.VARIANTS["templated"] = t.tiny_variant()
+instance = dg.DagsterInstance.get()  # DAGSTER_HOME: shared with the test
+
+
+def watch():  # what `dagster api execute_run` starts for every run: it sends SIGINT on cancel
+    while not instance.get_runs(limit=1):
+        time.sleep(0.2)
+    start_run_cancellation_thread(instance, instance.get_runs(limit=1)[0].run_id)
+
+
+threading.Thread(target=watch, daemon=True).start()
+tmp = Path({tmp!r})
+result = dg.materialize(
+    t.lora_assets(Path({tito!r})), partition_key="templated", instance=instance,
+    raise_on_error=False,
+    resources=t.lora_resources(tmp, Path({verl!r}), "http://127.0.0.1:9/v1"),
+)
+print("SUCCESS" if result.success else "FAILED", flush=True)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not reaped) counts as gone
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.is_file() and stat.read_text().split(")")[-1].split()[0] != "Z"
+
+
+def test_cancelling_the_run_stops_verl_and_its_children(tito, verl_python, tmp_path, monkeypatch):
+    """The run is cancelled as the UI does it (the run is marked CANCELING in the instance);
+    the run worker's cancellation thread interrupts the step, which stops verl's whole
+    process group: the launcher and the worker it started."""
+    import subprocess
+    import time
+
+    import dagster as dg
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(
+        "run_monitoring:\n  cancellation_thread_poll_interval_seconds: 1\n"
     )
-    assert parse_metrics("[rank0]: step:24 - val/loss:0.25") == (24, {"val/loss": 0.25})
-    assert parse_metrics("Epoch 1/2: 50%|##### | step:3") is None
+    pids_file = tmp_path / "pids.json"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("FAKE_VERL_HANG", str(pids_file))
+    tests = Path(__file__).resolve().parent
+    code = CANCEL_CHILD.format(
+        paths=[str(tests), str(REPO_ROOT)], tmp=str(tmp_path), tito=str(tito),
+        verl=str(verl_python),
+    )  # fmt: skip
+    worker = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not pids_file.is_file():
+            assert worker.poll() is None, worker.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "the fake verl never started"
+            time.sleep(0.2)
+        pids = json.loads(pids_file.read_text())
+        assert _alive(pids["fake"]) and _alive(pids["child"])
+        with dg.DagsterInstance.get() as instance:
+            (run,) = instance.get_runs()
+            instance.report_run_canceling(run)
+            out, _ = worker.communicate(timeout=120)
+            status = instance.get_run_by_id(run.run_id).status
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert "FAILED" in out, out[-3000:]
+    assert status in (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.FAILURE)
+    assert not _alive(pids["fake"]) and not _alive(pids["child"]), pids
+    assert "sending interrupt to main thread" in out, out[-3000:]
+    assert not (tmp_path / "adapters").exists()
