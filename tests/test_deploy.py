@@ -356,8 +356,13 @@ def test_gpu_image_environments_match_the_cluster_profile():
     assert f"torch=={build_args['VERL_TORCH_VERSION']}+cpu" in reqs
     assert (
         '/opt/verl-env/bin/pip install "torch==${VERL_TORCH_VERSION}" "verl==${VERL_VERSION}"'
-        " peft fastapi uvicorn -c /tmp/verl-constraints.txt" in " ".join(runs.split())
+        " peft fastapi uvicorn dagster-pipes -c /tmp/verl-constraints.txt"
+        in " ".join(runs.split())
     )
+    # rank 0 reports through Pipes: pinned to the version the code location speaks
+    from importlib.metadata import version
+
+    assert f"dagster-pipes=={version('dagster-pipes')}" in reqs
     assert '/opt/vllm-env/bin/pip install "vllm==${VLLM_VERSION}"' in runs
     # the project in verl's venv without its deps (no Dagster there), importable as pkg://
     assert "/opt/verl-env/bin/pip install --no-deps -e ." in runs
