@@ -130,7 +130,8 @@ CPU_OVERRIDES: tuple[tuple[str, Any], ...] = (
 # Dagster Pipes' bootstrap variables too: a launch through `run_verl`'s `session` sets them
 # (their values never reach a command line or verl_command.txt); unset, docker sets nothing.
 PIPES_ENV = ("DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES")  # coop_dag.verl_pipes.PIPES_ENV
-DEFAULT_PASS_ENV = ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_HOME", "WANDB_API_KEY", *PIPES_ENV)
+# passed by name into any container we launch (vLLM's too); verl's also gets PIPES_ENV
+DEFAULT_PASS_ENV = ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_HOME", "WANDB_API_KEY")
 PIPES_DIR = "pipes"  # in output_dir: where a session's message file goes (mounted rw)
 
 LogFn = Callable[[str], None]
@@ -658,7 +659,7 @@ class VerlLauncher:
     docker_args: tuple[str, ...] = ("--rm", "--ipc=host")
     mounts: tuple[tuple[str, str, str], ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
-    pass_env: tuple[str, ...] = DEFAULT_PASS_ENV
+    pass_env: tuple[str, ...] = (*DEFAULT_PASS_ENV, *PIPES_ENV)
     pythonpath: tuple[str, ...] = ()
     name_prefix: str = "coop-dag-verl"
 
