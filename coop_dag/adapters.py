@@ -20,15 +20,15 @@ An adapter is a PEFT directory that vLLM can load:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from coop_dag.files import atomic_write_text, file_sha256
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -123,25 +123,6 @@ def _load_config(d: Path) -> dict[str, Any]:
     return cfg
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` so readers see the old file or the new one, never a torn one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        else:
-            os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _number(value: Any) -> float | None:
@@ -166,11 +147,7 @@ def adapter_sha12(path: str | os.PathLike) -> str:
     weights = d / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise AdapterError(f"{d}: missing {ADAPTER_WEIGHTS}")
-    digest = hashlib.sha256()
-    with open(weights, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
+    return file_sha256(weights)[:12]
 
 
 def adapter_name(path: str | os.PathLike) -> str:
@@ -377,7 +354,7 @@ def repair_adapter(
             )
 
     if changes:
-        _atomic_write_text(cfg_path, json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(cfg_path, json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
     return changes
 
 
@@ -402,7 +379,7 @@ def write_lineage(path: str | os.PathLike, facts: Mapping[str, Any]) -> Path:
     except (TypeError, ValueError) as exc:
         raise AdapterError(f"{d}: lineage facts are not JSON-serialisable: {exc}") from exc
     target = d / LINEAGE_FILE
-    _atomic_write_text(target, text + "\n")
+    atomic_write_text(target, text + "\n")
     return target
 
 

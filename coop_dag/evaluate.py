@@ -32,13 +32,11 @@ nothing is not a merge of the agents' joint work.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import shutil
 import sys
-import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -46,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from coop_dag.files import atomic_write_json
 from coop_dag.sandbox import (
     DEFAULT_HIDDEN_PATHS,
     DEFAULT_MAX_OUTPUT_BYTES,
@@ -190,24 +189,8 @@ def _result(pair: Pair, **kw: Any) -> dict[str, Any]:
 
 
 def write_eval(path: str | os.PathLike, result: dict[str, Any]) -> Path:
-    """Write `eval.json` atomically: a temp file in the same directory, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(result, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    """Write `eval.json` atomically (:func:`coop_dag.files.atomic_write_json`)."""
+    return atomic_write_json(path, result)
 
 
 # --------------------------------------------------------------------------- task images

@@ -48,6 +48,8 @@ from typing import Any
 import yaml
 
 from coop_dag import CONFIG_DIR, REPO_ROOT
+from coop_dag.files import atomic_write_text
+from coop_dag.files import file_sha256 as sha256_of_file
 
 STUDENTS_FILE = CONFIG_DIR / "students.yaml"
 HF_PREFIX = "hf:"
@@ -327,11 +329,7 @@ def file_sha256(path: str | Path) -> str:
     st = p.stat()
     memo_key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if memo_key not in _SHA_MEMO:
-        h = hashlib.sha256()
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_MEMO[memo_key] = h.hexdigest()
+        _SHA_MEMO[memo_key] = sha256_of_file(p)
     return _SHA_MEMO[memo_key]
 
 
@@ -544,16 +542,6 @@ def _make_readable(root: Path) -> None:
             os.chmod(os.path.join(dirpath, f), 0o666 & ~umask)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _sync_chat_template(model_dir: Path, template: str) -> None:
@@ -564,7 +552,7 @@ def _sync_chat_template(model_dir: Path, template: str) -> None:
         return
     with _file_lock(model_dir.parent / f"{model_dir.name}.lock"):
         if not (target.is_file() and target.read_text(encoding="utf-8") == template):
-            _atomic_write_text(target, template)
+            atomic_write_text(target, template)
 
 
 def _versions() -> dict[str, str]:

@@ -64,7 +64,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -79,6 +78,7 @@ from coop_dag.chat import (
     render_text,
     tokenizer_sha256,
 )
+from coop_dag.files import atomic_write
 from coop_dag.messaging import OutgoingMessage
 from coop_dag.prompts import steering_section, strip_steering
 from coop_dag.runlogs import iter_pairs, turn_commands
@@ -1088,14 +1088,7 @@ def write_parquet(rows: Sequence[dict], path: str | os.PathLike, metadata: dict)
     schema = tito_schema(metadata)
     columns = {f.name: [r.get(f.name) for r in rows] for f in schema}
     table = pa.Table.from_pydict(columns, schema=schema)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
     return path
 
 

@@ -76,6 +76,7 @@ from coop_dag.adapters import (
     validate_adapter,
     write_lineage,
 )
+from coop_dag.files import atomic_write, atomic_write_json, file_sha256
 
 RECIPES_FILE = CONFIG_DIR / "recipes.yaml"
 TRUNCATIONS = ("error", "left", "right")
@@ -764,17 +765,6 @@ def format_event(event: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
@@ -987,7 +977,8 @@ def write_loss_curve(
     """``loss_curve.json`` and ``loss_curve.png`` (None when matplotlib cannot draw)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / LOSS_JSON
-    _atomic_json(json_path, {"train": train, "val": val, "title": title})
+    curves = {"train": train, "val": val, "title": title}
+    atomic_write_json(json_path, curves, sort_keys=True, default=str)
     png = out_dir / LOSS_PNG
     try:
         import matplotlib
@@ -1007,14 +998,10 @@ def write_loss_curve(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{LOSS_PNG}.", suffix=".png", dir=out_dir)
-    os.close(fd)
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, png)
+        atomic_write(png, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return json_path, png
 
 
@@ -1023,12 +1010,6 @@ def write_loss_curve(
 # --------------------------------------------------------------------------------------
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def run_key_for(
@@ -1223,8 +1204,8 @@ def train_lora(
     if recipe.max_val_rows > 0:
         val_rows = val_rows[: recipe.max_val_rows]
 
-    train_sha = _file_sha(train_path)
-    val_sha = _file_sha(val_path) if val_path is not None and val_path.is_file() else None
+    train_sha = file_sha256(train_path)
+    val_sha = file_sha256(val_path) if val_path is not None and val_path.is_file() else None
     key = run_key_for(student, recipe, train_sha, val_sha)
     run_dir = Path(work_dir) if work_dir is not None else default_work_dir()
     run_dir = run_dir / key
@@ -1451,7 +1432,7 @@ def train_lora(
         loss_curve_png=png_path,
         adapter_sha12=adapter_sha12(adapter_dir),
     )
-    _atomic_json(result_file, result.as_dict())
+    atomic_write_json(result_file, result.as_dict(), sort_keys=True, default=str)
     if progress is not None:
         progress(
             {
@@ -1495,7 +1476,7 @@ def _fix_adapter_config(adapter: Path, recipe: Recipe, student: Any) -> None:
     if cfg.get("base_model_name_or_path") != str(student.model_dir):
         cfg["base_model_name_or_path"], changed = str(student.model_dir), True
     if changed:
-        _atomic_json(cfg_path, cfg)
+        atomic_write_json(cfg_path, cfg, sort_keys=True, default=str)
     if not (adapter / ADAPTER_WEIGHTS).is_file():
         raise TrainError(f"{adapter}: PEFT wrote no {ADAPTER_WEIGHTS}")
 

@@ -66,6 +66,8 @@ from typing import Any
 
 import yaml
 
+from coop_dag.files import atomic_write_json, file_sha256
+
 __all__ = [
     "DATASET_CLASS",
     "DATASET_MODULE",
@@ -923,32 +925,8 @@ def run_command(
     return list(last)
 
 
-def _file_sha256(path: str | os.PathLike) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    """Atomically (temp file + rename), so a killed run never leaves half a record."""
-    import json
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_json(path: Path) -> Any:
@@ -965,7 +943,7 @@ def run_record(cfg: VerlSFTConfig) -> dict[str, Any]:
     the sha256 of every data file. A checkpoint is only ever reused under the same record."""
     files = {}
     for f in (*cfg.train_files, *cfg.val_files):
-        files[f] = _file_sha256(f) if os.path.isfile(f) else None
+        files[f] = file_sha256(f) if os.path.isfile(f) else None
     return {
         "format": 1,
         "overrides": cfg.overrides(),
@@ -1012,7 +990,7 @@ def _start_run(root: Path, record: Mapping[str, Any], *, resume: bool = False) -
         (root / TRACKER_FILE).unlink(missing_ok=True)
         (root / METRICS_FILE).unlink(missing_ok=True)  # a fresh run's curve starts empty
     if not same:
-        _write_json(root / RUN_RECORD, dict(record))
+        atomic_write_json(root / RUN_RECORD, dict(record), sort_keys=True, default=str)
 
 
 @dataclass(frozen=True)
@@ -1124,9 +1102,11 @@ def run_verl(
                 f"global_step_{expected} ({cfg.train_rows} rows, batch {cfg.train_batch_size}, "
                 f"{cfg.total_epochs} epochs on {cfg.nproc_per_node} GPUs)"
             )
-        _write_json(
+        atomic_write_json(
             root / DONE_FILE,
             {"checkpoint": ckpt.name, "train_time_s": train_time, "command": train.shell()},
+            sort_keys=True,
+            default=str,
         )
     log(f"[coop-dag] verl checkpoint: {ckpt}")
     if not merge:
@@ -1449,8 +1429,8 @@ def train_lora_verl(
         )
         val_rows = []
 
-    train_sha = _file_sha256(train_path)
-    val_sha = _file_sha256(val_path) if val_path is not None and val_path.is_file() else None
+    train_sha = file_sha256(train_path)
+    val_sha = file_sha256(val_path) if val_path is not None and val_path.is_file() else None
     key = run_key(student, recipe, train_sha, val_sha, nproc, device)
     run_dir = Path(work_dir) / f"verl-{key}"
     adapter_dir = run_dir / "adapter"
@@ -1635,5 +1615,5 @@ def train_lora_verl(
             "verl_export_repairs": list(verl.repairs),
         },
     )
-    _write_json(result_file, result.as_dict())
+    atomic_write_json(result_file, result.as_dict(), sort_keys=True, default=str)
     return result
