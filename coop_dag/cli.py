@@ -12,6 +12,15 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+# the CLI's flag for each dataset setting, named in resolve_dataset_config's errors
+DATASET_FLAGS = {
+    "dataset": "--dataset",
+    "subset": "--subset",
+    "mirror": "--mirror-dir",
+    "validation": "--validation",
+    "test": "--test",
+}
+
 def _cmd_tasks(args: argparse.Namespace) -> int:
     from coop_dag.dataset_config import resolve_dataset_config
     from coop_dag.tasks import SPLITS, task_pool_summary
@@ -25,13 +34,7 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
         validation_repos=args.validation,
         test_repos=args.test or args.held_out,
         require_split=False,  # listing a dataset needs no split; unset: everything is train
-        flag_names={
-            "dataset": "--dataset",
-            "subset": "--subset",
-            "mirror": "--mirror-dir",
-            "validation": "--validation",
-            "test": "--test",
-        },
+        flag_names=DATASET_FLAGS,
     )
     summary = task_pool_summary(
         config.root,
@@ -144,13 +147,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         validation_repos=args.validation,
         test_repos=args.test,
         require_split=False,  # only the chosen split must be set (select_eval_pairs says so)
-        flag_names={
-            "dataset": "--dataset",
-            "subset": "--subset",
-            "mirror": "--mirror-dir",
-            "validation": "--validation",
-            "test": "--test",
-        },
+        flag_names=DATASET_FLAGS,
     )
     pairs = select_eval_pairs(config, split=args.split, pair_ids=explicit_pairs)
     variant = get_variant(args.variant or default_variant_name())
@@ -265,6 +262,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from coop_dag.serving import DEFAULT_PORT  # the port the serving resource starts vLLM on
+
     parser = argparse.ArgumentParser(
         prog="coop-dag",
         description="Plan-first coop distillation (TITO): tasks, scoring and tools. "
@@ -394,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", help="adapter dir | student name | served model name | litellm model")
     p.add_argument("--url", help="attach to this running vLLM (default: start one, stop it after)")
-    p.add_argument("--port", type=int, default=8100, help="port of a started vLLM")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port of a started vLLM")
     p.add_argument("--vllm-python", help="start vLLM with this python (default: the profile's)")
     p.add_argument("--student", help="base student of an adapter without lineage.json")
     p.add_argument("--variant", help="whose student_rollout limits apply (default: default)")

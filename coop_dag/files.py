@@ -1,14 +1,16 @@
 """The one copy of the file helpers every stage needs: atomic writes (a reader or a killed run
-sees the old file or the new one, never a torn one) and a file's sha256. Stdlib only: verl's
-and vLLM's environments import it too."""
+sees the old file or the new one, never a torn one), a file's sha256 and a file lock. Stdlib
+only: verl's and vLLM's environments import it too."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +54,17 @@ def file_sha256(path: str | os.PathLike) -> str:
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Exclusive advisory lock on `path` (blocks; across processes and threads alike, since
+    every holder opens the file itself)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coop_dag.vllm import VllmEngine, VllmError
+from coop_dag.vllm import DEFAULT_MAX_MODEL_LEN, EVAL_DTYPE, VllmEngine, VllmError
 
 __all__ = [
     "DEFAULT_PROBE_MAX_TOKENS",
@@ -1057,6 +1057,8 @@ def stop_server(state_dir: str | os.PathLike, port: int, *, lock: bool = True) -
 # --------------------------------------------------------------------------------------
 
 
+DEFAULT_PORT = 8100  # not 8000: a hand-started vLLM for a teacher usually sits there
+
 @dataclass(frozen=True)
 class ServeSettings:
     """How the student's vLLM is reached or launched. Empty strings fall back to the profile
@@ -1065,14 +1067,14 @@ class ServeSettings:
 
     url: str = ""
     host: str = "127.0.0.1"
-    port: int = 8100
+    port: int = DEFAULT_PORT
     startup_timeout: float = 900.0
     reasoning_parser: str = ""
     vllm_python: str = ""
     vllm_image: str = ""
     device: str = ""
-    dtype: str = "float32"
-    max_model_len: int = 8192
+    dtype: str = EVAL_DTYPE
+    max_model_len: int = DEFAULT_MAX_MODEL_LEN
     max_lora_rank: int = 16
     max_loras: int = 2
     cpu_kv_cache_gib: int = 2

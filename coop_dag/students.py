@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -39,7 +38,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,7 +47,7 @@ from typing import Any
 import yaml
 
 from coop_dag import CONFIG_DIR, REPO_ROOT
-from coop_dag.files import atomic_write_text
+from coop_dag.files import atomic_write_text, file_lock
 from coop_dag.files import file_sha256 as sha256_of_file
 
 STUDENTS_FILE = CONFIG_DIR / "students.yaml"
@@ -466,19 +465,6 @@ def student_cache_dir(name: str) -> Path:
     return cache_root() / "students" / name
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock on ``path`` (blocks; across processes and threads alike, since
-    every holder opens the file itself)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 def _read_manifest(model_dir: Path) -> dict | None:
     try:
         return json.loads((model_dir / MANIFEST_NAME).read_text())
@@ -496,7 +482,7 @@ def materialize(final: Path, build: Callable[[Path], dict], *, label: str) -> tu
         return final, manifest
     parent = final.parent
     parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(parent / f"{final.name}.lock"):
+    with file_lock(parent / f"{final.name}.lock"):
         manifest = _read_manifest(final)
         if manifest is not None:  # another caller built it while we waited
             return final, manifest
@@ -550,7 +536,7 @@ def _sync_chat_template(model_dir: Path, template: str) -> None:
     target = model_dir / "chat_template.jinja"
     if target.is_file() and target.read_text(encoding="utf-8") == template:
         return
-    with _file_lock(model_dir.parent / f"{model_dir.name}.lock"):
+    with file_lock(model_dir.parent / f"{model_dir.name}.lock"):
         if not (target.is_file() and target.read_text(encoding="utf-8") == template):
             atomic_write_text(target, template)
 

@@ -25,7 +25,6 @@ with the image's `python`. Locally there is no image and no network, so:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -42,6 +41,7 @@ from configparser import ConfigParser
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coop_dag.files import file_lock
 from coop_dag.tasks import Task, TaskError, base_tree, checkout_base
 
 DOCKER_REPO = "/workspace/repo"
@@ -300,19 +300,6 @@ def find_uv() -> str:
     return found
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def _run(argv: list[str], what: str, timeout: float) -> str:
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
@@ -384,7 +371,7 @@ def ensure_task_env(
     )
     if (final / ENV_MARKER).is_file():
         return env  # built before: nothing is installed, nothing is fetched
-    with _lock(root / f".{final.name}.lock"):
+    with file_lock(root / f".{final.name}.lock"):
         if (final / ENV_MARKER).is_file():
             return env
         uv = find_uv()

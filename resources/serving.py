@@ -34,6 +34,7 @@ from pydantic import Field, PrivateAttr
 
 from coop_dag.profiles import ServerChoice, resolve_profile
 from coop_dag.serving import (
+    DEFAULT_PORT,
     DEFAULT_PROBE_MAX_TOKENS,
     Endpoint,
     ServeSettings,
@@ -46,7 +47,6 @@ from coop_dag.vllm import DEFAULT_MAX_MODEL_LEN, EVAL_DTYPE
 if TYPE_CHECKING:
     from coop_dag.verl import Command
 
-DEFAULT_PORT = 8100  # not 8000: a hand-started vLLM for a teacher usually sits there
 
 
 class ServingResource(dg.ConfigurableResource):
