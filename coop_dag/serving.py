@@ -953,6 +953,9 @@ def _wait(engine: VllmEngine, pid: int, timeout: float, log_path: Path) -> None:
 
 
 def _kill_group(pid: int, grace: float = 20.0) -> None:
+    """SIGTERM the process group ``pid`` leads, SIGKILL after ``grace``; returns once no member
+    is left. Waiting for the leader alone is not enough: the lease watcher dies at once while
+    the server under it is still shutting down and holding the port."""
     import signal
     import time
 
@@ -963,9 +966,24 @@ def _kill_group(pid: int, grace: float = 20.0) -> None:
             return
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            if not _pid_alive(pid):
+            if not _pid_alive(pid) and not _group_members(pid):
                 return
             time.sleep(0.1)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
 
 
 def _group_is_ours(pgid: int, argv: Sequence[str]) -> bool:

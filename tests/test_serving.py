@@ -413,6 +413,26 @@ def test_another_identity_restarts_a_server_nobody_else_uses(tmp_path):
     stop_server(tmp_path, port)
 
 
+SLOW_STOP = STAND_IN.replace(
+    "http.server.HTTPServer(",
+    "import signal, time\n"
+    "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1.5), sys.exit(0)))\n"
+    "http.server.HTTPServer(",
+)
+
+
+def test_a_restart_waits_for_the_server_under_the_watcher_to_let_go_of_the_port(tmp_path):
+    """vLLM takes seconds to shut down after SIGTERM while its lease watcher dies at once: the
+    restart must wait for the whole group, not for the watcher (CI failed on this race)."""
+    port = _port()
+    kw = dict(host="127.0.0.1", port=port, state_dir=tmp_path, expect_ids=["x"])
+    slow = [sys.executable, "-c", SLOW_STOP, str(port)]
+    a = ensure_server([*slow, "a"], **kw)
+    b = ensure_server([*slow, "b"], **kw)
+    assert b.started and b.pid != a.pid
+    stop_server(tmp_path, port)
+
+
 def test_a_server_of_another_runs_dir_is_never_reused(tmp_path):
     port = _port()
     kw = dict(host="127.0.0.1", port=port, expect_ids=["x"])
