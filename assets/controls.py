@@ -1,7 +1,7 @@
 """Controls for the student's numbers, each a real policy run through the same runtime (the
 variant's held-out limits, no steering unless stated) on the same test pairs:
 
-- ``control_copier_metrics``: a scripted copier (``coop_dag.teachers.CopierPolicy``) that sends
+- ``control_copier_metrics``: a scripted copier (``agent.teachers.CopierPolicy``) that sends
   the partner the feature's Files Modified list, greps those files and submits -- no model. A
   metric it clears is "copyable" in the report: a student scoring there shows no more than
   copying the task text does.
@@ -14,10 +14,10 @@ import dagster as dg
 from assets.evaluation import _held_out, _metric_metadata, _roll_out
 from assets.partitions import GPU_POOL, VARIANTS, variant_partitions
 from assets.teacher import score_pair_ids
-from coop_dag.lineage import content_version
-from coop_dag.rollouts import select_pairs
-from coop_dag.students import get_student
-from coop_dag.teachers import copier_factory
+from coop_dag.agent.rollouts import select_pairs
+from coop_dag.agent.teachers import copier_factory
+from coop_dag.eval.lineage import content_version
+from coop_dag.training.students import get_student
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
 from resources.rollout import RolloutResource

@@ -12,7 +12,7 @@ import dagster as dg
 from assets.evaluation import bar_check_specs, roll_out_adapter, score_rollouts
 from assets.partitions import GPU_POOL, VARIANTS, dropped_adapter_partitions
 from assets.serving import serve_and_check, served_check_spec
-from coop_dag.adapters import (
+from coop_dag.training.adapters import (
     AdapterError,
     adapter_name,
     read_lineage,

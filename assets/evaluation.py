@@ -9,21 +9,21 @@ import dagster as dg
 
 from assets.partitions import GPU_POOL, VARIANTS, check_spec, variant_partitions
 from assets.teacher import metrics_table, score_pair_ids
-from coop_dag.lineage import content_version
-from coop_dag.metrics import paired_deltas
-from coop_dag.models import ChatModel
-from coop_dag.report import THRESHOLDS, report_markdown, report_plot, report_rows, seed_groups
-from coop_dag.rollouts import (
+from coop_dag.agent.models import ChatModel
+from coop_dag.agent.rollouts import (
     RolloutErrors,
     limits_from,
     raise_on_errors,
     rollout_pairs,
     select_pairs,
 )
-from coop_dag.serving import ensure_loaded
-from coop_dag.students import get_student
-from coop_dag.tasks import TaskError, require_pairs
-from coop_dag.variants import Variant
+from coop_dag.config.variants import Variant
+from coop_dag.dataset.tasks import TaskError, require_pairs
+from coop_dag.eval.lineage import content_version
+from coop_dag.eval.metrics import paired_deltas
+from coop_dag.eval.report import THRESHOLDS, report_markdown, report_plot, report_rows, seed_groups
+from coop_dag.serving.server import ensure_loaded
+from coop_dag.training.students import get_student
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
 from resources.rollout import RolloutResource

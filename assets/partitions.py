@@ -5,7 +5,7 @@ import warnings
 
 import dagster as dg
 
-from coop_dag.variants import default_variant_name, load_variants
+from coop_dag.config.variants import default_variant_name, load_variants
 
 VARIANTS = load_variants()
 DEFAULT_VARIANT = default_variant_name()

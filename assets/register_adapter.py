@@ -13,7 +13,7 @@ import dagster as dg
 
 from assets.partitions import dropped_adapter_partitions
 from assets.sensors import check_drop
-from coop_dag.adapters import NAME_PREFIX, AdapterError
+from coop_dag.training.adapters import NAME_PREFIX, AdapterError
 
 
 def register(adapter_dir: Path, instance: dg.DagsterInstance) -> str:

@@ -11,14 +11,14 @@ from pathlib import Path
 import dagster as dg
 
 from assets.partitions import VARIANTS, dropped_adapter_partitions
-from coop_dag.adapters import (
+from coop_dag.config.profiles import resolve_profile
+from coop_dag.training.adapters import (
     NAME_PREFIX,
     AdapterError,
     adapter_sha12,
     read_lineage,
     validate_adapter,
 )
-from coop_dag.profiles import resolve_profile
 
 # task_pool runs in the same run, so the pairs come from this run's dataset resource (the
 # dataset, subset and split it is configured with), never from an older materialisation.

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from coop_dag.tasks import SPLITS, task_pool_summary
+from coop_dag.dataset.tasks import SPLITS, task_pool_summary
 from resources.dataset import DatasetResource
 
 

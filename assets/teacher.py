@@ -7,18 +7,18 @@ from pathlib import Path
 import dagster as dg
 
 from assets.partitions import GPU_POOL, VARIANTS, check_spec, variant_partitions
-from coop_dag.lineage import content_version
-from coop_dag.metrics import score_pairs
-from coop_dag.rollouts import (
+from coop_dag.agent.rollouts import (
     RolloutErrors,
     limits_from,
     raise_on_errors,
     rollout_pairs,
     select_pairs,
 )
-from coop_dag.runlogs import iter_pairs
-from coop_dag.tasks import TaskError, require_train_pairs
-from coop_dag.teachers import make_teacher_factory, teacher_facts
+from coop_dag.agent.teachers import make_teacher_factory, teacher_facts
+from coop_dag.dataset.tasks import TaskError, require_train_pairs
+from coop_dag.eval.lineage import content_version
+from coop_dag.eval.metrics import score_pairs
+from coop_dag.eval.runlogs import iter_pairs
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
 from resources.rollout import RolloutResource

@@ -8,10 +8,10 @@ trained on such a parquet."""
 import dagster as dg
 
 from assets.partitions import VARIANTS, check_spec, variant_partitions
-from coop_dag.lineage import content_version, file_version
-from coop_dag.prompts import steering_section
-from coop_dag.students import get_student
-from coop_dag.tito import TitoConfig, build_tito, run_checks, trajectories_from_run
+from coop_dag.agent.prompts import steering_section
+from coop_dag.eval.lineage import content_version, file_version
+from coop_dag.tito.build import TitoConfig, build_tito, run_checks, trajectories_from_run
+from coop_dag.training.students import get_student
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
 from resources.rollout import RolloutResource

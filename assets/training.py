@@ -14,14 +14,20 @@ from typing import Any
 import dagster as dg
 
 from assets.partitions import GPU_POOL, VARIANTS, check_spec, variant_partitions
-from coop_dag.adapters import AdapterError, adapter_name, validate_adapter, write_lineage
-from coop_dag.lineage import content_version
-from coop_dag.probe import ProbeResult, compare_outputs, held_out_cases, probe_endpoint, probe_key
-from coop_dag.profiles import VERL_KINDS
-from coop_dag.serving import Endpoint, ensure_loaded
-from coop_dag.students import get_student
-from coop_dag.train import TrainResult, copy_adapter, format_event, recipe_for, train_lora
-from coop_dag.verl import train_lora_verl
+from coop_dag.config.profiles import VERL_KINDS
+from coop_dag.eval.lineage import content_version
+from coop_dag.serving.probe import (
+    ProbeResult,
+    compare_outputs,
+    held_out_cases,
+    probe_endpoint,
+    probe_key,
+)
+from coop_dag.serving.server import Endpoint, ensure_loaded
+from coop_dag.training.adapters import AdapterError, adapter_name, validate_adapter, write_lineage
+from coop_dag.training.students import get_student
+from coop_dag.training.train import TrainResult, copy_adapter, format_event, recipe_for, train_lora
+from coop_dag.training.verl import train_lora_verl
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
 from resources.serving import ServingResource
@@ -88,11 +94,11 @@ def _base_probe(
 
 
 class VerlPipes:
-    """Dagster Pipes around each verl launch (`coop_dag.verl.LaunchSession`): the same contract
+    """Dagster Pipes around each verl launch (`training.verl.LaunchSession`): the same contract
     for a local subprocess and a ``docker run`` -- the context in ``DAGSTER_PIPES_CONTEXT``
     (`dg.PipesEnvContextInjector`), messages appended to a file in the channel directory
-    `coop_dag.verl` hands over (inside the run's output dir, mounted at the same path in a
-    container; `dg.PipesFileMessageReader`). `coop_dag.verl_pipes` (rank 0) logs every step
+    `coop_dag.training.verl` hands over (inside the run's output dir, mounted at the same path in a
+    container; `dg.PipesFileMessageReader`). `coop_dag.training.verl_pipes` (rank 0) logs every step
     into this run's log and reports the materialization's metadata (loss curve, exported
     adapter), collected here as `results`."""
 
@@ -131,7 +137,7 @@ def _train(
 ) -> tuple[TrainResult, dict[str, Any]]:
     """The adapter, from the trainer the resource resolves: embedded (CPU, in process) or verl
     (its own environment or image, through Dagster Pipes: `VerlPipes`,
-    `coop_dag.verl.train_lora_verl`). Same result either way, plus the metadata verl reported
+    `training.verl.train_lora_verl`). Same result either way, plus the metadata verl reported
     through Pipes (none for the embedded trainer or a reused finished run)."""
     choice = training.trainer_choice()
     training.check_host()  # e.g. the cluster profile on a host without GPUs: fail here, clearly
@@ -204,8 +210,8 @@ def lora_checkpoint(
 ):
     """A LoRA adapter for the variant's student, trained on its TITO parquet (recipe from
     ``configs/recipes.yaml``), then probed. The trainer is ``TrainingResource.trainer_choice()``:
-    the embedded CPU trainer (``coop_dag.train.train_lora``) or verl in its own environment or
-    image (``coop_dag.verl.train_lora_verl``: prepared rows + verl config written to the run
+    the embedded CPU trainer (``training.train.train_lora``) or verl in its own environment or
+    image (``training.verl.train_lora_verl``: prepared rows + verl config written to the run
     dir, torchrun streamed into this log, the final checkpoint exported, repaired and
     validated). Both return the same result; everything after training is one code path.
 

@@ -36,18 +36,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from coop_dag import BUNDLED_DATASET  # noqa: E402
-from coop_dag.actions import parse_actions, to_qwen_xml  # noqa: E402
-from coop_dag.agent import AgentLimits, CoopAgent, approx_tokens  # noqa: E402
-from coop_dag.messaging import (  # noqa: E402
+from coop_dag.agent.actions import parse_actions, to_qwen_xml  # noqa: E402
+from coop_dag.agent.loop import AgentLimits, CoopAgent, approx_tokens  # noqa: E402
+from coop_dag.agent.messaging import (  # noqa: E402
     MessageBus,
     format_inbox,
     new_run_prefix,
     parse_send_message,
 )
-from coop_dag.models import ModelResponse  # noqa: E402
-from coop_dag.prompts import render_prompts  # noqa: E402
-from coop_dag.redis_server import EmbeddedRedis, connect  # noqa: E402
-from coop_dag.sandbox import (  # noqa: E402
+from coop_dag.agent.models import ModelResponse  # noqa: E402
+from coop_dag.agent.prompts import render_prompts  # noqa: E402
+from coop_dag.agent.redis_server import EmbeddedRedis, connect  # noqa: E402
+from coop_dag.agent.sandbox import (  # noqa: E402
     CommandResult,
     LocalSandbox,
     _run_process,
@@ -55,7 +55,7 @@ from coop_dag.sandbox import (  # noqa: E402
     bwrap_status,
     format_observation,
 )
-from coop_dag.tasks import discover_pairs  # noqa: E402
+from coop_dag.dataset.tasks import discover_pairs  # noqa: E402
 
 SEND = "send_message agent2 <<'MSG'\nI'll take src/datehelp/parsing.py; you keep humanize.py.\nMSG"
 

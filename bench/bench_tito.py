@@ -28,8 +28,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from coop_dag.chat import tokenizer_sha256  # noqa: E402
-from coop_dag.tito import (  # noqa: E402
+from coop_dag.tito.build import (  # noqa: E402
     TitoConfig,
     build_tito,
     load_tokenizer,
@@ -37,6 +36,7 @@ from coop_dag.tito import (  # noqa: E402
     synthesise_token_capture,
     trajectories_from_run,
 )
+from coop_dag.tito.chat import tokenizer_sha256  # noqa: E402
 
 
 def _captured_turns(trajs) -> tuple[int, int]:

@@ -34,9 +34,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from coop_dag.students import get_student  # noqa: E402
-from coop_dag.tito import TitoConfig, build_tito_parquet, trajectories_from_run  # noqa: E402
-from coop_dag.train import (  # noqa: E402
+from coop_dag.tito.build import TitoConfig, build_tito_parquet, trajectories_from_run  # noqa: E402
+from coop_dag.training.students import get_student  # noqa: E402
+from coop_dag.training.train import (  # noqa: E402
     TitoCollator,
     _lora_config,
     get_recipe,
@@ -56,7 +56,7 @@ def raw_loop(student, train_path: Path, recipe, work: Path) -> dict:
     from peft import get_peft_model
     from transformers import set_seed
 
-    from coop_dag.tito_dataset import TitoSFTDataset
+    from coop_dag.tito.dataset import TitoSFTDataset
 
     rows, _ = read_parquet_rows(train_path)
     prepared, _ = prepare_rows(rows, recipe)

@@ -5,7 +5,7 @@ own conversation with a tool result, up to ``--max-tokens`` a turn, greedy.
 
 The retired server is run from the last commit that had it (``--baseline-ref``, extracted with
 ``git archive`` into a temp dir, run with the core venv); vLLM is launched exactly as the
-serving resource launches it (`coop_dag.vllm.serve_command`, the evaluation protocol's dtype).
+serving resource launches it (`serving.vllm.serve_command`, the evaluation protocol's dtype).
 Reported per engine: wall time, generated tokens/s, p50/p95 request latency, peak resident
 memory of the server's whole process group (sampled every 0.5 s), and the ratios.
 
@@ -30,10 +30,9 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from coop_dag.actions import BASH_TOOL  # noqa: E402
-from coop_dag.probe import first_turn_messages, held_out_cases  # noqa: E402
-from coop_dag.students import get_student  # noqa: E402
-from coop_dag.vllm import (  # noqa: E402
+from coop_dag.agent.actions import BASH_TOOL  # noqa: E402
+from coop_dag.serving.probe import first_turn_messages, held_out_cases  # noqa: E402
+from coop_dag.serving.vllm import (  # noqa: E402
     DEFAULT_MAX_MODEL_LEN,
     EVAL_DTYPE,
     VllmEngine,
@@ -41,6 +40,7 @@ from coop_dag.vllm import (  # noqa: E402
     VllmServeConfig,
     serve_command,
 )
+from coop_dag.training.students import get_student  # noqa: E402
 
 BASELINE_REF = "c19f0e5"  # main before the hand-written server retired
 

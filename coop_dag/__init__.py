@@ -6,7 +6,7 @@ from pathlib import Path
 
 # litellm downloads its model price map when first imported unless told to use its bundled
 # copy. Every entry point (code location, CLI, server, scripts) imports this package before
-# anything imports litellm (only coop_dag.models does), so the offline default is set once,
+# anything imports litellm (only coop_dag.agent.models does), so the offline default is set once,
 # here; an explicit setting in the environment wins.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 

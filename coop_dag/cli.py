@@ -22,8 +22,8 @@ DATASET_FLAGS = {
 }
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
-    from coop_dag.dataset_config import resolve_dataset_config
-    from coop_dag.tasks import SPLITS, task_pool_summary
+    from coop_dag.dataset.config import resolve_dataset_config
+    from coop_dag.dataset.tasks import SPLITS, task_pool_summary
 
     if args.test and args.held_out and args.test != args.held_out:
         raise ValueError(f"--test {args.test} and its older name --held-out {args.held_out} differ")
@@ -78,8 +78,8 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def _cmd_dataset_validate(args: argparse.Namespace) -> int:
-    from coop_dag.dataset_check import validate_dataset
-    from coop_dag.dataset_config import resolve_mirror
+    from coop_dag.dataset.check import validate_dataset
+    from coop_dag.dataset.config import resolve_mirror
 
     mirror, _ = resolve_mirror(args.mirror_dir, flag="--mirror-dir")
     report = validate_dataset(
@@ -97,8 +97,8 @@ def _cmd_dataset_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_dataset_manifest(args: argparse.Namespace) -> int:
-    from coop_dag.dataset_check import write_manifests
-    from coop_dag.dataset_config import resolve_mirror
+    from coop_dag.dataset.check import write_manifests
+    from coop_dag.dataset.config import resolve_mirror
 
     mirror, _ = resolve_mirror(args.mirror_dir, flag="--mirror-dir")
     results = write_manifests(Path(args.dir), mirror, dry_run=args.check)
@@ -118,7 +118,7 @@ def _cmd_dataset_manifest(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from coop_dag.metrics import main_score
+    from coop_dag.eval.metrics import main_score
 
     main_score(
         Path(args.run_dir),
@@ -132,12 +132,12 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import re
 
-    from coop_dag.dataset_config import parse_repos, resolve_dataset_config
-    from coop_dag.model_eval import evaluate_model, score_table, select_eval_pairs
-    from coop_dag.profiles import resolve_profile
-    from coop_dag.rollouts import RolloutErrors
-    from coop_dag.serving import ServeSettings
-    from coop_dag.variants import default_variant_name, get_variant
+    from coop_dag.agent.rollouts import RolloutErrors
+    from coop_dag.config.profiles import resolve_profile
+    from coop_dag.config.variants import default_variant_name, get_variant
+    from coop_dag.dataset.config import parse_repos, resolve_dataset_config
+    from coop_dag.eval.model_eval import evaluate_model, score_table, select_eval_pairs
+    from coop_dag.serving.server import ServeSettings
 
     explicit_pairs = parse_repos(args.pairs) if args.pairs else ()
     config = resolve_dataset_config(
@@ -187,7 +187,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_lineage(args: argparse.Namespace) -> int:
-    from coop_dag.lineage import LineageStore, default_store_path, format_chain
+    from coop_dag.eval.lineage import LineageStore, default_store_path, format_chain
 
     store = LineageStore(Path(args.db) if args.db else default_store_path())
     print(format_chain(store.metric(args.metric, args.variant, args.asset)))
@@ -195,8 +195,8 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from coop_dag.hostcheck import check_profile
-    from coop_dag.profiles import resolve_profile
+    from coop_dag.config.hostcheck import check_profile
+    from coop_dag.config.profiles import resolve_profile
 
     profile = resolve_profile()
     print(json.dumps(profile.describe(), indent=2))
@@ -213,15 +213,15 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import shlex
 
-    from coop_dag.profiles import resolve_profile
-    from coop_dag.students import get_student
-    from coop_dag.vllm import (
+    from coop_dag.config.profiles import resolve_profile
+    from coop_dag.serving.vllm import (
         DEFAULT_MAX_MODEL_LEN,
         EVAL_DTYPE,
         VllmLauncher,
         VllmServeConfig,
         serve_command,
     )
+    from coop_dag.training.students import get_student
 
     student = get_student(args.student)
     adapters = {}
@@ -262,7 +262,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from coop_dag.serving import DEFAULT_PORT  # the port the serving resource starts vLLM on
+    from coop_dag.serving.server import DEFAULT_PORT  # the port the serving resource starts vLLM on
 
     parser = argparse.ArgumentParser(
         prog="coop-dag",

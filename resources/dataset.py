@@ -1,21 +1,21 @@
 """Where tasks come from: the bundled CooperBench-format dataset or a real `dataset/` checkout.
 
-Resolution (config value, then environment, then default) is `coop_dag.dataset_config`'s, the
+Resolution (config value, then environment, then default) is `coop_dag.dataset.config`'s, the
 same as the `coop-dag` command line; README "Configuring the dataset" has the table."""
 
 from pathlib import Path
 
 import dagster as dg
 
-from coop_dag.dataset_config import DatasetConfig, resolve_dataset_config
-from coop_dag.tasks import RepoSplit
+from coop_dag.dataset.config import DatasetConfig, resolve_dataset_config
+from coop_dag.dataset.tasks import RepoSplit
 
 
 class DatasetResource(dg.ConfigurableResource):
     """Task source and repository split. Every field left empty falls back to its environment
     variable (COOP_DAG_DATASET, COOP_DAG_SUBSET, COOP_DAG_MIRROR_DIR, COOP_DAG_VALIDATION_REPOS,
     COOP_DAG_TEST_REPOS or its older name COOP_DAG_HELD_OUT), then to the default: the bundled
-    dataset with its bundled split (`coop_dag.tasks.BUNDLED_SPLIT`). Another dataset must name
+    dataset with its bundled split (`dataset.tasks.BUNDLED_SPLIT`). Another dataset must name
     its validation and test repositories."""
 
     dataset_dir: str = ""

@@ -5,7 +5,7 @@ from typing import Any
 
 import dagster as dg
 
-from coop_dag.lineage import LineageStore, default_store_path
+from coop_dag.eval.lineage import LineageStore, default_store_path
 
 
 class LineageResource(dg.ConfigurableResource):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from coop_dag.profiles import SANDBOXES, ProfileError, resolve_profile
+from coop_dag.config.profiles import SANDBOXES, ProfileError, resolve_profile
 
 
 class RolloutResource(dg.ConfigurableResource):

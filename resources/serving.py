@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from coop_dag.profiles import ServerChoice, resolve_profile
-from coop_dag.serving import (
+from coop_dag.config.profiles import ServerChoice, resolve_profile
+from coop_dag.serving.server import (
     DEFAULT_PORT,
     DEFAULT_PROBE_MAX_TOKENS,
     Endpoint,
@@ -42,10 +42,10 @@ from coop_dag.serving import (
     release_server,
     stop_server,
 )
-from coop_dag.vllm import DEFAULT_MAX_MODEL_LEN, EVAL_DTYPE
+from coop_dag.serving.vllm import DEFAULT_MAX_MODEL_LEN, EVAL_DTYPE
 
 if TYPE_CHECKING:
-    from coop_dag.verl import Command
+    from coop_dag.training.verl import Command
 
 
 
@@ -103,7 +103,7 @@ class ServingResource(dg.ConfigurableResource):
 
     # -- choices ------------------------------------------------------------------------
     def settings(self) -> ServeSettings:
-        """This resource's fields as the plain settings `coop_dag.serving` launches from (the
+        """This resource's fields as the plain settings `coop_dag.serving.server` launches from (the
         same code `coop-dag eval` uses)."""
         return ServeSettings(
             url=self.url,
@@ -133,7 +133,7 @@ class ServingResource(dg.ConfigurableResource):
         return resolve_profile().runs_dir / "serving"
 
     def probe(self):
-        """The fixed held-out first-turn probe (:func:`coop_dag.serving.first_turn_probe`)."""
+        """The fixed held-out first-turn probe (`serving.server.first_turn_probe`)."""
         return first_turn_probe(max_tokens=self.probe_max_tokens)
 
     # -- endpoints ----------------------------------------------------------------------

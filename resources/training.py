@@ -10,8 +10,8 @@ import dagster as dg
 from pydantic import Field
 
 from coop_dag import REPO_ROOT
-from coop_dag.hostcheck import check_trainer
-from coop_dag.profiles import (
+from coop_dag.config.hostcheck import check_trainer
+from coop_dag.config.profiles import (
     CLUSTER_VERL_PYTHON,
     TRAINERS,
     VERL_KINDS,
@@ -22,7 +22,7 @@ from coop_dag.profiles import (
 )
 
 if TYPE_CHECKING:
-    from coop_dag.verl import VerlLauncher
+    from coop_dag.training.verl import VerlLauncher
 
 
 class TrainingResource(dg.ConfigurableResource):
@@ -42,9 +42,9 @@ class TrainingResource(dg.ConfigurableResource):
     - the trainer: ``kind`` (embedded | verl | verl-cpu), for verl ``verl_python`` or
       ``verl_image`` and ``nproc`` (verl-cpu: ``verl_python``, default the venv of
       ``scripts/verl_venv.sh``; one CPU process); `trainer_choice()` resolves them against
-      the profile and `verl_launcher()` builds the `coop_dag.verl.VerlLauncher`.
+      the profile and `verl_launcher()` builds the `coop_dag.training.verl.VerlLauncher`.
       ``lora_checkpoint`` trains with whichever `trainer_choice()` names: the embedded CPU
-      trainer in process, or verl as an external process (`coop_dag.verl.train_lora_verl`,
+      trainer in process, or verl as an external process (`coop_dag.training.verl.train_lora_verl`,
       run dir ``<work_dir>/<variant>/verl-<key>/``).
     """
 
@@ -121,13 +121,13 @@ class TrainingResource(dg.ConfigurableResource):
 
     def check_host(self) -> None:
         """The GPUs (and Docker, for an image) the trainer needs, before anything starts:
-        `coop_dag.hostcheck.HostRequirementError` naming what is missing and the variable."""
+        `coop_dag.config.hostcheck.HostRequirementError` naming what is missing and the variable."""
         if self.check_gpus:
             check_trainer(self.trainer_choice())
 
     def verl_launcher(self) -> VerlLauncher:
         """Where verl runs (its python, or its image); an error when the trainer is not verl."""
-        from coop_dag.verl import VerlLauncher
+        from coop_dag.training.verl import VerlLauncher
 
         choice = self.trainer_choice()
         if choice.kind not in VERL_KINDS:

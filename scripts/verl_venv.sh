@@ -8,7 +8,7 @@
 # pinned; torch from the local CPU wheel in /opt/wheels). Idempotent: a stamp holds the hash
 # of this script and the requirements; while they are unchanged a rerun does nothing. The
 # project itself is not installed here: the launcher puts the checkout on PYTHONPATH
-# (coop_dag.tito_dataset for data.custom_cls, coop_dag.verl_cpu_platform for the CPU).
+# (coop_dag.tito.dataset for data.custom_cls, coop_dag.training.verl_cpu_platform for the CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${COOP_DAG_VERL_VENV:-.venv-verl}
@@ -48,13 +48,13 @@ assert torch.__version__ == "2.13.0+cpu" and torch.version.cuda is None, f"torch
 assert not bad, f"CUDA packages came in: {bad}"
 assert verl.__version__ == "0.9.1", f"verl {verl.__version__}, expected 0.9.1"
 PY
-PYTHONPATH="$PWD" VERL_USE_EXTERNAL_MODULES=coop_dag.verl_cpu_platform VERL_PLATFORM=cpu \
+PYTHONPATH="$PWD" VERL_USE_EXTERNAL_MODULES=coop_dag.training.verl_cpu_platform VERL_PLATFORM=cpu \
   "$VENV/bin/python" -c "
 from verl.plugin.platform import get_platform
 from verl.utils.distributed import initialize_global_process_group as init
 assert get_platform().device_name == 'cpu', get_platform()
-assert init.__module__ == 'coop_dag.verl_cpu_platform', init.__module__
-import coop_dag.tito_dataset, coop_dag.verl_pipes, dagster_pipes, fastapi, uvicorn, peft
+assert init.__module__ == 'coop_dag.training.verl_cpu_platform', init.__module__
+import coop_dag.tito.dataset, coop_dag.training.verl_pipes, dagster_pipes, fastapi, uvicorn, peft
 "
 echo "$want" > "$stamp"
 echo "verl_venv: ready: $VENV/bin/python (verl 0.9.1, torch 2.13.0+cpu)" >&2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coop_dag.redis_server import EmbeddedRedis
+from coop_dag.agent.redis_server import EmbeddedRedis
 
 
 @pytest.fixture(scope="session")

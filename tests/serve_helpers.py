@@ -27,7 +27,7 @@ _lock = threading.Lock()
 
 @lru_cache(maxsize=1)
 def student():
-    from coop_dag.students import get_student
+    from coop_dag.training.students import get_student
 
     return get_student(STUDENT)
 
@@ -66,7 +66,7 @@ def start_server_early() -> None:
 
 
 def _start():
-    from coop_dag.serving import stop_server
+    from coop_dag.serving.server import stop_server
     from resources.serving import ServingResource
 
     state = Path(tempfile.mkdtemp(prefix="coop-vllm-state-"))
@@ -215,7 +215,7 @@ def adapters() -> dict[str, str]:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from coop_dag.adapters import write_lineage
+    from coop_dag.training.adapters import write_lineage
 
     root = Path(tempfile.mkdtemp(prefix="coop-serve-adapters-"))
     atexit.register(shutil.rmtree, root, True)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from coop_dag.actions import (
+from coop_dag.agent.actions import (
     BASH_TOOL,
     NO_TOOL_CALLS_ERROR,
     SUBMIT_COMMAND,

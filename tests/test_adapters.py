@@ -1,4 +1,4 @@
-"""coop_dag.adapters on hand-made PEFT directories (real safetensors written with torch)."""
+"""training.adapters on hand-made PEFT directories (real safetensors written with torch)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from coop_dag.adapters import (
+from coop_dag.training.adapters import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     LINEAGE_FILE,
@@ -324,7 +324,7 @@ def test_lineage_refusals(tmp_path):
 
 
 def test_command_line(tmp_path, capsys):
-    from coop_dag.adapters import main
+    from coop_dag.training.adapters import main
 
     d = verl_071_export(tmp_path / "a")
     assert main(["validate", str(d)]) == 1

@@ -1,4 +1,4 @@
-"""coop_dag.agent: the CoopAgent loop driven by a scripted model, for real — a bubblewrap
+"""coop_dag.agent.loop: the CoopAgent loop driven by a scripted model, for real — a bubblewrap
 sandbox on a bundled task checkout and a real Redis-protocol server for messaging.
 
 Paths covered here, one agent at a time (the two-agent choreography is in test_episode.py):
@@ -23,14 +23,14 @@ from typing import Any
 import pytest
 
 from coop_dag import BUNDLED_DATASET
-from coop_dag.actions import SUBMIT_COMMAND, to_qwen_xml
-from coop_dag.agent import AgentLimits, CoopAgent, approx_tokens
-from coop_dag.messaging import MessageBus, new_run_prefix
-from coop_dag.models import ChatModel, ModelResponse
-from coop_dag.prompts import render_prompts
-from coop_dag.redis_server import connect
-from coop_dag.sandbox import LocalSandbox, bwrap_status
-from coop_dag.tasks import discover_pairs
+from coop_dag.agent.actions import SUBMIT_COMMAND, to_qwen_xml
+from coop_dag.agent.loop import AgentLimits, CoopAgent, approx_tokens
+from coop_dag.agent.messaging import MessageBus, new_run_prefix
+from coop_dag.agent.models import ChatModel, ModelResponse
+from coop_dag.agent.prompts import render_prompts
+from coop_dag.agent.redis_server import connect
+from coop_dag.agent.sandbox import LocalSandbox, bwrap_status
+from coop_dag.dataset.tasks import discover_pairs
 
 BWRAP_OK, BWRAP_INFO = bwrap_status()
 needs_bwrap = pytest.mark.skipif(not BWRAP_OK, reason=f"bubblewrap unusable: {BWRAP_INFO}")

@@ -151,7 +151,7 @@ def _meta(record) -> dict:
 
 
 def test_backfill_over_two_tiny_variants_runs_the_whole_graph(tmp_path, vllm_server):
-    from coop_dag.variants import load_variants
+    from coop_dag.config.variants import load_variants
 
     variants = load_variants(FIXTURE)
     names = list(variants)
@@ -199,7 +199,7 @@ def check_backfill(tmp_path: Path, variants: dict) -> None:
     import dagster as dg
     from dagster._core.execution.backfill import BulkActionStatus
 
-    from coop_dag.lineage import LineageStore
+    from coop_dag.eval.lineage import LineageStore
 
     names = list(variants)
     home, runs = tmp_path / "home", tmp_path / "runs"

@@ -1,4 +1,4 @@
-"""coop_dag.chat: template copies, the one renderer, the student's target text."""
+"""coop_dag.tito.chat: template copies, the one renderer, the student's target text."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import json
 import pytest
 
 from coop_dag import CONFIG_DIR
-from coop_dag.actions import BASH_TOOL, parse_actions, to_qwen_xml
-from coop_dag.chat import (
+from coop_dag.agent.actions import BASH_TOOL, parse_actions, to_qwen_xml
+from coop_dag.tito.build import load_tokenizer, qwen3_tokenizer_dir
+from coop_dag.tito.chat import (
     assistant_target_text,
     chat_template_sha256,
     render_ids,
@@ -18,7 +19,6 @@ from coop_dag.chat import (
     template_messages,
     tokenizer_sha256,
 )
-from coop_dag.tito import load_tokenizer, qwen3_tokenizer_dir
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The copier control through the real runtime: two agents in bubblewrap sandboxes, messaging
-through a real Redis-protocol server, the task's tests run, then scored by coop_dag.metrics.
+through a real Redis-protocol server, the task's tests run, then scored by coop_dag.eval.metrics.
 It pastes the Files Modified list, greps it and submits -- and still clears plan_first,
 plan_content and follow_through (so the report marks them "copyable"), while it never edits."""
 
@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 
 from coop_dag import BUNDLED_DATASET
-from coop_dag.episode import pair_dir
-from coop_dag.metrics import score_run
-from coop_dag.rollouts import limits_from, raise_on_errors, rollout_pairs
-from coop_dag.tasks import discover_pairs
-from coop_dag.teachers import CopierPolicy, copier_factory
+from coop_dag.agent.episode import pair_dir
+from coop_dag.agent.rollouts import limits_from, raise_on_errors, rollout_pairs
+from coop_dag.agent.teachers import CopierPolicy, copier_factory
+from coop_dag.dataset.tasks import discover_pairs
+from coop_dag.eval.metrics import score_run
 
 try:
     from test_agent import needs_bwrap
@@ -82,8 +82,8 @@ def test_control_assets_run_on_the_test_pairs_and_reach_the_report(
 
     from assets import controls, evaluation
     from assets.tasks import task_pool
-    from coop_dag.runlogs import iter_pairs
-    from coop_dag.tasks import require_pairs
+    from coop_dag.dataset.tasks import require_pairs
+    from coop_dag.eval.runlogs import iter_pairs
     from resources.dataset import DatasetResource
     from resources.lineage import LineageResource
     from resources.rollout import RolloutResource

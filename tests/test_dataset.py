@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from coop_dag import BUNDLED_DATASET, PACKAGE_DIR
-from coop_dag.tasks import (
+from coop_dag.dataset.tasks import (
     BASE_GIT_ENV,
     BUNDLED_SPLIT,
     Task,

@@ -13,8 +13,8 @@ import pytest
 from dataset_factory import MERGES, add_task, make_dataset, write
 
 from coop_dag.cli import main
-from coop_dag.dataset_check import compute_manifest, validate_dataset, write_manifests
-from coop_dag.tasks import (
+from coop_dag.dataset.check import compute_manifest, validate_dataset, write_manifests
+from coop_dag.dataset.tasks import (
     RepoSplit,
     TaskError,
     check_task,

@@ -11,8 +11,8 @@ from dataset_factory import make_dataset, write
 
 from coop_dag import BUNDLED_DATASET
 from coop_dag.cli import main
-from coop_dag.dataset_config import resolve_dataset_config
-from coop_dag.tasks import BUNDLED_SPLIT, TaskError
+from coop_dag.dataset.config import resolve_dataset_config
+from coop_dag.dataset.tasks import BUNDLED_SPLIT, TaskError
 
 ENV_NAMES = (
     "COOP_DAG_DATASET",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from coop_dag.tasks import BUNDLED_SPLIT
-from coop_dag.variants import load_variants
+from coop_dag.config.variants import load_variants
+from coop_dag.dataset.tasks import BUNDLED_SPLIT
 
 ROOT = Path(__file__).resolve().parents[1]
 

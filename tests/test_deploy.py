@@ -25,8 +25,8 @@ import pytest
 import yaml
 
 from coop_dag import REPO_ROOT
-from coop_dag.dataset_config import ENV_VARS as DATASET_ENV_VARS
-from coop_dag.profiles import (
+from coop_dag.agent.sandbox import docker_exec_argv, docker_run_argv, image_for
+from coop_dag.config.profiles import (
     CLUSTER_VERL_PYTHON,
     CLUSTER_VLLM_PYTHON,
     EMBEDDED_VLLM_PYTHON,
@@ -36,8 +36,8 @@ from coop_dag.profiles import (
     TrainerChoice,
     resolve_profile,
 )
-from coop_dag.sandbox import docker_exec_argv, docker_run_argv, image_for
-from coop_dag.verl import VerlLauncher
+from coop_dag.dataset.config import ENV_VARS as DATASET_ENV_VARS
+from coop_dag.training.verl import VerlLauncher
 from resources.serving import ServingResource
 from resources.training import TrainingResource
 
@@ -477,7 +477,7 @@ def test_resources_resolve_to_cluster_choices(clean_env):
     launcher = TrainingResource().verl_launcher()
     assert isinstance(launcher, VerlLauncher)
     assert launcher.python == CLUSTER_VERL_PYTHON and launcher.image is None
-    assert launcher.pythonpath == (str(REPO_ROOT),)  # pkg://coop_dag.tito_dataset imports
+    assert launcher.pythonpath == (str(REPO_ROOT),)  # pkg://coop_dag.tito.dataset imports
     assert TrainingResource(project_on_pythonpath=False).verl_launcher().pythonpath == ()
     serving = ServingResource(port=8000)
     assert serving.server_choice() == ServerChoice("gpu", vllm_python=CLUSTER_VLLM_PYTHON)

@@ -12,7 +12,7 @@ import shutil
 import dagster as dg
 import serve_helpers as H
 
-from coop_dag.adapters import adapter_name, write_lineage
+from coop_dag.training.adapters import adapter_name, write_lineage
 
 
 def test_dropped_adapter_is_evaluated_in_its_own_partition(vllm_server, tmp_path, monkeypatch):

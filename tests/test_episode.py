@@ -1,4 +1,4 @@
-"""coop_dag.episode: whole pairs, for real — two agents concurrently, each in a bubblewrap
+"""coop_dag.agent.episode: whole pairs, for real — two agents concurrently, each in a bubblewrap
 sandbox, messaging through a real Redis-protocol server, evaluated with the task's tests —
 driven by scripted models, then the CooperBench log layout read back.
 
@@ -27,8 +27,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from coop_dag import BUNDLED_DATASET  # noqa: E402
-from coop_dag.agent import AgentLimits  # noqa: E402
-from coop_dag.episode import (  # noqa: E402
+from coop_dag.agent.episode import (  # noqa: E402
     EpisodeSettings,
     docker_sandbox,
     local_sandbox,
@@ -37,18 +36,19 @@ from coop_dag.episode import (  # noqa: E402
     run_pairs,
     sandbox_factory,
 )
-from coop_dag.hostcheck import HostRequirementError  # noqa: E402
-from coop_dag.messaging import MessagingError  # noqa: E402
-from coop_dag.models import LiteLLMChatModel  # noqa: E402
-from coop_dag.redis_server import connect  # noqa: E402
-from coop_dag.rollouts import (  # noqa: E402
+from coop_dag.agent.loop import AgentLimits  # noqa: E402
+from coop_dag.agent.messaging import MessagingError  # noqa: E402
+from coop_dag.agent.models import LiteLLMChatModel  # noqa: E402
+from coop_dag.agent.redis_server import connect  # noqa: E402
+from coop_dag.agent.rollouts import (  # noqa: E402
     RolloutErrors,
     raise_on_errors,
     rollout_pairs,
     summarise_run,
 )
-from coop_dag.sandbox import LocalSandbox  # noqa: E402
-from coop_dag.tasks import checkout_base, discover_pairs  # noqa: E402
+from coop_dag.agent.sandbox import LocalSandbox  # noqa: E402
+from coop_dag.config.hostcheck import HostRequirementError  # noqa: E402
+from coop_dag.dataset.tasks import checkout_base, discover_pairs  # noqa: E402
 
 try:
     from openai_test_server import OpenAITestServer, Reply

@@ -1,4 +1,4 @@
-"""coop_dag.evaluate: CooperBench's coop eval.json for a pair, on a task built here (gold
+"""coop_dag.eval.evaluate: CooperBench's coop eval.json for a pair, on a task built here (gold
 patches generated with git) and, when present, on the bundled dataset's manifests."""
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 from coop_dag import BUNDLED_DATASET, PACKAGE_DIR
-from coop_dag.evaluate import (
+from coop_dag.agent.sandbox import bwrap_status
+from coop_dag.dataset.tasks import BASE_GIT_ENV, Pair, Task, checkout_base, load_task
+from coop_dag.eval.evaluate import (
     evaluate_pair,
     filter_test_files,
     parse_pytest_summary,
     write_eval,
 )
-from coop_dag.sandbox import bwrap_status
-from coop_dag.tasks import BASE_GIT_ENV, Pair, Task, checkout_base, load_task
 
 BWRAP_OK, BWRAP_INFO = bwrap_status()
 needs_bwrap = pytest.mark.skipif(not BWRAP_OK, reason=f"bubblewrap unusable: {BWRAP_INFO}")

@@ -26,8 +26,10 @@ from pathlib import Path
 import pytest
 from dataset_factory import add_docker_task
 
-from coop_dag.episode import EpisodeSettings
-from coop_dag.evaluate import (
+from coop_dag.agent.episode import EpisodeSettings
+from coop_dag.agent.sandbox import DockerSandbox, bwrap_status, image_for, task_image
+from coop_dag.dataset.tasks import TaskError, discover_pairs
+from coop_dag.eval.evaluate import (
     _OFFLINE_RUNNER,
     IMAGE_RUNNER,
     ImageTestSettings,
@@ -35,9 +37,7 @@ from coop_dag.evaluate import (
     run_in_image,
     write_eval,
 )
-from coop_dag.metrics import eval_outcome
-from coop_dag.sandbox import DockerSandbox, bwrap_status, image_for, task_image
-from coop_dag.tasks import TaskError, discover_pairs
+from coop_dag.eval.metrics import eval_outcome
 
 BWRAP_OK, BWRAP_INFO = bwrap_status()
 needs_bwrap = pytest.mark.skipif(not BWRAP_OK, reason=f"bubblewrap unusable: {BWRAP_INFO}")
@@ -143,7 +143,7 @@ def no_task_env(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("ensure_task_env called under the docker backend")
 
-    monkeypatch.setattr("coop_dag.evaluate.ensure_task_env", refuse)
+    monkeypatch.setattr("coop_dag.eval.evaluate.ensure_task_env", refuse)
 
 
 def evaluate_to_file(pair, patches, tmp_path, mirror, **kw) -> dict:
@@ -389,7 +389,7 @@ def test_a_task_without_an_image_layout_runs_locally_under_docker(fake_docker, t
 
 def test_rollouts_evaluate_with_the_sandbox_backend(fake_docker, tmp_path, monkeypatch):
     """`rollout_pairs(sandbox="docker")` (the cluster profile's choice) evaluates in images."""
-    from coop_dag import rollouts
+    from coop_dag.agent import rollouts
 
     seen: list[EpisodeSettings] = []
     monkeypatch.setattr(

@@ -28,14 +28,14 @@ import pytest
 import serve_helpers as H
 
 from coop_dag import BUNDLED_DATASET
-from coop_dag import rollouts as rollouts_module
-from coop_dag.agent import AgentLimits
-from coop_dag.episode import pair_dir
-from coop_dag.metrics import score_run
-from coop_dag.models import ModelResponse
-from coop_dag.redis_server import EmbeddedRedis, RedisGone, RedisLink
-from coop_dag.rollouts import RolloutErrors, raise_on_errors, rollout_pairs, summarise_run
-from coop_dag.tasks import discover_pairs
+from coop_dag.agent import rollouts as rollouts_module
+from coop_dag.agent.episode import pair_dir
+from coop_dag.agent.loop import AgentLimits
+from coop_dag.agent.models import ModelResponse
+from coop_dag.agent.redis_server import EmbeddedRedis, RedisGone, RedisLink
+from coop_dag.agent.rollouts import RolloutErrors, raise_on_errors, rollout_pairs, summarise_run
+from coop_dag.dataset.tasks import discover_pairs
+from coop_dag.eval.metrics import score_run
 
 try:
     from test_agent import ScriptedModel, assistant_turns, call, needs_bwrap, submit, text, wait_for
@@ -200,8 +200,8 @@ def stand_in_serving(tmp_path, monkeypatch):
     import socket
     import sys
 
-    from coop_dag.serving import ServeSettings
-    from coop_dag.verl import Command
+    from coop_dag.serving.server import ServeSettings
+    from coop_dag.training.verl import Command
     from resources.serving import ServingResource
 
     with socket.socket() as sock:
@@ -233,7 +233,7 @@ def _gone(pid: int) -> bool:
 def test_the_serving_resource_restarts_a_server_it_started_that_died(stand_in_serving):
     """Each stage's `serving.ensure` checks the server: one that was SIGKILLed since the last
     stage is started again, and the log says it died, with its last lines."""
-    from coop_dag.vllm import VllmEngine
+    from coop_dag.serving.vllm import VllmEngine
 
     first = stand_in_serving.ensure(H.STUDENT)
     assert first.started
@@ -254,7 +254,7 @@ def test_the_serving_resource_restarts_a_server_it_started_that_died(stand_in_se
 def test_a_wedged_server_is_killed_and_started_again(stand_in_serving, monkeypatch):
     """A server that answered once and now does not answer /health (SIGSTOPped: it holds its
     port and accepts nothing) is killed, stray processes included, and started again."""
-    from coop_dag import serving
+    from coop_dag.serving import server as serving
 
     monkeypatch.setattr(serving, "HUNG_GRACE_S", 2.0)
     first = stand_in_serving.ensure(H.STUDENT)
@@ -272,8 +272,8 @@ def test_a_server_that_cannot_start_again_fails_with_its_log_tail(stand_in_servi
     fails with the new attempt's log tail, not a silent retry loop."""
     import sys
 
-    from coop_dag.serving import ServeSettings, ServingError
-    from coop_dag.verl import Command
+    from coop_dag.serving.server import ServeSettings, ServingError
+    from coop_dag.training.verl import Command
 
     first = stand_in_serving.ensure(H.STUDENT)
     os.kill(_server_process(first.pid), signal.SIGKILL)
@@ -485,8 +485,8 @@ def test_an_output_flood_is_capped_and_the_episode_goes_on(tmp_path):
 
 @needs_bwrap
 def test_a_context_overflow_ends_the_agent_as_a_scored_outcome(tmp_path):
-    from coop_dag.agent import approx_tokens
-    from coop_dag.prompts import render_prompts
+    from coop_dag.agent.loop import approx_tokens
+    from coop_dag.agent.prompts import render_prompts
 
     prompts = [
         render_prompts(f.description, "agent1", "agent2", steering=False)

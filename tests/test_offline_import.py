@@ -1,5 +1,5 @@
 """No network attempt at import: loading the code location and then importing litellm (as a
-run's first LLM call does, through coop_dag.models) opens no connection, although the
+run's first LLM call does, through coop_dag.agent.models) opens no connection, although the
 environment does not set LITELLM_LOCAL_MODEL_COST_MAP -- the code sets it."""
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def test_loading_the_code_location_and_litellm_makes_no_network_attempt(tmp_path
     result = _run(
         "import definitions\n"
         "assert definitions.defs is not None\n"
-        "import coop_dag.models\n"
+        "import coop_dag.agent.models\n"
         "import litellm\n",
         tmp_path,
     )

@@ -1,4 +1,4 @@
-from coop_dag.paths import extract_paths
+from coop_dag.util.paths import extract_paths
 
 
 def test_paths_in_backticks_code_blocks_and_lists():

@@ -1,4 +1,4 @@
-"""coop_dag.probe: validation first-turn cases, the request the runtime sends, scoring as the
+"""serving.probe: validation first-turn cases, the request the runtime sends, scoring as the
 agent loop and the metrics read a turn (inline calls and vLLM's parsed tool calls), and a real
 greedy run on the session's vLLM (tiny-qwen3) with and without an adapter."""
 
@@ -12,8 +12,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from coop_dag import BUNDLED_DATASET  # noqa: E402
-from coop_dag.actions import BASH_TOOL, to_qwen_xml  # noqa: E402
-from coop_dag.probe import (  # noqa: E402
+from coop_dag.agent.actions import BASH_TOOL, to_qwen_xml  # noqa: E402
+from coop_dag.agent.prompts import render_prompts  # noqa: E402
+from coop_dag.dataset.tasks import BUNDLED_SPLIT, discover_tasks  # noqa: E402
+from coop_dag.serving.probe import (  # noqa: E402
     ProbeError,
     ProbeResult,
     case_probe,
@@ -24,9 +26,7 @@ from coop_dag.probe import (  # noqa: E402
     probe_key,
     score_output,
 )
-from coop_dag.prompts import render_prompts  # noqa: E402
-from coop_dag.students import get_student  # noqa: E402
-from coop_dag.tasks import BUNDLED_SPLIT, discover_tasks  # noqa: E402
+from coop_dag.training.students import get_student  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +106,8 @@ def test_score_output(cases):
 def test_probe_on_vllm_with_and_without_an_adapter(vllm_server, cases, tmp_path):
     import serve_helpers as H
 
-    from coop_dag.adapters import adapter_name
-    from coop_dag.serving import ensure_loaded
+    from coop_dag.serving.server import ensure_loaded
+    from coop_dag.training.adapters import adapter_name
 
     two = cases[:2]
     base = probe_endpoint(vllm_server.engine, vllm_server.base_model_id, two, max_new_tokens=12)

@@ -1,5 +1,5 @@
-from coop_dag.paths import extract_paths
-from coop_dag.prompts import format_error, render_prompts, steering_section, strip_steering
+from coop_dag.agent.prompts import format_error, render_prompts, steering_section, strip_steering
+from coop_dag.util.paths import extract_paths
 
 TASK = "**Title**: Add TTL\n\n**Files Modified**\n- `src/lrucache/cache.py`\n"
 

@@ -1,6 +1,6 @@
-from coop_dag.lineage import LineageStore
-from coop_dag.report import report_markdown, report_plot, report_rows, seed_groups
-from coop_dag.variants import load_variants
+from coop_dag.config.variants import load_variants
+from coop_dag.eval.lineage import LineageStore
+from coop_dag.eval.report import report_markdown, report_plot, report_rows, seed_groups
 
 
 def _summary(pf, pc, ft, eft=0.0, both=0.0, cluster=True):

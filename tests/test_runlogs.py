@@ -1,4 +1,4 @@
-"""coop_dag.runlogs: the CooperBench run layout, trajectories, and actions read from them."""
+"""coop_dag.eval.runlogs: the CooperBench run layout, trajectories, and actions read from them."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from coop_dag.actions import to_qwen_xml
-from coop_dag.runlogs import (
+from coop_dag.agent.actions import to_qwen_xml
+from coop_dag.eval.runlogs import (
     RunLogError,
     agent_actions,
     agent_timeline,

@@ -1,4 +1,4 @@
-"""coop_dag.sandbox: the local bubblewrap sandbox (run for real) and the Docker backend
+"""coop_dag.agent.sandbox: the local bubblewrap sandbox (run for real) and the Docker backend
 (argv builders asserted in full, the class driven end to end through a fake `docker`)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from coop_dag import BUNDLED_DATASET, PACKAGE_DIR, REPO_ROOT
-from coop_dag.sandbox import (
+from coop_dag.agent.sandbox import (
     DEFAULT_ENV,
     SYSTEM_PATHS,
     CommandResult,
@@ -39,7 +39,7 @@ from coop_dag.sandbox import (
     secrets_to_hide,
     system_mounts,
 )
-from coop_dag.tasks import Task, checkout_base
+from coop_dag.dataset.tasks import Task, checkout_base
 
 BWRAP_OK, BWRAP_INFO = bwrap_status()
 needs_bwrap = pytest.mark.skipif(not BWRAP_OK, reason=f"bubblewrap unusable: {BWRAP_INFO}")
@@ -502,7 +502,7 @@ def test_sandbox_shows_only_the_workspace_and_the_system(tmp_path: Path, other_r
     """The answer key stays out of reach: the task's gold patch and tests, the project
     checkout, another pair's run directory and $HOME are unreadable by absolute path, while
     normal work (git, pytest on the workspace, sed/grep/cat inside it) still works."""
-    from coop_dag.tasks import discover_tasks
+    from coop_dag.dataset.tasks import discover_tasks
 
     task = discover_tasks(BUNDLED_DATASET)[0]
     feature = next(iter(task.features.values()))

@@ -1,4 +1,4 @@
-"""coop_dag.scratch: temporary directories of a killed run are removed by the next run, with
+"""coop_dag.util.scratch: temporary directories of a killed run are removed by the next run, with
 real processes: a run holding an embedded Redis server and a sandbox is SIGKILLed, the next
 one starts and sweeps."""
 
@@ -13,7 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from coop_dag.scratch import OWNER_FILE, owned_tempdir, owner_alive, sweep_stale
+from coop_dag.util.scratch import OWNER_FILE, owned_tempdir, owner_alive, sweep_stale
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,11 +65,11 @@ def test_a_killed_runs_redis_and_sandbox_dirs_are_cleaned_by_the_next_run(tmp_pa
         """
         import json, os, signal
         from coop_dag import BUNDLED_DATASET
-        from coop_dag.episode import SCRATCH_PREFIX
-        from coop_dag.redis_server import EmbeddedRedis
-        from coop_dag.sandbox import LocalSandbox
-        from coop_dag.scratch import owned_tempdir
-        from coop_dag.tasks import discover_tasks
+        from coop_dag.agent.episode import SCRATCH_PREFIX
+        from coop_dag.agent.redis_server import EmbeddedRedis
+        from coop_dag.agent.sandbox import LocalSandbox
+        from coop_dag.util.scratch import owned_tempdir
+        from coop_dag.dataset.tasks import discover_tasks
 
         server = EmbeddedRedis().start()
         scratch = owned_tempdir(SCRATCH_PREFIX)  # as run_pair makes it
@@ -94,8 +94,8 @@ def test_a_killed_runs_redis_and_sandbox_dirs_are_cleaned_by_the_next_run(tmp_pa
 
         rerun = _python(
             """
-            from coop_dag.episode import EpisodeSettings, run_pairs
-            from coop_dag.redis_server import EmbeddedRedis
+            from coop_dag.agent.episode import EpisodeSettings, run_pairs
+            from coop_dag.agent.redis_server import EmbeddedRedis
 
             with EmbeddedRedis() as server:
                 run_pairs([], None, None, EpisodeSettings(run_dir="unused"))

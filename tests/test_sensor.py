@@ -8,7 +8,7 @@ import dagster as dg
 
 from assets.partitions import DROPPED_ADAPTERS
 from assets.sensors import new_adapter_sensor
-from coop_dag.adapters import adapter_name, adapter_sha12, write_lineage
+from coop_dag.training.adapters import adapter_name, adapter_sha12, write_lineage
 from tests.test_adapters import make_adapter
 
 

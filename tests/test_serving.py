@@ -1,4 +1,4 @@
-"""Adapter registry + probe-based swap verification (coop_dag.serving) against the session's
+"""Adapter registry + probe-based swap verification (coop_dag.serving.server) against the session's
 real vLLM server (faults injected by a real HTTP proxy in front of it), the serving resource's
 lifecycle, and the `served_adapter` asset via materialize()."""
 
@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import serve_helpers as H
 
-from coop_dag.actions import BASH_TOOL
-from coop_dag.adapters import adapter_name
-from coop_dag.serving import (
+from coop_dag.agent.actions import BASH_TOOL
+from coop_dag.serving.server import (
     AdapterNameConflict,
     Probe,
     ServingError,
@@ -29,7 +28,8 @@ from coop_dag.serving import (
     spawn_detached,
     stop_server,
 )
-from coop_dag.vllm import VllmEngine
+from coop_dag.serving.vllm import VllmEngine
+from coop_dag.training.adapters import adapter_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,8 +64,8 @@ def _clean(request):
 
 
 def test_first_turn_probe_is_the_held_out_default_prompt():
-    from coop_dag.prompts import steering_section
-    from coop_dag.tasks import BUNDLED_SPLIT
+    from coop_dag.agent.prompts import steering_section
+    from coop_dag.dataset.tasks import BUNDLED_SPLIT
 
     probe = first_turn_probe()
     assert probe.name.startswith("first-turn:") and probe.name.endswith(":agent1")
@@ -173,7 +173,7 @@ def test_ensure_server_reports_a_server_that_dies(tmp_path):
 
 
 def test_stop_server_only_signals_the_recorded_process(tmp_path):
-    from coop_dag.serving import _pid_alive
+    from coop_dag.serving.server import _pid_alive
 
     argv = [sys.executable, "-c", "import time; time.sleep(60)", "coop-serve-test"]
     pid = spawn_detached(argv, log_path=tmp_path / "x.log")
@@ -274,7 +274,7 @@ def test_dropped_adapter_gets_its_own_partition(server, adapters, tmp_path):
     from assets.dropped import dropped_adapter
     from assets.partitions import DROPPED_ADAPTERS, variant_partitions
     from assets.serving import CHECK, served_adapter
-    from coop_dag.adapters import write_lineage
+    from coop_dag.training.adapters import write_lineage
     from resources.lineage import LineageResource
     from resources.serving import ServingResource
 
@@ -371,7 +371,7 @@ def _port() -> int:
 
 
 def test_a_server_lives_while_a_process_holds_a_lease(tmp_path):
-    from coop_dag.serving import _pid_alive, release_server
+    from coop_dag.serving.server import _pid_alive, release_server
 
     port = _port()
     kw = dict(host="127.0.0.1", port=port, state_dir=tmp_path, expect_ids=["x"])
@@ -383,7 +383,7 @@ def test_a_server_lives_while_a_process_holds_a_lease(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", f"""
 import sys, time; sys.path.insert(0, {str(REPO)!r})
-from coop_dag.serving import ensure_server
+from coop_dag.serving.server import ensure_server
 ensure_server({_stand_in(port, "a")!r}, host="127.0.0.1", port={port},
               state_dir={str(tmp_path)!r}, expect_ids=["x"])
 print("held", flush=True); sys.stdin.readline()
@@ -445,7 +445,7 @@ def test_a_server_of_another_runs_dir_is_never_reused(tmp_path):
 
 
 def test_identity_covers_the_engine_version(tmp_path):
-    from coop_dag.serving import engine_version, server_identity
+    from coop_dag.serving.server import engine_version, server_identity
 
     def venv(version: str) -> str:
         root = tmp_path / version
@@ -469,13 +469,13 @@ def test_a_server_stops_itself_when_its_run_is_killed(tmp_path):
     live process holds one and stops the server (the OOM killer does exactly this)."""
     import signal
 
-    from coop_dag.serving import _pid_alive
+    from coop_dag.serving.server import _pid_alive
 
     port = _port()
     holder = subprocess.Popen(
         [sys.executable, "-c", f"""
 import sys, time; sys.path.insert(0, {str(REPO)!r})
-from coop_dag import serving
+from coop_dag.serving import server as serving
 serving.LEASE_GRACE_S = 2.0
 ep = serving.ensure_server({_stand_in(port, "a")!r}, host="127.0.0.1", port={port},
                            state_dir={str(tmp_path)!r}, expect_ids=["x"])

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from coop_dag import students as st
-from coop_dag.actions import BASH_TOOL, split_content_and_calls, to_qwen_xml
-from coop_dag.students import (
+from coop_dag.agent.actions import BASH_TOOL, split_content_and_calls, to_qwen_xml
+from coop_dag.training import students as st
+from coop_dag.training.students import (
     Student,
     StudentError,
     detect_think_shape,

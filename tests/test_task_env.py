@@ -11,10 +11,8 @@ import shutil
 import pytest
 from dataset_factory import add_docker_task
 
-from coop_dag.episode import pair_dir
-from coop_dag.evaluate import evaluate_pair
-from coop_dag.metrics import eval_outcome, main_score
-from coop_dag.task_env import (
+from coop_dag.agent.episode import pair_dir
+from coop_dag.dataset.task_env import (
     ENV_MARKER,
     TaskEnvError,
     ensure_task_env,
@@ -22,7 +20,9 @@ from coop_dag.task_env import (
     parse_declarations,
     static_project_requirements,
 )
-from coop_dag.tasks import discover_pairs
+from coop_dag.dataset.tasks import discover_pairs
+from coop_dag.eval.evaluate import evaluate_pair
+from coop_dag.eval.metrics import eval_outcome, main_score
 
 DSPY_DOCKERFILE = """FROM python:3.11-slim
 WORKDIR /workspace

@@ -1,4 +1,4 @@
-"""coop_dag.tasks on real files and real git: a CooperBench-format dataset built in tmp_path
+"""coop_dag.dataset.tasks on real files and real git: a CooperBench-format dataset built in tmp_path
 (Dockerfile with a clone line, subsets, a local mirror repository), plus the bundled tasks."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from coop_dag import BUNDLED_DATASET
-from coop_dag.tasks import (
+from coop_dag.dataset.tasks import (
     BASE_GIT_ENV,
     BUNDLED_SPLIT,
     DEFAULT_HELD_OUT,
@@ -353,7 +353,7 @@ def test_bundled_split_names_bundled_repos() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# feature.md paths (the shared regex in coop_dag.paths)
+# feature.md paths (the shared regex in coop_dag.util.paths)
 
 
 def test_feature_paths_from_backticks_code_blocks_and_files_modified(tmp_path: Path) -> None:

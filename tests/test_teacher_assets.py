@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 
 from coop_dag import BUNDLED_DATASET
-from coop_dag.tasks import discover_pairs, load_manifest
+from coop_dag.dataset.tasks import discover_pairs, load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER_ASSETS = ["task_pool", "teacher_rollouts", "teacher_validation", "rejection_sampled_pairs"]
@@ -143,7 +143,7 @@ def test_killed_teacher_rollouts_resume_only_missing_pairs(tmp_path):
 def test_docker_sandbox_without_a_daemon_fails_before_any_pair(lite_env, monkeypatch):
     """COOP_DAG_SANDBOX=docker on a host with the docker CLI but no daemon (this machine):
     teacher_rollouts fails at once, naming Docker and the variable; no pair ran."""
-    from coop_dag.hostcheck import docker_status
+    from coop_dag.config.hostcheck import docker_status
 
     if docker_status().ok:
         pytest.skip("a Docker daemon answers here: nothing to refuse")

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from coop_dag import BUNDLED_DATASET
-from coop_dag.metrics import plan_keywords
-from coop_dag.paths import extract_paths
-from coop_dag.tasks import Pair, discover_pairs
-from coop_dag.teachers import MODULE_LEVEL, TemplatedTeacher, own_files, patch_regions
+from coop_dag.agent.teachers import MODULE_LEVEL, TemplatedTeacher, own_files, patch_regions
+from coop_dag.dataset.tasks import Pair, discover_pairs
+from coop_dag.eval.metrics import plan_keywords
+from coop_dag.util.paths import extract_paths
 
 PAIRS = discover_pairs(BUNDLED_DATASET)
 PLACEHOLDER_RE = re.compile(r"\{\w*\}|their files|TODO|<[a-z_ ]+>")

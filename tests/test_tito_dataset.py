@@ -18,8 +18,7 @@ import torch
 from test_tito import make_pairs, make_traj
 from torch.utils.data import default_collate
 
-from coop_dag.chat import tokenizer_sha256
-from coop_dag.tito import (
+from coop_dag.tito.build import (
     TitoConfig,
     build_tito_parquet,
     load_tokenizer,
@@ -27,7 +26,8 @@ from coop_dag.tito import (
     row_loss_spans,
     synthesise_token_capture,
 )
-from coop_dag.tito_dataset import IGNORE_INDEX, TitoSFTDataset
+from coop_dag.tito.chat import tokenizer_sha256
+from coop_dag.tito.dataset import IGNORE_INDEX, TitoSFTDataset
 
 
 class DictConfigLike:

@@ -1,4 +1,4 @@
-"""coop_dag.train: recipes, row preparation, the weighted loss, the embedded trainer end to end
+"""training.train: recipes, row preparation, the weighted loss, the embedded trainer end to end
 (tiny-qwen3: a 2-layer random-init Qwen3 with the real tokenizer), resume after a kill,
 refusals (tokenizer / template mismatch, empty or all-truncated sets, unknown student).
 
@@ -16,11 +16,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from coop_dag.adapters import read_lineage, validate_adapter  # noqa: E402
-from coop_dag.students import StudentError, get_student  # noqa: E402
-from coop_dag.tito import write_parquet  # noqa: E402
-from coop_dag.tito_dataset import TitoSFTDataset  # noqa: E402
-from coop_dag.train import (  # noqa: E402
+from coop_dag.tito.build import write_parquet  # noqa: E402
+from coop_dag.tito.dataset import TitoSFTDataset  # noqa: E402
+from coop_dag.training.adapters import read_lineage, validate_adapter  # noqa: E402
+from coop_dag.training.students import StudentError, get_student  # noqa: E402
+from coop_dag.training.train import (  # noqa: E402
     ChatTemplateMismatchError,
     EmptyTrainingSetError,
     Recipe,
@@ -375,8 +375,8 @@ def test_a_training_run_killed_with_sigkill_resumes_to_the_same_weights(tiny, da
         [sys.executable, "-c", f"""
 import os, signal, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-from coop_dag.students import get_student
-from coop_dag.train import Recipe, train_lora
+from coop_dag.training.students import get_student
+from coop_dag.training.train import Recipe, train_lora
 
 def kill_at_7(event):
     if event["event"] == "step" and event["step"] == 7:

@@ -1,4 +1,4 @@
-"""coop_dag.verl: config validation, the exact torchrun / model-merger command lines, and
+"""coop_dag.training.verl: config validation, the exact torchrun / model-merger command lines, and
 `run_verl` end to end against a stand-in verl environment (a script playing torchrun and
 the model merger, writing the broken export of verl 0.7.1 -- which 0.9.1 still writes for a
 checkpoint without LoRA metadata -- so the repair is exercised; real verl 0.9.1 runs in
@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from coop_dag.adapters import adapter_name
-from coop_dag.verl import (
+from coop_dag.training.adapters import adapter_name
+from coop_dag.training.verl import (
     CPU_ENV,
     Command,
     VerlError,
@@ -32,7 +32,7 @@ from coop_dag.verl import (
     run_verl,
     train_command,
 )
-from coop_dag.verl import check_launcher as check_verl_launcher
+from coop_dag.training.verl import check_launcher as check_verl_launcher
 
 RECIPE = {
     "lora_rank": 32,
@@ -83,7 +83,7 @@ def expected_overrides(tmp_path: Path) -> list[str]:
     return [
         f"data.train_files={tmp_path}/data/train.parquet",
         f"data.val_files={tmp_path}/data/val.parquet",
-        "data.custom_cls.path=pkg://coop_dag.tito_dataset",
+        "data.custom_cls.path=pkg://coop_dag.tito.dataset",
         "data.custom_cls.name=TitoSFTDataset",
         "data.pad_mode=no_padding",
         "data.max_length=4096",
@@ -117,7 +117,7 @@ def test_yaml_record_mirrors_the_overrides(data):
     tmp_path, train, val = data
     doc = yaml.safe_load(config(tmp_path, train, val).to_yaml())
     assert doc["data"]["custom_cls"] == {
-        "path": "pkg://coop_dag.tito_dataset",
+        "path": "pkg://coop_dag.tito.dataset",
         "name": "TitoSFTDataset",
     }
     assert doc["model"] == {
@@ -217,7 +217,7 @@ def test_extras_lists_and_long_contexts(data):
         (True, "true"),
         (None, "null"),
         (7, "7"),
-        ("pkg://coop_dag.tito_dataset", "pkg://coop_dag.tito_dataset"),
+        ("pkg://coop_dag.tito.dataset", "pkg://coop_dag.tito.dataset"),
         ("/data/run-2/train.parquet", "/data/run-2/train.parquet"),
         ("~/data", "'~/data'"),
         ("a=b", "'a=b'"),
@@ -254,7 +254,7 @@ def test_train_command_in_verl_environment(data):
     assert cmd.argv == (
         "/opt/verl-env/bin/python", "-m", "torch.distributed.run",
         "--standalone", "--nnodes=1", "--nproc_per_node=2",
-        "-m", "coop_dag.verl_pipes",
+        "-m", "coop_dag.training.verl_pipes",
         *expected_overrides(tmp_path),
     )  # fmt: skip
     assert cmd.env == {"PYTHONPATH": "/src/coop-dag"}
@@ -262,7 +262,8 @@ def test_train_command_in_verl_environment(data):
     assert cmd.shell().startswith("PYTHONPATH=/src/coop-dag /opt/verl-env/bin/python -m torch")
     # with an export: rank 0 exports the last checkpoint once verl's trainer is done
     exported = train_command(cfg, launcher, export_to=tmp_path / "merged")
-    assert exported.argv[6:10] == ("-m", "coop_dag.verl_pipes", "--export-to", f"{tmp_path}/merged")
+    export_args = ("-m", "coop_dag.training.verl_pipes", "--export-to", f"{tmp_path}/merged")
+    assert exported.argv[6:10] == export_args
     assert exported.argv[10:] == cmd.argv[8:]
 
 
@@ -287,14 +288,14 @@ def test_train_command_in_container(data):
         "-v", "/hf-cache:/root/.cache/huggingface:rw",
         "coop-dag-gpu:latest",
         "torchrun", "--standalone", "--nnodes=1", "--nproc_per_node=1",
-        "-m", "coop_dag.verl_pipes",
+        "-m", "coop_dag.training.verl_pipes",
         *expected_overrides(tmp_path),
     )  # fmt: skip
     assert cmd.env == {} and cmd.container_name == "coop-dag-verl-test"
     # the export's target is mounted too (the Pipes channel is in the mounted output dir)
     exported = train_command(cfg, launcher, name="n", export_to=tmp_path / "merged")
     assert f"{tmp_path}/merged:{tmp_path}/merged:rw" in exported.argv
-    i = exported.argv.index("coop_dag.verl_pipes")
+    i = exported.argv.index("coop_dag.training.verl_pipes")
     assert exported.argv[i + 1 : i + 3] == ("--export-to", f"{tmp_path}/merged")
 
 
@@ -312,7 +313,7 @@ def test_merge_commands(tmp_path):
     ckpt, target = tmp_path / "ckpt" / "global_step_4", tmp_path / "merged"
     cmd = merge_command(ckpt, target, VerlLauncher(python="/opt/verl-env/bin/python"))
     assert cmd.argv == (
-        "/opt/verl-env/bin/python", "-m", "coop_dag.verl_pipes",
+        "/opt/verl-env/bin/python", "-m", "coop_dag.training.verl_pipes",
         "--export-only", str(ckpt),
         "--export-to", str(target),
         "--backend", "fsdp",
@@ -329,7 +330,7 @@ def test_merge_commands(tmp_path):
         "docker", "run", "--rm", "--ipc=host", "--name", "m1",
         "-v", f"{out}:{out}:rw", "-v", f"{target}:{target}:rw",
         "coop-dag-gpu:latest",
-        "python", "-m", "coop_dag.verl_pipes",
+        "python", "-m", "coop_dag.training.verl_pipes",
         "--export-only", str(ckpt), "--export-to", str(target), "--backend", "fsdp",
         "--trust-remote-code",
     )  # fmt: skip
@@ -353,7 +354,7 @@ def test_cpu_command_adds_the_cpu_flags_and_environment_only(data):
     assert cpu.argv[8:] == (*expected_overrides(tmp_path), *CPU_FLAGS)
     assert cpu.env == {
         "PYTHONPATH": "/src/coop-dag",
-        "VERL_USE_EXTERNAL_MODULES": "coop_dag.verl_cpu_platform",
+        "VERL_USE_EXTERNAL_MODULES": "coop_dag.training.verl_cpu_platform",
         "VERL_PLATFORM": "cpu",
         "VERL_ENGINE_DEVICE": "cuda",
     } == {"PYTHONPATH": "/src/coop-dag", **CPU_ENV}
@@ -388,7 +389,7 @@ def test_a_missing_verl_environment_names_it_and_the_fix(tmp_path):
 
 def test_verl_cpu_trainer_resolves_to_the_local_venv(tmp_path):
     from coop_dag import REPO_ROOT
-    from coop_dag.profiles import TrainerChoice, resolve_profile
+    from coop_dag.config.profiles import TrainerChoice, resolve_profile
 
     p = resolve_profile({"COOP_DAG_TRAINER": "verl-cpu", "COOP_DAG_VERL_NPROC": "4"})
     python = str(REPO_ROOT / ".venv-verl" / "bin" / "python")
@@ -401,7 +402,7 @@ def test_verl_cpu_trainer_resolves_to_the_local_venv(tmp_path):
     assert resolve_profile({"COOP_DAG_TRAINER": "verl"}).trainer.device == "cuda"
     assert resolve_profile({}).trainer.kind == "embedded"  # the default stays embedded
 
-    from coop_dag.profiles import local_verl_python
+    from coop_dag.config.profiles import local_verl_python
     from resources.training import TrainingResource
 
     res = TrainingResource(kind="verl-cpu")  # reads the process environment
@@ -490,7 +491,7 @@ log.close()
 if args[:2] == ["-m", "torch.distributed.run"]:
     assert os.environ.get("PYTHONPATH") == "/src/coop-dag", os.environ.get("PYTHONPATH")
     over = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("--"))
-    assert over["data.custom_cls.path"] == "pkg://coop_dag.tito_dataset"
+    assert over["data.custom_cls.path"] == "pkg://coop_dag.tito.dataset"
     if os.environ.get("FAKE_VERL_FAIL"):
         print("Traceback: ValueError: bad row", flush=True)
         sys.exit(1)
@@ -500,7 +501,7 @@ if args[:2] == ["-m", "torch.distributed.run"]:
         os.makedirs(os.path.join(out, f"global_step_{step}", "huggingface"), exist_ok=True)
     with open(os.path.join(out, "latest_checkpointed_iteration.txt"), "w") as f:
         f.write("2")
-    # coop_dag.verl_pipes --export-to: rank 0 exports the last checkpoint
+    # coop_dag.training.verl_pipes --export-to: rank 0 exports the last checkpoint
     import torch
     from safetensors.torch import save_file
     target = args[args.index("--export-to") + 1]
@@ -560,7 +561,8 @@ def test_run_verl_trains_merges_repairs_and_validates(data, fake_verl):
     assert any(line.startswith("[coop-dag] repaired verl export: lora_alpha") for line in lines)
     (call,) = [json.loads(x) for x in log.read_text().splitlines()]  # train, then export
     assert call[:2] == ["-m", "torch.distributed.run"]
-    assert call[6:9] == ["coop_dag.verl_pipes", "--export-to", str(tmp_path / "ckpt" / "merged")]
+    merged = str(tmp_path / "ckpt" / "merged")
+    assert call[6:9] == ["coop_dag.training.verl_pipes", "--export-to", merged]
     cfg_json = json.loads((result.adapter_dir / "adapter_config.json").read_text())
     assert cfg_json["task_type"] == "CAUSAL_LM"
 
@@ -581,9 +583,15 @@ def test_run_verl_failure_carries_the_last_lines(data, fake_verl, monkeypatch):
 
 
 def test_metrics_record_keeps_the_curve_whole_across_a_resume(tmp_path):
-    """Rank 0's record (`coop_dag.verl_pipes.Reporter`): a resumed attempt's steps replace
+    """Rank 0's record (`coop_dag.training.verl_pipes.Reporter`): a resumed attempt's steps replace
     the killed attempt's after the checkpoint it resumed from; a line cut short is skipped."""
-    from coop_dag.verl_pipes import METRICS_FILE, STEP_TIME_KEY, Reporter, loss_curve, read_metrics
+    from coop_dag.training.verl_pipes import (
+        METRICS_FILE,
+        STEP_TIME_KEY,
+        Reporter,
+        loss_curve,
+        read_metrics,
+    )
 
     first = Reporter(tmp_path)
     first.started(6, 0)
@@ -619,7 +627,7 @@ class _FakePipes:
 
 
 def test_reporter_logs_each_step_and_reports_the_export(tmp_path):
-    from coop_dag.verl_pipes import STEP_TIME_KEY, Reporter
+    from coop_dag.training.verl_pipes import STEP_TIME_KEY, Reporter
 
     pipes = _FakePipes()
     reporter = Reporter(tmp_path / "ckpt", pipes)
@@ -646,7 +654,7 @@ def test_reporter_logs_each_step_and_reports_the_export(tmp_path):
 
 
 def test_verl_pipes_entry_arguments():
-    from coop_dag.verl_pipes import _parse
+    from coop_dag.training.verl_pipes import _parse
 
     args, overrides = _parse(["--export-to", "/m", "a.b=1", "+c.d=x", "trainer.logger=['console']"])
     assert args.export_to == "/m" and not args.export_only

@@ -1,9 +1,9 @@
 """Real verl 0.9.1 trains ``lora_checkpoint`` on this machine's CPU.
 
-The ``verl-cpu`` trainer (`coop_dag.profiles`) through the asset, with nothing faked: verl's
+The ``verl-cpu`` trainer (`coop_dag.config.profiles`) through the asset, with nothing faked: verl's
 own venv (``scripts/verl_venv.sh``, built here when missing), the torchrun command
-`coop_dag.verl.train_command` builds (the cluster's command plus `CPU_OVERRIDES` and
-`CPU_ENV`) running ``coop_dag.verl_pipes`` (verl's sft_trainer in process) through Dagster
+`coop_dag.training.verl.train_command` builds (the cluster's command plus `CPU_OVERRIDES` and
+`CPU_ENV`) running ``coop_dag.training.verl_pipes`` (verl's sft_trainer in process) through Dagster
 Pipes, ``TitoSFTDataset`` through ``data.custom_cls``, verl's model merger (rank 0, in the
 same process), the repair of its export (0.9.1: the base model only), validation,
 publication and the asset checks. What rank 0 reported through Pipes -- a log line per step
@@ -30,18 +30,18 @@ from pathlib import Path
 import pytest
 import serve_helpers
 
-from coop_dag.serving import first_turn_probe, serve_adapter
+from coop_dag.serving.server import first_turn_probe, serve_adapter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from test_train import meta_for, rows_for  # noqa: E402  (shared TITO row helpers)
 
 from coop_dag import REPO_ROOT  # noqa: E402
-from coop_dag.adapters import read_lineage, validate_adapter  # noqa: E402
-from coop_dag.profiles import local_verl_python  # noqa: E402
-from coop_dag.students import get_student  # noqa: E402
-from coop_dag.tito import write_parquet  # noqa: E402
-from coop_dag.verl import (  # noqa: E402
+from coop_dag.config.profiles import local_verl_python  # noqa: E402
+from coop_dag.tito.build import write_parquet  # noqa: E402
+from coop_dag.training.adapters import read_lineage, validate_adapter  # noqa: E402
+from coop_dag.training.students import get_student  # noqa: E402
+from coop_dag.training.verl import (  # noqa: E402
     CPU_ENV,
     CPU_OVERRIDES,
     VerlLauncher,
@@ -55,7 +55,7 @@ pytestmark = pytest.mark.slow
 TRAIN_ROWS, VAL_ROWS = 4, 2
 STEPS = 8  # recipe tiny-test: 1 row per step, 2 epochs
 VENV_SCRIPT = REPO_ROOT / "scripts" / "verl_venv.sh"
-# what the embedded trainer's lineage.json holds (coop_dag.train.train_lora): the verl path
+# what the embedded trainer's lineage.json holds (coop_dag.training.train.train_lora): the verl path
 # must record the same facts
 EMBEDDED_LINEAGE_KEYS = {
     "trainer", "trainer_version", "student", "student_kind", "base_model", "tokenizer_sha256",
@@ -187,14 +187,14 @@ def test_verl_cpu_trains_exports_and_publishes_a_working_adapter(
         f"PYTHONPATH={REPO_ROOT} "
         + " ".join(f"{k}={v}" for k, v in sorted(CPU_ENV.items()))
         + f" {verl_python} -m torch.distributed.run --standalone --nnodes=1 --nproc_per_node=1"
-        f" -m coop_dag.verl_pipes --export-to {run / 'merged'} "
+        f" -m coop_dag.training.verl_pipes --export-to {run / 'merged'} "
     )
     assert command.startswith(head), (head, command[: len(head) + 40])
     assert "DAGSTER_PIPES" not in command  # the session's variables are never recorded
     for key, value in CPU_OVERRIDES:
         assert f" {key}={hydra_value(value)}" in command
     for flag in (
-        "data.custom_cls.path=pkg://coop_dag.tito_dataset",
+        "data.custom_cls.path=pkg://coop_dag.tito.dataset",
         "data.custom_cls.name=TitoSFTDataset",
         f"model.path={tiny.model_dir}",
         "model.lora_rank=4",
@@ -319,10 +319,10 @@ class _Stop(Exception):
 def test_a_verl_run_killed_mid_training_resumes_from_its_last_checkpoint(
     verl_python, tiny, tito, tmp_path
 ):
-    from coop_dag.train import get_recipe
+    from coop_dag.training.train import get_recipe
 
     # 4 rows: 16 steps, a checkpoint every 4 (an epoch's end, where verl's loader state is
-    # exhausted: coop_dag.verl_pipes resumes with a fresh one)
+    # exhausted: coop_dag.training.verl_pipes resumes with a fresh one)
     recipe = get_recipe("tiny-test", epochs=4, save_steps=4)
     launcher = VerlLauncher(python=str(verl_python), pythonpath=(str(REPO_ROOT),))
 
@@ -370,7 +370,7 @@ from verl.utils.device import get_device_id, get_device_name, get_nccl_backend, 
 from verl.utils.distributed import initialize_global_process_group
 
 assert (get_device_name(), get_device_id(), get_nccl_backend()) == ("cpu", "cpu", "gloo")
-assert type(get_platform()).__module__ == "coop_dag.verl_cpu_platform"
+assert type(get_platform()).__module__ == "coop_dag.training.verl_cpu_platform"
 assert initialize_global_process_group() == (0, 0, 1)
 assert dist.get_backend() == "gloo"
 x = torch.ones(2, device=get_device_id())
@@ -384,7 +384,7 @@ print("ok")
 
 
 def test_cpu_platform_gives_verl_a_cpu_device_and_a_gloo_group(verl_python):
-    """`coop_dag.verl_cpu_platform` as verl loads it (CPU_ENV): what verl's trainer asks of a
+    """`training.verl_cpu_platform` as verl loads it (CPU_ENV): what verl's trainer asks of a
     platform before training -- device, backend, process group, a collective."""
     import socket
 

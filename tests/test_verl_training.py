@@ -7,7 +7,7 @@ and checkpoint records.
 
 A run cancelled while verl trains stops verl's whole process group, through Dagster's own
 cancellation path. With the fake, the Pipes path is exercised as well: the fake reports through
-``coop_dag.verl_pipes.Reporter``, as verl's rank 0 does.
+``coop_dag.training.verl_pipes.Reporter``, as verl's rank 0 does.
 
 The fake stands in for verl's python (``TrainingResource(kind="verl", verl_python=...)``): it
 parses the real torchrun command line and Hydra overrides (refusing keys verl 0.9.1's
@@ -34,11 +34,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from test_train import meta_for, rows_for  # noqa: E402  (shared TITO row helpers)
 
 from coop_dag import REPO_ROOT  # noqa: E402
-from coop_dag.adapters import read_lineage  # noqa: E402
-from coop_dag.students import get_student  # noqa: E402
-from coop_dag.tito import write_parquet  # noqa: E402
-from coop_dag.train import get_recipe  # noqa: E402
-from coop_dag.verl import (  # noqa: E402
+from coop_dag.tito.build import write_parquet  # noqa: E402
+from coop_dag.training.adapters import read_lineage  # noqa: E402
+from coop_dag.training.students import get_student  # noqa: E402
+from coop_dag.training.train import get_recipe  # noqa: E402
+from coop_dag.training.verl import (  # noqa: E402
     DONE_FILE,
     RUN_RECORD,
     TRACKER_FILE,
@@ -184,7 +184,8 @@ def test_a_failing_verl_fails_the_asset_with_the_command_and_log_tail(
     assert message.startswith("verl sft_trainer failed (exit code 3): ")
     command = message.splitlines()[0]
     assert str(verl_python) in command and " -m torch.distributed.run " in command
-    assert "-m coop_dag.verl_pipes --export-to " in command and "model.lora_alpha=16" in command
+    assert "-m coop_dag.training.verl_pipes --export-to " in command
+    assert "model.lora_alpha=16" in command
     tail = message.split("--- last 60 lines ---\n", 1)[1].splitlines()
     assert tail[-2:] == [
         "Traceback (most recent call last):",
@@ -293,7 +294,7 @@ def test_a_checkpoint_of_another_run_is_never_taken_for_finished(tmp_path):
     (tmp_path / f"global_step_{STEPS}").mkdir()
     (tmp_path / TRACKER_FILE).write_text(str(STEPS))
     assert finished_checkpoint(cfg) is None  # no record of what was trained there
-    from coop_dag.verl import _start_run, run_record
+    from coop_dag.training.verl import _start_run, run_record
 
     _start_run(tmp_path, run_record(cfg))
     assert not (tmp_path / TRACKER_FILE).exists()  # the stale tracker cannot pass for ours
@@ -305,6 +306,33 @@ def test_a_checkpoint_of_another_run_is_never_taken_for_finished(tmp_path):
     )  # fmt: skip
     assert finished_checkpoint(other) is None
 
+
+
+def test_a_run_recorded_before_the_package_move_is_still_finished(tmp_path):
+    """Issue 18 moved `coop_dag.tito_dataset` to `coop_dag.tito.dataset`; the dataset module is
+    in verl's overrides and so in the run record: a run recorded under the old name is the
+    same run (reused when finished, resumed when not), never trained again for the move."""
+    import json
+
+    from coop_dag.training.verl import DATASET_MODULE, _start_run, run_record
+
+    cfg = config_for_recipe(
+        get_recipe("tiny-test"), train_files="/d/train.parquet", model_path="/m",
+        output_dir=tmp_path, train_rows=12,
+    )  # fmt: skip
+    record = run_record(cfg)
+    assert any(DATASET_MODULE in o for o in record["overrides"])
+    old = json.loads(json.dumps(record).replace(DATASET_MODULE, "pkg://coop_dag.tito_dataset"))
+    assert old != record
+    (tmp_path / RUN_RECORD).write_text(json.dumps(old))
+    (tmp_path / f"global_step_{STEPS}").mkdir()
+    (tmp_path / TRACKER_FILE).write_text(str(STEPS))
+    assert finished_checkpoint(cfg) == tmp_path / f"global_step_{STEPS}"
+    _start_run(tmp_path, record, resume=True)  # the same run: its tracker is kept
+    assert (tmp_path / TRACKER_FILE).is_file()
+    other = json.loads(json.dumps(record).replace(DATASET_MODULE, "pkg://elsewhere.dataset"))
+    (tmp_path / RUN_RECORD).write_text(json.dumps(other))
+    assert finished_checkpoint(cfg) is None
 
 # --------------------------------------------------------------------------- cancellation
 

@@ -1,4 +1,4 @@
-"""coop_dag.vllm: the `vllm serve` command in full, and the HTTP client against a small
+"""coop_dag.serving.vllm: the `vllm serve` command in full, and the HTTP client against a small
 stdlib server that mimics vLLM's health / models / LoRA load-unload endpoints (current
 vLLM's 400 on a duplicate lora_name, and the seed's vLLM that answered 200 and kept the
 old weights)."""
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from coop_dag.vllm import (
+from coop_dag.serving.vllm import (
     AdapterAlreadyLoaded,
     AdapterNotLoaded,
     VllmEngine,

