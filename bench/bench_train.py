@@ -35,11 +35,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from coop_dag.tito.build import TitoConfig, build_tito_parquet, trajectories_from_run  # noqa: E402
+from coop_dag.training.recipes import get_recipe  # noqa: E402
 from coop_dag.training.students import get_student  # noqa: E402
 from coop_dag.training.train import (  # noqa: E402
     TitoCollator,
     _lora_config,
-    get_recipe,
     loss_normaliser,
     prepare_rows,
     read_parquet_rows,

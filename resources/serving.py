@@ -33,19 +33,19 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from coop_dag.config.profiles import ServerChoice, resolve_profile
+from coop_dag.serving.probe import first_turn_probe
 from coop_dag.serving.server import (
     DEFAULT_PORT,
     DEFAULT_PROBE_MAX_TOKENS,
     Endpoint,
     ServeSettings,
-    first_turn_probe,
     release_server,
     stop_server,
 )
 from coop_dag.serving.vllm import DEFAULT_MAX_MODEL_LEN, EVAL_DTYPE
 
 if TYPE_CHECKING:
-    from coop_dag.training.verl import Command
+    from coop_dag.util.containers import Command
 
 
 
@@ -133,7 +133,7 @@ class ServingResource(dg.ConfigurableResource):
         return resolve_profile().runs_dir / "serving"
 
     def probe(self):
-        """The fixed held-out first-turn probe (`serving.server.first_turn_probe`)."""
+        """The fixed held-out first-turn probe (`serving.probe.first_turn_probe`)."""
         return first_turn_probe(max_tokens=self.probe_max_tokens)
 
     # -- endpoints ----------------------------------------------------------------------

@@ -201,7 +201,7 @@ def stand_in_serving(tmp_path, monkeypatch):
     import sys
 
     from coop_dag.serving.server import ServeSettings
-    from coop_dag.training.verl import Command
+    from coop_dag.util.containers import Command
     from resources.serving import ServingResource
 
     with socket.socket() as sock:
@@ -273,7 +273,7 @@ def test_a_server_that_cannot_start_again_fails_with_its_log_tail(stand_in_servi
     import sys
 
     from coop_dag.serving.server import ServeSettings, ServingError
-    from coop_dag.training.verl import Command
+    from coop_dag.util.containers import Command
 
     first = stand_in_serving.ensure(H.STUDENT)
     os.kill(_server_process(first.pid), signal.SIGKILL)

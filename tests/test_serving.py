@@ -16,6 +16,7 @@ import pytest
 import serve_helpers as H
 
 from coop_dag.agent.actions import BASH_TOOL
+from coop_dag.serving.probe import first_turn_probe
 from coop_dag.serving.server import (
     AdapterNameConflict,
     Probe,
@@ -23,7 +24,6 @@ from coop_dag.serving.server import (
     SwapVerificationError,
     ensure_loaded,
     ensure_server,
-    first_turn_probe,
     serve_adapter,
     spawn_detached,
     stop_server,

@@ -19,18 +19,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from coop_dag.tito.build import write_parquet  # noqa: E402
 from coop_dag.tito.dataset import TitoSFTDataset  # noqa: E402
 from coop_dag.training.adapters import read_lineage, validate_adapter  # noqa: E402
-from coop_dag.training.students import StudentError, get_student  # noqa: E402
-from coop_dag.training.train import (  # noqa: E402
+from coop_dag.training.errors import (
     ChatTemplateMismatchError,
     EmptyTrainingSetError,
-    Recipe,
-    RecipeError,
-    TitoCollator,
     TokenizerMismatchError,
     TrainError,
+)
+from coop_dag.training.recipes import Recipe, RecipeError, get_recipe, load_recipes  # noqa: E402
+from coop_dag.training.students import StudentError, get_student  # noqa: E402
+from coop_dag.training.train import (
+    TitoCollator,
     complete_checkpoints,
-    get_recipe,
-    load_recipes,
     loss_normaliser,
     prepare_rows,
     step_loss,
@@ -376,7 +375,8 @@ def test_a_training_run_killed_with_sigkill_resumes_to_the_same_weights(tiny, da
 import os, signal, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
 from coop_dag.training.students import get_student
-from coop_dag.training.train import Recipe, train_lora
+from coop_dag.training.train import train_lora
+from coop_dag.training.recipes import Recipe
 
 def kill_at_7(event):
     if event["event"] == "step" and event["step"] == 7:

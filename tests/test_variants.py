@@ -32,7 +32,7 @@ def test_the_upweight_contrast_trains_turns_beyond_the_upweighted_ones():
     """x12 vs x1 only differ when the recipe trains later turns too and draws upweighted copies
     as copies; otherwise both variants train the same adapter."""
     from coop_dag.tito.build import TitoConfig
-    from coop_dag.training.train import get_recipe
+    from coop_dag.training.recipes import get_recipe
 
     variants = load_variants()
     up12, up1 = variants["templated-all-turns"], variants["templated-up1"]
@@ -50,7 +50,8 @@ def test_seed_variants_differ_only_by_seed_and_train_distinct_runs():
     adapter (and a rerun of one seed resumes only its run)."""
     from types import SimpleNamespace
 
-    from coop_dag.training.train import recipe_for, run_key_for
+    from coop_dag.training.recipes import recipe_for
+    from coop_dag.training.train import run_key_for
 
     variants = load_variants()
     seeds = [variants[n] for n in ("templated", "templated-seed1", "templated-seed2")]
@@ -212,7 +213,7 @@ def test_a_valid_file_loads_and_hf_students_need_no_entry(tmp_path):
 
 
 def test_recipe_fields_are_checked_naming_file_recipe_field_value(tmp_path):
-    from coop_dag.training.train import RecipeError, load_recipes
+    from coop_dag.training.recipes import RecipeError, load_recipes
 
     bad = tmp_path / "recipes.yaml"
     for body, needles in [

@@ -30,7 +30,8 @@ from pathlib import Path
 import pytest
 import serve_helpers
 
-from coop_dag.serving.server import first_turn_probe, serve_adapter
+from coop_dag.serving.probe import first_turn_probe
+from coop_dag.serving.server import serve_adapter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -319,7 +320,7 @@ class _Stop(Exception):
 def test_a_verl_run_killed_mid_training_resumes_from_its_last_checkpoint(
     verl_python, tiny, tito, tmp_path
 ):
-    from coop_dag.training.train import get_recipe
+    from coop_dag.training.recipes import get_recipe
 
     # 4 rows: 16 steps, a checkpoint every 4 (an epoch's end, where verl's loader state is
     # exhausted: coop_dag.training.verl_pipes resumes with a fresh one)

@@ -36,8 +36,8 @@ from test_train import meta_for, rows_for  # noqa: E402  (shared TITO row helper
 from coop_dag import REPO_ROOT  # noqa: E402
 from coop_dag.tito.build import write_parquet  # noqa: E402
 from coop_dag.training.adapters import read_lineage  # noqa: E402
+from coop_dag.training.recipes import get_recipe  # noqa: E402
 from coop_dag.training.students import get_student  # noqa: E402
-from coop_dag.training.train import get_recipe  # noqa: E402
 from coop_dag.training.verl import (  # noqa: E402
     DONE_FILE,
     RUN_RECORD,

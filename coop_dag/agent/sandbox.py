@@ -29,7 +29,6 @@ import logging
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -42,6 +41,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from coop_dag.dataset.tasks import Task, TaskError, checkout_base
+from coop_dag.util.processes import kill_group as _kill_group
+from coop_dag.util.processes import start_group
 from coop_dag.util.scratch import owned_tempdir, sweep_stale
 
 log = logging.getLogger(__name__)
@@ -269,14 +270,13 @@ def _run_process(
     """
     start = time.monotonic()
     try:
-        proc = subprocess.Popen(
-            list(argv),
+        proc = start_group(
+            argv,
             cwd=cwd,
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
-            start_new_session=True,
         )
     except OSError as exc:
         raise SandboxError(f"cannot start {argv[0]!r}: {exc}") from exc
@@ -311,16 +311,6 @@ def _run_process(
         timed_out=timed_out,
         duration=duration,
     )
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
 
 
 def _to_result(p: _Proc, timeout: float | None) -> CommandResult:

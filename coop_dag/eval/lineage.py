@@ -25,6 +25,7 @@ from typing import Any
 import duckdb
 
 from coop_dag import REPO_ROOT
+from coop_dag.util.files import file_sha256
 
 # Connections of one process share one database instance, where two threads creating the
 # tables at once conflict ("Catalog write-write conflict"): the first write to a new store
@@ -89,11 +90,8 @@ def content_version(obj: Any) -> str:
 
 
 def file_version(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+    """A data version for a file: sha256 of its bytes, 16 hex chars."""
+    return file_sha256(path)[:16]
 
 
 def code_version() -> str:

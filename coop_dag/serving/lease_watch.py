@@ -20,24 +20,16 @@ import sys
 import time
 from pathlib import Path
 
+from coop_dag.util.processes import pid_alive
+
 POLL_S = 2.0
 
 
 def live_holders(lease_dir: Path) -> list[int]:
     """pids with a lease file in ``lease_dir`` that are alive (not zombies)."""
-    alive = []
-    for f in lease_dir.glob("*") if lease_dir.is_dir() else []:
-        try:
-            pid = int(f.name)
-            os.kill(pid, 0)
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (ValueError, ProcessLookupError, OSError, IndexError):
-            continue
-        except PermissionError:
-            state = "S"
-        if state != "Z":
-            alive.append(pid)
-    return alive
+    files = lease_dir.glob("*") if lease_dir.is_dir() else []
+    pids = [int(f.name) for f in files if f.name.isdigit()]
+    return [pid for pid in pids if pid_alive(pid)]
 
 
 def _stop_group(child: subprocess.Popen, grace: float = 20.0) -> None:

@@ -173,11 +173,60 @@ def held_out_cases(
 
 def first_turn_messages(case: ProbeCase) -> list[dict]:
     """The coop agent's context at turn 0: system + instance, default prompt (no steering)."""
-    prompts = render_prompts(case.task, case.agent_id, case.partner_id, steering=False)
+    return _first_turn_messages(case.task, case.agent_id, case.partner_id)
+
+
+def _first_turn_messages(task: str, agent_id: str, partner_id: str) -> list[dict]:
+    prompts = render_prompts(task, agent_id, partner_id, steering=False)
     return [
         {"role": "system", "content": prompts.system},
         {"role": "user", "content": prompts.instance},
     ]
+
+
+def first_turn_request(name: str, task: str, agent_id: str, partner_id: str, max_tokens: int):
+    """The one builder of a first-turn request (a :class:`coop_dag.serving.server.Probe`): the
+    agent's turn-0 context for ``task`` with the bash tool, decoded greedily. Both probes send
+    it: this module's held-out cases (`case_probe`) and the served adapter's swap proof
+    (`first_turn_probe`)."""
+    from coop_dag.serving.server import Probe
+
+    return Probe(
+        name=name,
+        messages=tuple(_first_turn_messages(task, agent_id, partner_id)),
+        tools=(BASH_TOOL,),
+        max_tokens=max_tokens,
+    )
+
+
+def first_turn_probe(
+    dataset_dir: str | os.PathLike | None = None,
+    held_out: Sequence[str] | None = None,
+    *,
+    max_tokens: int | None = None,
+):
+    """The first turn of agent1 on the first pair (sorted) of ``held_out`` repositories, default
+    coop prompt (no steering), with the bash tool: what a served student sees first in a
+    rollout, on a repository it never trained on. Defaults: the bundled dataset and its
+    *validation* repositories (probes never read test repositories), so the probe is the same
+    everywhere; ``max_tokens``: `serving.server.DEFAULT_PROBE_MAX_TOKENS`. The swap proof of
+    `serving.server` sends it."""
+    from coop_dag.dataset.tasks import discover_pairs
+    from coop_dag.serving.server import DEFAULT_PROBE_MAX_TOKENS, ServingError
+
+    root = Path(dataset_dir) if dataset_dir is not None else BUNDLED_DATASET
+    repos = list(held_out) if held_out else list(BUNDLED_SPLIT.validation)
+    pairs = discover_pairs(root, repos=repos)
+    if not pairs:
+        raise ServingError(f"no held-out pair in {root} for repositories {repos}")
+    pair = pairs[0]
+    return first_turn_request(
+        f"first-turn:{pair.pair_id}:agent1",
+        pair.features[0].description,
+        "agent1",
+        "agent2",
+        DEFAULT_PROBE_MAX_TOKENS if max_tokens is None else max_tokens,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -290,15 +339,9 @@ def probe_key(student: Any, cases: Sequence[ProbeCase], max_new_tokens: int, eng
 
 
 def case_probe(case: ProbeCase, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
-    """The case as a :class:`coop_dag.serving.server.Probe`: the one request builder both probes
-    (this one and `served_adapter`'s swap probe) send."""
-    from coop_dag.serving.server import Probe
-
-    return Probe(
-        name=f"first-turn:{case.key}",
-        messages=tuple(first_turn_messages(case)),
-        tools=(BASH_TOOL,),
-        max_tokens=max_new_tokens,
+    """The case as a :class:`coop_dag.serving.server.Probe` (`first_turn_request`)."""
+    return first_turn_request(
+        f"first-turn:{case.key}", case.task, case.agent_id, case.partner_id, max_new_tokens
     )
 
 

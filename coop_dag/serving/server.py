@@ -41,7 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coop_dag.serving.probe import first_turn_probe
 from coop_dag.serving.vllm import DEFAULT_MAX_MODEL_LEN, EVAL_DTYPE, VllmEngine, VllmError
+from coop_dag.util.processes import CHILDREN as _CHILDREN
+from coop_dag.util.processes import cmdline as _cmdline
+from coop_dag.util.processes import pid_alive as _pid_alive
+from coop_dag.util.processes import spawn_detached as _spawn_detached
+from coop_dag.util.processes import stop_pid_group as _kill_group
 
 __all__ = [
     "DEFAULT_PROBE_MAX_TOKENS",
@@ -130,41 +136,6 @@ class Probe:
 
     def describe(self) -> dict:
         return {"probe": self.name, "probe_sha12": self.sha12, "probe_max_tokens": self.max_tokens}
-
-
-def first_turn_probe(
-    dataset_dir: str | os.PathLike | None = None,
-    held_out: Sequence[str] | None = None,
-    *,
-    max_tokens: int = DEFAULT_PROBE_MAX_TOKENS,
-) -> Probe:
-    """The first turn of agent1 on the first pair (sorted) of ``held_out`` repositories, default
-    coop prompt (no steering), with the bash tool: what a served student sees first in a
-    rollout, on a repository it never trained on. Defaults: the bundled dataset and its
-    *validation* repositories (probes never read test repositories), so the probe is the same
-    everywhere."""
-    from coop_dag import BUNDLED_DATASET
-    from coop_dag.agent.actions import BASH_TOOL
-    from coop_dag.agent.prompts import render_prompts
-    from coop_dag.dataset.tasks import BUNDLED_SPLIT, discover_pairs
-
-    root = Path(dataset_dir) if dataset_dir is not None else BUNDLED_DATASET
-    repos = list(held_out) if held_out else list(BUNDLED_SPLIT.validation)
-    pairs = discover_pairs(root, repos=repos)
-    if not pairs:
-        raise ServingError(f"no held-out pair in {root} for repositories {repos}")
-    pair = pairs[0]
-    feature = pair.features[0]
-    prompts = render_prompts(feature.description, "agent1", "agent2", steering=False)
-    return Probe(
-        name=f"first-turn:{pair.pair_id}:agent1",
-        messages=(
-            {"role": "system", "content": prompts.system},
-            {"role": "user", "content": prompts.instance},
-        ),
-        tools=(BASH_TOOL,),
-        max_tokens=max_tokens,
-    )
 
 
 @dataclass
@@ -625,35 +596,6 @@ def _url(host: str, port: int) -> str:
     return f"http://{host}:{int(port)}"
 
 
-_CHILDREN: dict[int, Any] = {}  # servers this process started: pid -> Popen
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    child = _CHILDREN.get(int(pid))
-    if child is not None:
-        return child.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped by its parent) is not alive
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 def _port_open(host: str, port: int) -> bool:
     import socket
 
@@ -780,34 +722,15 @@ def check_base_model(
     )
 
 
-def spawn_detached(
-    argv: Sequence[str],
-    *,
-    log_path: Path,
-    env: dict[str, str] | None = None,
-    cwd: str | os.PathLike | None = None,
-) -> int:
+def spawn_detached(argv: Sequence[str], **kw: Any) -> int:
     """Start ``argv`` in its own session (setsid), stdout/stderr appended to ``log_path``,
-    not waited for. Returns its pid. Its process group is what `release_server` stops."""
-    import subprocess
-
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        try:
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
-                cwd=cwd,
-                start_new_session=True,
-                close_fds=True,
-            )
-        except OSError as exc:
-            raise ServingError(f"cannot start {argv[0]!r}: {exc}") from None
-    _CHILDREN[proc.pid] = proc  # kept so its exit is reaped (no zombie, no ResourceWarning)
-    return proc.pid
+    not waited for (`util.processes.spawn_detached`: ``log_path``, ``env``, ``cwd``). Returns
+    its pid; a start that fails is a ServingError. Its process group is what `release_server`
+    stops."""
+    try:
+        return _spawn_detached(argv, **kw)
+    except OSError as exc:
+        raise ServingError(f"cannot start {argv[0]!r}: {exc}") from None
 
 
 def _serve_env() -> dict[str, str]:
@@ -952,40 +875,6 @@ def _wait(engine: VllmEngine, pid: int, timeout: float, log_path: Path) -> None:
         raise ServingError(f"{exc}\n--- {log_path} (last lines) ---\n{_tail(log_path)}") from None
 
 
-def _kill_group(pid: int, grace: float = 20.0) -> None:
-    """SIGTERM the process group ``pid`` leads, SIGKILL after ``grace``; returns once no member
-    is left. Waiting for the leader alone is not enough: the lease watcher dies at once while
-    the server under it is still shutting down and holding the port."""
-    import signal
-    import time
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            if not _pid_alive(pid) and not _group_members(pid):
-                return
-            time.sleep(0.1)
-
-
-def _group_members(pgid: int) -> list[int]:
-    """The live (not zombie) processes of process group ``pgid``."""
-    members = []
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
-
-
 def _group_is_ours(pgid: int, argv: Sequence[str]) -> bool:
     """Some live process of group ``pgid`` runs the recorded server command (a group id of a
     dead leader can be reused by somebody else's process: that group is never signalled)."""
@@ -1119,7 +1008,7 @@ class ServeSettings:
 
     def command(self, model: str, *, served_model_name: str | None = None):
         """The vLLM process launched for ``model`` (vLLM's own python, or its image with the
-        adapters directory mounted at the same path): a :class:`coop_dag.training.verl.Command`."""
+        adapters directory mounted at the same path): a `util.containers.Command`."""
         from coop_dag.config.profiles import ProfileError, resolve_profile
         from coop_dag.serving.vllm import (
             VllmLauncher,

@@ -40,7 +40,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -51,7 +50,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from coop_dag.training.verl import DEFAULT_PASS_ENV, Command, container_run_argv
+from coop_dag.util.containers import (
+    DEFAULT_PASS_ENV,
+    Command,
+    container_run_argv,
+    remove_container,
+)
+from coop_dag.util.processes import start_streaming, stop_group
 
 __all__ = [
     "DEFAULT_IMAGE",
@@ -504,16 +509,8 @@ class VllmServer:
                 "or choose another port"
             )
         try:
-            self._proc = subprocess.Popen(
-                list(self.command.argv),
-                env={**os.environ, **self.command.env},
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                text=True,
-                errors="replace",
-                bufsize=1,
+            self._proc = start_streaming(
+                self.command.argv, env={**os.environ, **self.command.env}
             )
         except OSError as exc:
             raise VllmError(f"cannot start {self.command.argv[0]!r}: {exc}") from exc
@@ -536,25 +533,9 @@ class VllmServer:
         if proc is None:
             return
         if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                proc.wait()
+            stop_group(proc, grace)
         if self.command.container_name:
-            subprocess.run(
-                [self.launcher.docker, "rm", "-f", self.command.container_name],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                check=False,
-            )
+            remove_container(self.command.container_name, docker=self.launcher.docker)
         if self._reader is not None:
             self._reader.join(timeout=5.0)
 

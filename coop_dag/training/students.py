@@ -48,7 +48,7 @@ import yaml
 
 from coop_dag import CONFIG_DIR, REPO_ROOT
 from coop_dag.util.files import atomic_write_text, file_lock
-from coop_dag.util.files import file_sha256 as sha256_of_file
+from coop_dag.util.files import file_sha256_memo as file_sha256
 
 STUDENTS_FILE = CONFIG_DIR / "students.yaml"
 HF_PREFIX = "hf:"
@@ -318,19 +318,6 @@ def get_student(name: str | None = None, *, registry: str | Path | None = None) 
 # --------------------------------------------------------------------------------------
 # Hashing, templates, tokens
 # --------------------------------------------------------------------------------------
-
-_SHA_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (memoised per path, size and mtime in this process)."""
-    p = Path(path)
-    st = p.stat()
-    memo_key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if memo_key not in _SHA_MEMO:
-        _SHA_MEMO[memo_key] = sha256_of_file(p)
-    return _SHA_MEMO[memo_key]
-
 
 def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -52,9 +52,7 @@ import contextlib
 import math
 import os
 import re
-import shlex
 import shutil
-import signal
 import subprocess
 import threading
 import uuid
@@ -66,7 +64,14 @@ from typing import Any
 
 import yaml
 
+from coop_dag.util.containers import (
+    DEFAULT_PASS_ENV,
+    Command,
+    container_run_argv,
+    remove_container,
+)
 from coop_dag.util.files import atomic_write_json, file_sha256
+from coop_dag.util.processes import start_streaming, stop_group
 
 __all__ = [
     "DATASET_CLASS",
@@ -127,13 +132,10 @@ CPU_OVERRIDES: tuple[tuple[str, Any], ...] = (
     ("data.num_workers", 0),  # 8 loader processes by default: 2 cores shared with training
 )
 
-# Environment variables handed to a container by name only (`-e NAME`): docker copies the
-# caller's value when set, and no secret ever appears on a command line.
-# Dagster Pipes' bootstrap variables too: a launch through `run_verl`'s `session` sets them
+# Dagster Pipes' bootstrap variables, handed to verl's container by name only (`-e NAME`,
+# beside `DEFAULT_PASS_ENV`): a launch through `run_verl`'s `session` sets them
 # (their values never reach a command line or verl_command.txt); unset, docker sets nothing.
 PIPES_ENV = ("DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES")  # verl_pipes.PIPES_ENV
-# passed by name into any container we launch (vLLM's too); verl's also gets PIPES_ENV
-DEFAULT_PASS_ENV = ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_HOME", "WANDB_API_KEY")
 PIPES_DIR = "pipes"  # in output_dir: where a session's message file goes (mounted rw)
 
 LogFn = Callable[[str], None]
@@ -148,72 +150,6 @@ class VerlError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- commands
-
-
-@dataclass(frozen=True)
-class Command:
-    """A process to start: argv, plus environment variables set on top of the caller's."""
-
-    argv: tuple[str, ...]
-    env: Mapping[str, str] = field(default_factory=dict)
-    container_name: str | None = None  # set when argv is a `docker run`: removed on abort
-
-    def shell(self) -> str:
-        """A copy-pasteable shell line (env assignments first), for logs and docs."""
-        prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
-        return (prefix + " " if prefix else "") + shlex.join(self.argv)
-
-
-def _mount_list(
-    mounts: Iterable[tuple[str, str, str]],
-) -> list[tuple[str, str, str]]:
-    """Dedupe (host, container, mode) mounts; a path mounted rw and ro ends up rw."""
-    seen: dict[tuple[str, str], str] = {}
-    for host, container, mode in mounts:
-        key = (os.fspath(host), os.fspath(container))
-        if key in seen and seen[key] == "rw":
-            continue
-        seen[key] = mode
-    return [(h, c, m) for (h, c), m in seen.items()]
-
-
-def container_run_argv(
-    image: str,
-    command: Sequence[str],
-    *,
-    name: str | None = None,
-    gpus: str | None = "all",
-    env: Mapping[str, str] | None = None,
-    pass_env: Sequence[str] = (),
-    mounts: Iterable[tuple[str, str, str]] = (),
-    publish: Sequence[str] = (),
-    docker_args: Sequence[str] = ("--rm", "--ipc=host"),
-    workdir: str | None = None,
-    entrypoint: str | None = None,
-    docker: str = "docker",
-) -> list[str]:
-    """`docker run` in the foreground (logs on stdout; `--rm` cleans up):
-    ``docker run <docker_args> [--gpus G] [--name N] [-e K=V]... [-e NAME]... [-v h:c:m]...
-    [-p P]... [-w W] [--entrypoint E] <image> <command...>``."""
-    argv = [docker, "run", *docker_args]
-    if gpus:
-        argv += ["--gpus", gpus]
-    if name:
-        argv += ["--name", name]
-    for key, value in (env or {}).items():
-        argv += ["-e", f"{key}={value}"]
-    for key in pass_env:
-        argv += ["-e", key]
-    for host, container, mode in _mount_list(mounts):
-        argv += ["-v", f"{host}:{container}:{mode}"]
-    for port in publish:
-        argv += ["-p", port]
-    if workdir:
-        argv += ["-w", workdir]
-    if entrypoint:
-        argv += ["--entrypoint", entrypoint]
-    argv += [image, *command]
-    return argv
 
 
 # --------------------------------------------------------------------------- hydra values
@@ -835,25 +771,9 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path:
 
 
 def _kill(proc: subprocess.Popen, command: Command, docker: str) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
+    stop_group(proc, grace=10)
     if command.container_name:  # the docker client dying does not stop its container
-        subprocess.run(
-            [docker, "rm", "-f", command.container_name],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            check=False,
-        )
+        remove_container(command.container_name, docker=docker)
 
 
 def run_command(
@@ -876,18 +796,7 @@ def run_command(
     last: collections.deque[str] = collections.deque(maxlen=tail)
     env = {**os.environ, **command.env, **(env or {})}
     try:
-        proc = subprocess.Popen(
-            list(command.argv),
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            text=True,
-            errors="replace",
-            bufsize=1,
-        )
+        proc = start_streaming(command.argv, cwd=cwd, env=env)
     except OSError as exc:
         raise VerlError(f"{what}: cannot start {command.argv[0]!r}: {exc}") from exc
     timed_out = threading.Event()
@@ -1206,7 +1115,7 @@ def config_for_recipe(
     device: str = "cuda",
     resume_mode: str = "auto",
 ) -> VerlSFTConfig:
-    """The verl config for a `coop_dag.training.train.Recipe` (``configs/recipes.yaml``), with the
+    """The verl config for a `coop_dag.training.recipes.Recipe` (``configs/recipes.yaml``), with the
     recipe's meaning kept: an optimizer step is ``batch_size x grad_accum`` rows (verl's
     global ``data.train_batch_size``; ``batch_size`` rows per micro batch, capped at what
     one GPU gets); ``max_steps`` (or a fractional ``epochs``) becomes
@@ -1331,20 +1240,6 @@ def _lora_params(adapter_dir: Path) -> int:
     return total
 
 
-def _result_from_record(record: Mapping[str, Any]) -> Any:
-    from dataclasses import fields
-
-    from coop_dag.training.train import TrainResult
-
-    known = {f.name for f in fields(TrainResult)}
-    values = {k: v for k, v in record.items() if k in known}
-    for key in ("adapter_dir", "run_dir", "loss_curve_json"):
-        values[key] = Path(values[key])
-    if values.get("loss_curve_png"):
-        values["loss_curve_png"] = Path(values["loss_curve_png"])
-    return TrainResult(**values)
-
-
 def train_lora_verl(
     student: Any,
     train_path: str | os.PathLike,
@@ -1393,12 +1288,12 @@ def train_lora_verl(
     import time
 
     from coop_dag.training.adapters import ADAPTER_WEIGHTS, write_lineage
+    from coop_dag.training.errors import EmptyTrainingSetError
+    from coop_dag.training.recipes import get_recipe
     from coop_dag.training.train import (
-        EmptyTrainingSetError,
         TrainResult,
         check_parquet_identity,
         copy_adapter,
-        get_recipe,
         prepare_rows,
         read_parquet_rows,
         run_lineage,
@@ -1468,7 +1363,7 @@ def train_lora_verl(
     if isinstance(done, dict) and (adapter_dir / ADAPTER_WEIGHTS).is_file():
         log(f"[coop-dag] verl run {key} already finished: {adapter_dir}")
         done.update(reused=True, wall_time_s=round(time.monotonic() - started, 2))
-        return _result_from_record(done)
+        return TrainResult.from_record(done)
     run_dir.mkdir(parents=True, exist_ok=True)
 
     data_meta = {

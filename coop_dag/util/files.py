@@ -56,6 +56,20 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+_SHA_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256_memo(path: str | os.PathLike) -> str:
+    """`file_sha256`, memoised per path, size and mtime in this process (for files hashed
+    again and again: a student's tokenizer.json on every load)."""
+    p = Path(path)
+    st = p.stat()
+    memo_key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if memo_key not in _SHA_MEMO:
+        _SHA_MEMO[memo_key] = file_sha256(p)
+    return _SHA_MEMO[memo_key]
+
+
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike) -> Iterator[None]:
     """Exclusive advisory lock on `path` (blocks; across processes and threads alike, since

@@ -20,25 +20,16 @@ import socket
 import tempfile
 from pathlib import Path
 
+from coop_dag.util.processes import proc_entries, start_time
+
 log = logging.getLogger(__name__)
 
 OWNER_FILE = ".coop-dag-owner"
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), or
-    None where /proc does not say."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": field 3 onwards
-    return fields[19] if len(fields) > 19 else None
-
-
 def _owner() -> dict:
     pid = os.getpid()
-    return {"pid": pid, "start": _start_time(pid), "host": socket.gethostname()}
+    return {"pid": pid, "start": start_time(pid), "host": socket.gethostname()}
 
 
 def owned_tempdir(prefix: str, dir: str | os.PathLike | None = None) -> Path:
@@ -62,15 +53,15 @@ def owner_alive(owner: dict) -> bool:
     except PermissionError:
         pass  # exists, someone else's
     started = owner.get("start")
-    return started is None or _start_time(pid) in (None, started)
+    return started is None or start_time(pid) in (None, started)
 
 
 def _kill_processes_in(path: Path) -> list[int]:
     """SIGKILL this user's processes whose working directory is `path` or below."""
     killed = []
     me = os.getpid()
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
-        if not entry.name.isdigit() or int(entry.name) == me:
+    for entry in proc_entries():
+        if int(entry.name) == me:
             continue
         try:
             if entry.stat().st_uid != os.getuid():
