@@ -8,7 +8,7 @@ PY=${PYTHON:-python3.11}
 export HF_HUB_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True
 
 # bubblewrap sandboxes agent commands; git builds checkouts and patches; chromium (headless)
-# renders the Dagster UI in tests/test_ui.py.
+# renders the Dagster UI in tests/e2e/test_ui.py.
 need_apt=()
 command -v bwrap >/dev/null || need_apt+=(bubblewrap)
 command -v git >/dev/null || need_apt+=(git)

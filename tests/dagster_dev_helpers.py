@@ -1,4 +1,4 @@
-"""Shared by tests/test_dagster_dev.py and tests/test_ui.py (through the session fixture
+"""Shared by tests/e2e/test_dagster_dev.py and tests/e2e/test_ui.py (through the session fixture
 `dagster_dev` in conftest.py): start `dagster dev` on a free port under a throwaway
 DAGSTER_HOME, wait until GraphQL lists the assets, stop it by its process group.
 

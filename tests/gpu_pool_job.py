@@ -1,4 +1,4 @@
-"""A GPU step for tests/test_gpu_pool.py: a variant-partitioned asset in the GPU pool (the
+"""A GPU step for tests/pipeline/test_gpu_pool.py: a variant-partitioned asset in the GPU pool (the
 pool and partitions of the real GPU assets) that records when it held the pool. Run as
 ``python -m tests.gpu_pool_job <partition> <out_dir>`` against ``$DAGSTER_HOME``."""
 

@@ -26,7 +26,7 @@ as the embedded `training.train.train_lora` (rows prepared for the training reci
 mapped onto verl's config by `config_for_recipe`, the same ``lineage.json`` facts), with a
 finished verl checkpoint never trained again (`finished_checkpoint`).
 
-Checked against verl 0.9.1 as installed from PyPI (and run: tests/test_verl_real.py), on every
+Checked against verl 0.9.1 as installed from PyPI (and run: tests/e2e/test_verl_real.py), on every
 key used here: ``verl/trainer/config/sft_trainer_engine.yaml`` (data.* incl. truncation,
 trainer.* incl. total_training_steps), ``config/model/hf_model.yaml`` (model.path, lora_rank,
 lora_alpha, target_modules), ``config/optim/fsdp.yaml`` (optim.lr, lr_scheduler_type,

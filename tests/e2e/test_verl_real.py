@@ -15,7 +15,7 @@ A verl run killed mid-training (its process group, from outside, once its first 
 is saved) resumes from that checkpoint when launched again (no Dagster: the plain CLI path).
 
 The student is tiny-qwen3 (a random 2-layer Qwen3: seconds per step); the TITO rows come
-from tests/test_train.py's helpers (one fixed plan sentence as every output).
+from tests/training/test_train.py's helpers (one fixed plan sentence as every output).
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ from coop_dag.serving.server import serve_adapter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from test_train import meta_for, rows_for  # noqa: E402  (shared TITO row helpers)
-
 from coop_dag import REPO_ROOT  # noqa: E402
 from coop_dag.config.profiles import local_verl_python  # noqa: E402
 from coop_dag.tito.build import write_parquet  # noqa: E402
@@ -50,6 +48,7 @@ from coop_dag.training.verl import (  # noqa: E402
     metrics_from_file,
     train_lora_verl,
 )
+from tests.training.test_train import meta_for, rows_for  # noqa: E402  (shared TITO row helpers)
 
 pytestmark = pytest.mark.slow
 

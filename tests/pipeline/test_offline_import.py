@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Run first in the child: any attempt to resolve a name or connect over IP is recorded and
 # refused (unix sockets and loopback stay allowed: Dagster's own machinery may use them).

@@ -1,6 +1,6 @@
 """`COOP_DAG_PROFILE=cluster` on a host without Docker or GPUs fails early, naming what is
 missing and the variable: the profile check (`coop-dag profile --check`), the training and
-serving resources before they start anything, and (tests/test_teacher_assets.py) the docker
+serving resources before they start anything, and (tests/pipeline/test_teacher_assets.py) the docker
 sandbox before any pair. Fake `docker` / `nvidia-smi` on PATH give each host shape; the last
 test uses this machine as it is (a docker CLI, no daemon, no GPU)."""
 

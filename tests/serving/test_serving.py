@@ -31,7 +31,7 @@ from coop_dag.serving.server import (
 from coop_dag.serving.vllm import VllmEngine
 from coop_dag.training.adapters import adapter_name
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 PROBE = Probe(
     name="unit-probe",

@@ -258,7 +258,7 @@ def test_student_entries_reject_unknown_fields_and_missing_templates(tmp_path):
 def test_definitions_validate_fails_naming_the_bad_variants_file(tmp_path):
     """The code location does not load with a bad variants file: `dagster definitions
     validate` fails and says which file, variant, field and value."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     path = _write(tmp_path, f"variants:\n  v1:\n{GOOD}    rollout: {{concurrency: 0}}\n")
     env = {
         **os.environ,

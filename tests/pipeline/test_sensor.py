@@ -9,7 +9,7 @@ import dagster as dg
 from assets.partitions import DROPPED_ADAPTERS
 from assets.sensors import new_adapter_sensor
 from coop_dag.training.adapters import adapter_name, adapter_sha12, write_lineage
-from tests.test_adapters import make_adapter
+from tests.training.test_adapters import make_adapter
 
 
 def _tick(instance, cursor=None):

@@ -1,4 +1,4 @@
-"""``lora_checkpoint`` trained by verl: what the real run (tests/test_verl_real.py, verl 0.9.1
+"""``lora_checkpoint`` trained by verl: what the real run (tests/e2e/test_verl_real.py, verl 0.9.1
 on the CPU) cannot reach, against a fake verl environment
 (``tests/fixtures/verl_fake/fake_verl.py``): a trainer that fails (the asset fails with the
 command and the log tail), a trainer killed after its last save (the checkpoint is reused, not
@@ -16,7 +16,7 @@ parses the real torchrun command line and Hydra overrides (refusing keys verl 0.
 verl's output layout (``global_step_N/`` with ``lora_train_meta.json``, the checkpoint
 tracker, the model merger's ``lora_adapter/`` with a null base model). Nothing is trained.
 
-The student is tiny-qwen3 and the TITO rows come from tests/test_train.py's helpers.
+The student is tiny-qwen3 and the TITO rows come from tests/training/test_train.py's helpers.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 `run_verl` end to end against a stand-in verl environment (a script playing torchrun and
 the model merger, writing the broken export of verl 0.7.1 -- which 0.9.1 still writes for a
 checkpoint without LoRA metadata -- so the repair is exercised; real verl 0.9.1 runs in
-tests/test_verl_real.py)."""
+tests/e2e/test_verl_real.py)."""
 
 from __future__ import annotations
 

@@ -373,7 +373,7 @@ def test_a_training_run_killed_with_sigkill_resumes_to_the_same_weights(tiny, da
     killed = subprocess.run(
         [sys.executable, "-c", f"""
 import os, signal, sys
-sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
 from coop_dag.training.students import get_student
 from coop_dag.training.train import train_lora
 from coop_dag.training.recipes import Recipe

@@ -350,7 +350,7 @@ def test_gpu_image_environments_match_the_cluster_profile():
     assert env["COOP_DAG_VLLM_PYTHON"] == CLUSTER_VLLM_PYTHON
     runs = " ".join(args for kw, args in instrs if kw == "RUN")
     build_args = args_of(instrs, "ARG")
-    # the verl and torch the CPU venv runs (tests/test_verl_real.py), the rest constrained to it
+    # the verl and torch the CPU venv runs (tests/e2e/test_verl_real.py), the rest constrained to it
     reqs = (REPO_ROOT / "scripts" / "verl-requirements.txt").read_text().splitlines()
     assert build_args["VERL_VERSION"] == "0.9.1" and "verl==0.9.1" in reqs
     assert f"torch=={build_args['VERL_TORCH_VERSION']}+cpu" in reqs

@@ -16,7 +16,7 @@ import pytest
 from coop_dag import BUNDLED_DATASET
 from coop_dag.dataset.tasks import discover_pairs, load_manifest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEACHER_ASSETS = ["task_pool", "teacher_rollouts", "teacher_validation", "rejection_sampled_pairs"]
 
 

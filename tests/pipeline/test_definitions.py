@@ -11,7 +11,7 @@ import dagster as dg
 from coop_dag.config.variants import load_variants
 from coop_dag.dataset.tasks import BUNDLED_SPLIT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_definitions_load_with_variant_partitions():

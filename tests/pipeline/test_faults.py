@@ -38,9 +38,17 @@ from coop_dag.dataset.tasks import discover_pairs
 from coop_dag.eval.metrics import score_run
 
 try:
-    from test_agent import ScriptedModel, assistant_turns, call, needs_bwrap, submit, text, wait_for
+    from tests.agent.test_agent import (
+        ScriptedModel,
+        assistant_turns,
+        call,
+        needs_bwrap,
+        submit,
+        text,
+        wait_for,
+    )
 except ImportError:  # tests/ imported as a package
-    from tests.test_agent import (
+    from tests.agent.test_agent import (
         ScriptedModel,
         assistant_turns,
         call,

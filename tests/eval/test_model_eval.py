@@ -18,7 +18,7 @@ from coop_dag.cli import main
 from coop_dag.dataset.config import resolve_dataset_config
 from coop_dag.eval.model_eval import EvalError, select_eval_pairs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_VARIANTS = ROOT / "tests" / "fixtures" / "variants_two_tiny.yaml"
 REPOS = ("alpha_task", "beta_task", "gamma_task")
 

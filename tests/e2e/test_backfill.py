@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "variants_two_tiny.yaml"
 CHAIN = [
     "teacher_rollouts",
@@ -56,7 +56,7 @@ mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
 DRIVER_TIMEOUT = 600
 
 
-# -- the driver: runs in a subprocess (`python tests/test_backfill.py '<spec as JSON>'`) ---------
+# -- the driver: runs in a subprocess (`python tests/e2e/test_backfill.py '<spec as JSON>'`) -------
 
 
 def drive(spec: dict) -> None:

@@ -16,9 +16,9 @@ from coop_dag.dataset.tasks import discover_pairs
 from coop_dag.eval.metrics import score_run
 
 try:
-    from test_agent import needs_bwrap
+    from tests.agent.test_agent import needs_bwrap
 except ImportError:  # tests/ imported as a package
-    from tests.test_agent import needs_bwrap
+    from tests.agent.test_agent import needs_bwrap
 
 PAIRS = {p.pair_id: p for p in discover_pairs(BUNDLED_DATASET)}
 

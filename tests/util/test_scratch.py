@@ -15,7 +15,7 @@ from pathlib import Path
 
 from coop_dag.util.scratch import OWNER_FILE, owned_tempdir, owner_alive, sweep_stale
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _alive(pid: int) -> bool:

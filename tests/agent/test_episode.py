@@ -66,8 +66,7 @@ try:
         xml,
     )
 except ImportError:  # tests/ imported as a package
-    from tests.openai_test_server import OpenAITestServer, Reply
-    from tests.test_agent import (
+    from tests.agent.test_agent import (
         ScriptedModel,
         assistant_turns,
         call,
@@ -80,6 +79,7 @@ except ImportError:  # tests/ imported as a package
         wait_for,
         xml,
     )
+    from tests.openai_test_server import OpenAITestServer, Reply
 
 PAIRS = {p.pair_id: p for p in discover_pairs(BUNDLED_DATASET)}
 TRAJ_KEYS = {"repo", "task_id", "feature_id", "agent_id", "model", "status", "cost", "steps",
