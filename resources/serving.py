@@ -26,6 +26,9 @@ A run executed step by step in subprocesses starts the server in each step that 
 from __future__ import annotations
 
 import atexit
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -98,6 +101,13 @@ class ServingResource(dg.ConfigurableResource):
     keep_alive: bool = Field(
         default=False, description="leave a started server running after the run ends"
     )
+    adapters_as: str = Field(
+        default="",
+        description="held-out rollouts serve an adapter as: merged (folded into its base, "
+        "on a server of its own) | lora (on the base's server); empty: merged when vLLM "
+        "is launched here on the CPU (its LoRA kernels cost ~3x), lora otherwise",
+    )
+    merged_port: int = Field(default=0, description="port of the merged model's server; 0: port+1")
 
     _leases: set = PrivateAttr(default_factory=set)
 
@@ -121,6 +131,8 @@ class ServingResource(dg.ConfigurableResource):
             cpu_kv_cache_gib=self.cpu_kv_cache_gib,
             cpu_threads=self.cpu_threads,
             gpu_memory_utilization=self.gpu_memory_utilization,
+            adapters_as=self.adapters_as,
+            merged_port=self.merged_port,
         )
 
     def server_choice(self) -> ServerChoice:
@@ -143,6 +155,28 @@ class ServingResource(dg.ConfigurableResource):
         if leased:
             self._hold(self.state_root(), self.port)
         return endpoint
+
+    def merges_adapters(self) -> bool:
+        """Held-out rollouts serve adapters merged (:meth:`ServeSettings.merges_adapters`)."""
+        return self.settings().merges_adapters()
+
+    @contextmanager
+    def serve_merged(
+        self, student: str, model_dir: str | Path, served_name: str, *, log=None
+    ) -> Iterator[Endpoint]:
+        """A vLLM serving ``model_dir`` (an adapter merged into ``student``) as
+        ``served_name`` on :meth:`ServeSettings.merged_port_or_next`, beside the base's server;
+        stopped on leaving unless another process holds it (each merged model is rolled out
+        once, so its memory is not kept)."""
+        settings = replace(self.settings(), port=self.settings().merged_port_or_next())
+        state = self.state_root()
+        endpoint, _ = settings.ensure(
+            student, state, log=log, model_dir=model_dir, served_name=served_name
+        )
+        try:
+            yield endpoint
+        finally:
+            release_server(state, settings.port)
 
     def vllm_command(self, model: str, *, served_model_name: str | None = None) -> Command:
         """The vLLM process this resource launches for ``model`` (vLLM's own python, or its
