@@ -3,14 +3,12 @@ report that answers the research question — did plan-first transfer, and how f
 student from its teacher's ceiling."""
 
 import base64
-from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 
 from assets.partitions import GPU_POOL, VARIANTS, check_spec, variant_partitions
 from assets.teacher import metrics_table, score_pair_ids
-from coop_dag.adapters import merged_model
 from coop_dag.lineage import content_version
 from coop_dag.metrics import paired_deltas
 from coop_dag.models import ChatModel
@@ -22,7 +20,6 @@ from coop_dag.rollouts import (
     rollout_pairs,
     select_pairs,
 )
-from coop_dag.serving import ensure_loaded
 from coop_dag.students import get_student
 from coop_dag.tasks import TaskError, require_pairs
 from coop_dag.variants import Variant
@@ -187,28 +184,6 @@ def student_rollouts(
     )
 
 
-@contextmanager
-def _adapter_endpoint(context, variant: Variant, served: dict, serving: ServingResource):
-    """The endpoint that serves ``served``'s adapter under its name, and how (``merged`` or
-    ``lora``): merged into its base on a server of its own, stopped afterwards (the CPU
-    default: the same weights ~3x faster than vLLM's CPU LoRA kernels), or loaded on the base's
-    server (GPUs, an attached server)."""
-    # the student the adapter was served on (a dropped adapter's lineage may name its own)
-    student = served.get("student") or variant.student
-    if serving.merges_adapters():
-        merged = merged_model(served["adapter_path"], get_student(student).model_dir)
-        context.log.info(f"serving {served['adapter_name']} merged into its base: {merged}")
-        with serving.serve_merged(
-            student, merged, served["adapter_name"], log=context.log.info
-        ) as endpoint:
-            yield endpoint, "merged"
-        return
-    endpoint = serving.ensure(student, log=context.log.info)
-    # A restarted server has lost its adapters: put this one back under the same name.
-    ensure_loaded(endpoint.url, served["adapter_name"], served["adapter_path"])
-    yield endpoint, "lora"
-
-
 def roll_out_adapter(
     context: dg.AssetExecutionContext,
     variant: Variant,
@@ -224,7 +199,11 @@ def roll_out_adapter(
     same weights are rolled out once whichever asset asks."""
     pairs = select_pairs(dataset.root, _held_out(task_pool), dataset.subset_name)
     run_dir = rollout.run_dir(variant.name, "student") / served["adapter_name"]
-    with _adapter_endpoint(context, variant, served, serving) as (endpoint, served_as):
+    # the student the adapter was served on (a dropped adapter's lineage may name its own)
+    student = served.get("student") or variant.student
+    with serving.serve_adapter(
+        student, served["adapter_path"], log=context.log.info
+    ) as (endpoint, served_as):
         model = endpoint.chat_model(
             served["adapter_name"],
             max_tokens=int(variant.student_rollout.get("max_tokens", 320)),

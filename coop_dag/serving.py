@@ -1123,6 +1123,40 @@ class ServeSettings:
             return self.adapters_as == "merged"
         return choice.mode == "python" and choice.device == "cpu"
 
+    def ensure_adapter(
+        self,
+        student: str,
+        adapter_dir: str | os.PathLike,
+        state_dir: str | os.PathLike,
+        *,
+        log: LogFn | None = None,
+    ) -> tuple[Endpoint, str, int | None]:
+        """An endpoint that serves the adapter at ``adapter_dir`` (on ``student``) under its
+        content name, for rollouts: ``(endpoint, "merged" | "lora", leased port or None)``.
+        Merged (:meth:`merges_adapters`): the adapter folded into its base
+        (:func:`coop_dag.adapters.merged_model`) on a server of its own on
+        :meth:`merged_port_or_next`; LoRA: loaded on the base's server (put back under the
+        same name if a restarted server lost it). Return the lease with
+        :func:`release_server` on the port given."""
+        from dataclasses import replace
+
+        from coop_dag.adapters import adapter_name, merged_model
+        from coop_dag.students import get_student
+
+        name = adapter_name(adapter_dir)
+        if self.merges_adapters():
+            merged = merged_model(adapter_dir, get_student(student).model_dir)
+            if log:
+                log(f"serving {name} merged into its base: {merged}")
+            settings = replace(self, port=self.merged_port_or_next())
+            endpoint, _ = settings.ensure(
+                student, state_dir, log=log, model_dir=merged, served_name=name
+            )
+            return endpoint, "merged", settings.port
+        endpoint, leased = self.ensure(student, state_dir, log=log)
+        ensure_loaded(endpoint.url, name, adapter_dir)
+        return endpoint, "lora", self.port if leased else None
+
     def merged_port_or_next(self) -> int:
         """The port of the merged-adapter server: ``merged_port``, else the next one up."""
         return self.merged_port or self.port + 1

@@ -26,9 +26,7 @@ A run executed step by step in subprocesses starts the server in each step that 
 from __future__ import annotations
 
 import atexit
-from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -161,22 +159,23 @@ class ServingResource(dg.ConfigurableResource):
         return self.settings().merges_adapters()
 
     @contextmanager
-    def serve_merged(
-        self, student: str, model_dir: str | Path, served_name: str, *, log=None
-    ) -> Iterator[Endpoint]:
-        """A vLLM serving ``model_dir`` (an adapter merged into ``student``) as
-        ``served_name`` on :meth:`ServeSettings.merged_port_or_next`, beside the base's server;
-        stopped on leaving unless another process holds it (each merged model is rolled out
-        once, so its memory is not kept)."""
-        settings = replace(self.settings(), port=self.settings().merged_port_or_next())
+    def serve_adapter(self, student: str, adapter_dir: str, *, log=None):
+        """``(endpoint, served_as)`` for rollouts of the adapter at ``adapter_dir`` under its
+        content name (:meth:`ServeSettings.ensure_adapter`): merged into ``student`` on a
+        server of its own that stops on leaving unless another process holds it (each merged
+        model is rolled out once: its memory is not kept), or as a LoRA on the base's server,
+        which lives on with the run."""
         state = self.state_root()
-        endpoint, _ = settings.ensure(
-            student, state, log=log, model_dir=model_dir, served_name=served_name
+        endpoint, served_as, port = self.settings().ensure_adapter(
+            student, adapter_dir, state, log=log
         )
+        if served_as == "lora" and port is not None:
+            self._hold(state, port)
         try:
-            yield endpoint
+            yield endpoint, served_as
         finally:
-            release_server(state, settings.port)
+            if served_as == "merged":
+                release_server(state, port)
 
     def vllm_command(self, model: str, *, served_model_name: str | None = None) -> Command:
         """The vLLM process this resource launches for ``model`` (vLLM's own python, or its

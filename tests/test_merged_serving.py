@@ -95,13 +95,23 @@ def test_a_merged_adapter_served_by_vllm_answers_as_the_lora_and_is_stopped_afte
     adapter = H.adapters()["A"]
     name = adapter_name(adapter)
     lora = serve_adapter(vllm_server.url, adapter, probe=PROBE)
-    merged = merged_model(adapter, H.student().model_dir)
     resource = ServingResource(port=_free_port(), state_dir=str(tmp_path), cpu_kv_cache_gib=1)
     assert resource.merges_adapters()  # the CPU default
     port = resource.settings().merged_port_or_next()
-    with resource.serve_merged(H.STUDENT, merged, name) as endpoint:
+    with resource.serve_adapter(H.STUDENT, adapter) as (endpoint, served_as):
+        assert served_as == "merged"
         assert endpoint.url.endswith(f":{port}") and endpoint.base_model_id == name
+        assert not _port_open(resource.port)  # the base's server was not needed
         out = run_probe(endpoint.engine, name, PROBE)
     assert out.token_ids == lora.adapter_output.token_ids
     assert not _port_open(port)  # nobody else held it: stopped with the rollouts
+    H.unload_all(vllm_server)
+
+
+def test_an_attached_server_gets_the_adapter_as_a_lora(vllm_server):
+    adapter = H.adapters()["B"]
+    resource = H.serving_resource()
+    with resource.serve_adapter(H.STUDENT, adapter) as (endpoint, served_as):
+        assert served_as == "lora" and endpoint.url == vllm_server.url
+        assert adapter_name(adapter) in endpoint.engine.adapters()
     H.unload_all(vllm_server)
