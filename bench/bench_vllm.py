@@ -95,7 +95,8 @@ def _agent(api: str, model: str, messages: list[dict], turns: int, max_tokens: i
             },
         )
         msg = data["choices"][0]["message"]
-        text = (msg.get("content") or "") + json.dumps(msg.get("tool_calls") or [])
+        calls = [c.get("function") for c in msg.get("tool_calls") or []]  # ids are random
+        text = (msg.get("content") or "") + json.dumps(calls)
         out.append((time.monotonic() - started, data["usage"]["completion_tokens"], text))
         messages = messages + [
             {"role": "assistant", "content": msg.get("content") or "(tool call)"},
