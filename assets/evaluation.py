@@ -22,7 +22,6 @@ from coop_dag.dataset.tasks import TaskError, require_pairs
 from coop_dag.eval.lineage import content_version
 from coop_dag.eval.metrics import paired_deltas
 from coop_dag.eval.report import THRESHOLDS, report_markdown, report_plot, report_rows, seed_groups
-from coop_dag.serving.server import ensure_loaded
 from coop_dag.training.students import get_student
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
@@ -198,30 +197,33 @@ def roll_out_adapter(
     dropped_adapter output) and their metadata; shared by student_rollouts and
     dropped_adapter_metrics. The run directory is keyed by the adapter's content name, so the
     same weights are rolled out once whichever asset asks."""
-    # the student the adapter was served on (a dropped adapter's lineage may name its own)
-    endpoint = serving.ensure(served.get("student") or variant.student, log=context.log.info)
-    # A restarted server has lost its adapters: put this one back under the same name.
-    ensure_loaded(endpoint.url, served["adapter_name"], served["adapter_path"])
     pairs = select_pairs(dataset.root, _held_out(task_pool), dataset.subset_name)
     run_dir = rollout.run_dir(variant.name, "student") / served["adapter_name"]
-    model = endpoint.chat_model(
-        served["adapter_name"],
-        max_tokens=int(variant.student_rollout.get("max_tokens", 320)),
-    )
-    summary = _roll_out(
-        context, model, pairs, run_dir, variant, rollout, dataset, served["adapter_name"]
-    )
+    # the student the adapter was served on (a dropped adapter's lineage may name its own)
+    student = served.get("student") or variant.student
+    with serving.serve_adapter(
+        student, served["adapter_path"], log=context.log.info
+    ) as (endpoint, served_as):
+        model = endpoint.chat_model(
+            served["adapter_name"],
+            max_tokens=int(variant.student_rollout.get("max_tokens", 320)),
+        )
+        summary = _roll_out(
+            context, model, pairs, run_dir, variant, rollout, dataset, served["adapter_name"]
+        )
     stable = ("run_dir", "statuses", "pair_ids", "mean_steps", "both_passed_rate")
     summary["data_version"] = content_version({k: summary[k] for k in stable})
     summary["facts"] = {
         **served.get("facts", {}),
         "adapter_name": served["adapter_name"],
+        "adapter_served_as": served_as,
         "held_out_repos": task_pool["test_repos"],  # the test repositories (older name)
         **_rollout_source(dataset, pairs),
     }
     metadata = {
         "run_dir": dg.MetadataValue.path(summary["run_dir"]),
         "adapter_name": served["adapter_name"],
+        "adapter_served_as": served_as,
         "pairs_done": summary["n_pairs"] - summary["statuses"].get("missing", 0),
         "statuses": dg.MetadataValue.json(summary["statuses"]),
         "mean_steps": summary["mean_steps"],

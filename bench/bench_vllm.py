@@ -9,7 +9,13 @@ serving resource launches it (`serving.vllm.serve_command`, the evaluation proto
 Reported per engine: wall time, generated tokens/s, p50/p95 request latency, peak resident
 memory of the server's whole process group (sampled every 0.5 s), and the ratios.
 
+``--adapter DIR`` compares instead how a trained adapter is served for the held-out
+rollouts: as a LoRA on the base's server (vLLM's CPU LoRA kernels) vs merged into the base
+(`coop_dag.adapters.merged_model`, the CPU default), same workload, same flags, and whether
+the two answered every request with the same text (greedy).
+
     .venv/bin/python bench/bench_vllm.py [--agents 24] [--turns 2] [--max-tokens 256]
+    .venv/bin/python bench/bench_vllm.py --adapter runs/adapters/templated/student-<sha>
 """
 
 from __future__ import annotations
@@ -88,8 +94,10 @@ def _agent(api: str, model: str, messages: list[dict], turns: int, max_tokens: i
                 "max_tokens": max_tokens,
             },
         )
-        out.append((time.monotonic() - started, data["usage"]["completion_tokens"]))
         msg = data["choices"][0]["message"]
+        calls = [c.get("function") for c in msg.get("tool_calls") or []]  # ids are random
+        text = (msg.get("content") or "") + json.dumps(calls)
+        out.append((time.monotonic() - started, data["usage"]["completion_tokens"], text))
         messages = messages + [
             {"role": "assistant", "content": msg.get("content") or "(tool call)"},
             {"role": "user", "content": f"<returncode>0</returncode><output>{turn}</output>"},
@@ -124,6 +132,7 @@ def _workload(url: str, model: str, agents: int, turns: int, max_tokens: int, pi
     wall = time.monotonic() - started
     done.set()
     sampler.join()
+    results.sort(key=lambda r: r[2])  # answers in a comparable order
     lat = sorted(r[0] for r in results)
     tokens = sum(r[1] for r in results)
     return {
@@ -134,6 +143,7 @@ def _workload(url: str, model: str, agents: int, turns: int, max_tokens: int, pi
         "p50_s": round(lat[len(lat) // 2], 1),
         "p95_s": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 1),
         "peak_rss_gb": round(peak[0] / 2**30, 2),
+        "answers": [r[2] for r in results],
     }
 
 
@@ -156,6 +166,41 @@ def _stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _adapter_rows(args, student, tmp: Path) -> dict:
+    """The adapter served as LoRA on the base's server vs merged into the base, one server
+    each, launched as the serving resource launches them."""
+    from coop_dag.training.adapters import adapter_name, merged_model
+
+    name = adapter_name(args.adapter)
+    rows = {}
+    for mode in ("lora", "merged"):
+        model = str(student.model_dir) if mode == "lora" else str(
+            merged_model(args.adapter, student.model_dir)
+        )
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        config = VllmServeConfig(
+            model=model, port=port, served_model_name=student.name if mode == "lora" else name,
+            max_model_len=DEFAULT_MAX_MODEL_LEN, dtype=EVAL_DTYPE, device="cpu", cpu_threads=1,
+            max_lora_rank=16, max_loras=2,
+        )  # fmt: skip
+        command = serve_command(config, VllmLauncher(python=args.vllm_python))
+        t0 = time.monotonic()
+        proc = _start(list(command.argv), dict(command.env), tmp / f"{mode}.log", url)
+        startup = time.monotonic() - t0
+        try:
+            if mode == "lora":
+                VllmEngine(url).load_adapter(name, str(args.adapter))
+            rows[mode] = {
+                **_workload(url, name, args.agents, args.turns, args.max_tokens, proc.pid),
+                "startup_s": round(startup, 1),
+            }
+        finally:
+            _stop(proc)
+        print(mode, {k: v for k, v in rows[mode].items() if k != "answers"}, flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=24)
@@ -166,10 +211,14 @@ def main() -> None:
     parser.add_argument("--vllm-python", default=str(REPO / ".venv-vllm" / "bin" / "python"))
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument("--adapter", type=Path, help="compare this adapter as LoRA vs merged")
     args = parser.parse_args()
     student = get_student(args.student)
     tmp = Path(tempfile.mkdtemp(prefix="bench-vllm-"))
     rows = {}
+    if args.adapter:
+        rows = _adapter_rows(args, student, tmp)
+        args.skip_vllm = args.skip_baseline = True
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -230,6 +279,13 @@ def main() -> None:
     for name, r in rows.items():
         print(f"| {name} | {r['wall_s']} | {r['tokens_per_s']} | {r['p50_s']} | {r['p95_s']} | "
               f"{r['peak_rss_gb']} | {r['startup_s']} |")  # fmt: skip
+    if "lora" in rows and "merged" in rows:
+        m, lo = rows["merged"], rows["lora"]
+        same = sum(a == b for a, b in zip(m["answers"], lo["answers"], strict=True))
+        print(f"\nmerged / lora: wall x{lo['wall_s'] / m['wall_s']:.2f} faster, tokens/s "
+              f"x{m['tokens_per_s'] / lo['tokens_per_s']:.2f}, "
+              f"p50 x{m['p50_s'] / lo['p50_s']:.2f}; "
+              f"identical answers {same}/{len(m['answers'])}")  # fmt: skip
     if "retired" in rows and "vllm" in rows:
         v, b = rows["vllm"], rows["retired"]
         print(f"\nvLLM / retired: tokens/s x{v['tokens_per_s'] / b['tokens_per_s']:.2f}, "

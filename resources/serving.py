@@ -26,6 +26,7 @@ A run executed step by step in subprocesses starts the server in each step that 
 from __future__ import annotations
 
 import atexit
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -98,6 +99,13 @@ class ServingResource(dg.ConfigurableResource):
     keep_alive: bool = Field(
         default=False, description="leave a started server running after the run ends"
     )
+    adapters_as: str = Field(
+        default="",
+        description="held-out rollouts serve an adapter as: merged (folded into its base, "
+        "on a server of its own) | lora (on the base's server); empty: merged when vLLM "
+        "is launched here on the CPU (its LoRA kernels cost ~3x), lora otherwise",
+    )
+    merged_port: int = Field(default=0, description="port of the merged model's server; 0: port+1")
 
     _leases: set = PrivateAttr(default_factory=set)
 
@@ -121,6 +129,8 @@ class ServingResource(dg.ConfigurableResource):
             cpu_kv_cache_gib=self.cpu_kv_cache_gib,
             cpu_threads=self.cpu_threads,
             gpu_memory_utilization=self.gpu_memory_utilization,
+            adapters_as=self.adapters_as,
+            merged_port=self.merged_port,
         )
 
     def server_choice(self) -> ServerChoice:
@@ -143,6 +153,29 @@ class ServingResource(dg.ConfigurableResource):
         if leased:
             self._hold(self.state_root(), self.port)
         return endpoint
+
+    def merges_adapters(self) -> bool:
+        """Held-out rollouts serve adapters merged (:meth:`ServeSettings.merges_adapters`)."""
+        return self.settings().merges_adapters()
+
+    @contextmanager
+    def serve_adapter(self, student: str, adapter_dir: str, *, log=None):
+        """``(endpoint, served_as)`` for rollouts of the adapter at ``adapter_dir`` under its
+        content name (:meth:`ServeSettings.ensure_adapter`): merged into ``student`` on a
+        server of its own that stops on leaving unless another process holds it (each merged
+        model is rolled out once: its memory is not kept), or as a LoRA on the base's server,
+        which lives on with the run."""
+        state = self.state_root()
+        endpoint, served_as, port = self.settings().ensure_adapter(
+            student, adapter_dir, state, log=log
+        )
+        if served_as == "lora" and port is not None:
+            self._hold(state, port)
+        try:
+            yield endpoint, served_as
+        finally:
+            if served_as == "merged":
+                release_server(state, port)
 
     def vllm_command(self, model: str, *, served_model_name: str | None = None) -> Command:
         """The vLLM process this resource launches for ``model`` (vLLM's own python, or its

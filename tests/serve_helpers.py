@@ -54,6 +54,10 @@ def start_server_early() -> None:
     with _lock:
         if "thread" in _started:
             return
+        # built here, not in the thread: transformers' lazy imports are not thread-safe (a
+        # test importing it meanwhile made the thread's `from transformers import AutoConfig`
+        # fail), and building the student is the only part of the start that imports it
+        student()
 
         def run() -> None:
             try:

@@ -123,7 +123,7 @@ def evaluate_model(
     finishes only those pairs)."""
     from coop_dag.agent.models import LiteLLMChatModel
     from coop_dag.agent.rollouts import limits_from, raise_on_errors, rollout_pairs
-    from coop_dag.serving.server import ServingError, ensure_loaded, release_server
+    from coop_dag.serving.server import ServingError, release_server
     from coop_dag.serving.vllm import VllmEngine, VllmError
     from coop_dag.training.adapters import (
         AdapterError,
@@ -139,7 +139,7 @@ def evaluate_model(
     max_tokens = int(settings.get("max_tokens", 320))
     run_dir = Path(run_dir)
     facts: dict[str, Any] = {"variant": variant.name}
-    leased = False
+    lease_port: int | None = None  # the port of the server this holds a lease on
     attach_url = serve.server_choice().url  # --url, or COOP_DAG_VLLM_URL
     try:
         if _is_adapter(model):
@@ -150,19 +150,21 @@ def evaluate_model(
             except AdapterError as exc:
                 raise EvalError(f"adapter {path}: {exc}") from None
             base = student or lineage.get("student") or variant.student
-            endpoint, leased = serve.ensure(base, state_dir, log=log)
+            # as student_rollouts serves it: merged on the CPU, a LoRA elsewhere
+            endpoint, served_as, lease_port = serve.ensure_adapter(base, path, state_dir, log=log)
             kind, name = "adapter", adapter_name(path)
-            ensure_loaded(endpoint.url, name, path)
             chat = endpoint.chat_model(name, max_tokens=max_tokens)
             facts.update(
                 adapter_dir=path,
                 adapter_name=name,
+                adapter_served_as=served_as,
                 student=base,
                 adapter_lineage=lineage,
                 endpoint=endpoint.api_base,
             )
         elif _student_or_none(model) is not None:
             endpoint, leased = serve.ensure(model, state_dir, log=log)
+            lease_port = serve.port if leased else None
             kind, name = "base", endpoint.base_model_id
             chat = endpoint.chat_model(name, max_tokens=max_tokens)
             facts.update(student=model, base_model=name, endpoint=endpoint.api_base)
@@ -213,8 +215,8 @@ def evaluate_model(
     except ServingError as exc:
         raise EvalError(f"serving {model}: {exc}") from None
     finally:
-        if leased:
-            release_server(state_dir, serve.port)
+        if lease_port is not None:
+            release_server(state_dir, lease_port)
     provenance = {
         "model": model,
         "model_kind": kind,

@@ -987,6 +987,68 @@ class ServeSettings:
     cpu_kv_cache_gib: int = 2
     cpu_threads: int = 1
     gpu_memory_utilization: float = 0.85
+    adapters_as: str = ""
+    merged_port: int = 0
+
+    def merges_adapters(self) -> bool:
+        """Whether held-out rollouts serve an adapter merged into its base (on a server of its
+        own, :meth:`merged_port_or_next`) rather than as a LoRA on the base's server.
+        ``adapters_as``: ``merged`` | ``lora`` | empty: merged when this launches vLLM on the
+        CPU (its LoRA kernels made an adapter ~3x slower than the same weights merged), LoRA
+        on GPUs and on an attached server (whose model is not ours to change)."""
+        from coop_dag.config.profiles import ProfileError
+
+        choice = self.server_choice()
+        if self.adapters_as not in ("", "merged", "lora"):
+            raise ProfileError(
+                f"ServingResource.adapters_as={self.adapters_as!r}: expected merged, lora or empty"
+            )
+        if self.adapters_as == "merged" and choice.mode != "python":
+            raise ProfileError(
+                "ServingResource.adapters_as=merged needs a vLLM this resource launches from a "
+                f"python (the server mode is {choice.mode}); use adapters_as=lora"
+            )
+        if self.adapters_as:
+            return self.adapters_as == "merged"
+        return choice.mode == "python" and choice.device == "cpu"
+
+    def ensure_adapter(
+        self,
+        student: str,
+        adapter_dir: str | os.PathLike,
+        state_dir: str | os.PathLike,
+        *,
+        log: LogFn | None = None,
+    ) -> tuple[Endpoint, str, int | None]:
+        """An endpoint that serves the adapter at ``adapter_dir`` (on ``student``) under its
+        content name, for rollouts: ``(endpoint, "merged" | "lora", leased port or None)``.
+        Merged (:meth:`merges_adapters`): the adapter folded into its base
+        (:func:`coop_dag.adapters.merged_model`) on a server of its own on
+        :meth:`merged_port_or_next`; LoRA: loaded on the base's server (put back under the
+        same name if a restarted server lost it). Return the lease with
+        :func:`release_server` on the port given."""
+        from dataclasses import replace
+
+        from coop_dag.training.adapters import adapter_name, merged_model
+        from coop_dag.training.students import get_student
+
+        name = adapter_name(adapter_dir)
+        if self.merges_adapters():
+            merged = merged_model(adapter_dir, get_student(student).model_dir)
+            if log:
+                log(f"serving {name} merged into its base: {merged}")
+            settings = replace(self, port=self.merged_port_or_next())
+            endpoint, _ = settings.ensure(
+                student, state_dir, log=log, model_dir=merged, served_name=name
+            )
+            return endpoint, "merged", settings.port
+        endpoint, leased = self.ensure(student, state_dir, log=log)
+        ensure_loaded(endpoint.url, name, adapter_dir)
+        return endpoint, "lora", self.port if leased else None
+
+    def merged_port_or_next(self) -> int:
+        """The port of the merged-adapter server: ``merged_port``, else the next one up."""
+        return self.merged_port or self.port + 1
 
     def server_choice(self):
         """The server and how to reach it (:class:`coop_dag.config.profiles.ServerChoice`): settings
@@ -1043,16 +1105,35 @@ class ServeSettings:
         )
         return serve_command(config, launcher)
 
-    def ensure(self, student: str, state_dir: str | os.PathLike, *, log: LogFn | None = None):
+    def ensure(
+        self,
+        student: str,
+        state_dir: str | os.PathLike,
+        *,
+        log: LogFn | None = None,
+        model_dir: str | os.PathLike | None = None,
+        served_name: str | None = None,
+    ):
         """A running vLLM whose base model is ``student``: attached to (``url``), or reused /
         started on ``host:port`` with a lease for this process under ``state_dir`` (return it
-        with :func:`release_server`). Returns ``(endpoint, leased)``."""
+        with :func:`release_server`). Returns ``(endpoint, leased)``. ``model_dir`` (with
+        ``served_name``) serves that directory instead of the student's own, e.g. an adapter
+        merged into it (:func:`coop_dag.training.adapters.merged_model`)."""
         from coop_dag.config.hostcheck import check_server
         from coop_dag.training.students import get_student
 
         choice = self.server_choice()
         resolved = get_student(student)
         expect = [resolved.name, student, str(resolved.model_dir)]
+        root, name = str(resolved.model_dir), resolved.name
+        if model_dir is not None:
+            if choice.url:
+                raise ServingError(
+                    f"cannot serve {model_dir} on the attached server {choice.url}: its model "
+                    "is not ours to change (serve adapters as LoRA there)"
+                )
+            root, name = str(model_dir), served_name or Path(model_dir).name
+            expect = [name, root]
         if choice.url:
             engine = VllmEngine(choice.url)
             try:
@@ -1068,14 +1149,14 @@ class ServeSettings:
                 "`bash scripts/vllm_venv.sh` (the README's commands do), or point "
                 "COOP_DAG_VLLM_PYTHON at another vLLM environment"
             )
-        command = self.command(str(resolved.model_dir), served_model_name=resolved.name)
+        command = self.command(root, served_model_name=name)
         endpoint = ensure_server(
             list(command.argv),
             host=self.host,
             port=self.port,
             state_dir=state_dir,
             expect_ids=expect,
-            expect_root=str(resolved.model_dir),
+            expect_root=root,
             startup_timeout=self.startup_timeout,
             env=dict(command.env),
             log=log,

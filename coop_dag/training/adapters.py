@@ -14,6 +14,9 @@ An adapter is a PEFT directory that vLLM can load:
 - `adapter_sha12` hashes the weights file; `adapter_name` turns it into the served name
   `student-<sha12>`. A name is therefore never reused for different weights, which is the
   project's answer to vLLM's silent no-op when an existing `lora_name` is re-loaded.
+- `merged_model`: the base model with an adapter's LoRA delta folded into its weights, cached
+  and content-keyed: what the CPU serves for held-out rollouts (vLLM's CPU LoRA kernels made
+  the adapter ~3x slower than the same weights merged; bench/bench_vllm.py --adapter).
 - `write_lineage` / `read_lineage`: `lineage.json`, the facts that make every metric of
   this adapter traceable (variant, teacher, tokenizer sha, upweight, base model, ...).
 """
@@ -39,6 +42,7 @@ __all__ = [
     "AdapterInfo",
     "adapter_name",
     "adapter_sha12",
+    "merged_model",
     "read_lineage",
     "repair_adapter",
     "validate_adapter",
@@ -153,6 +157,51 @@ def adapter_sha12(path: str | os.PathLike) -> str:
 def adapter_name(path: str | os.PathLike) -> str:
     """The content-addressed served name, `student-<sha12>`."""
     return NAME_PREFIX + adapter_sha12(path)
+
+
+# --------------------------------------------------------------------------- merging
+
+# Files of the base model directory the merged directory takes as they are (the tokenizer,
+# the chat template, generation defaults); the weights and config are written by the merge.
+_MERGE_SKIP = {"model.safetensors", "model.safetensors.index.json", "config.json"}
+
+
+def merged_model(adapter_dir: str | os.PathLike, base_dir: str | os.PathLike) -> Path:
+    """A model directory holding ``base_dir``'s weights with the adapter merged in (PEFT's
+    ``merge_and_unload`` in float32), tokenizer and chat template copied from the base, so vLLM
+    serves it as a plain model. Built once per (base, adapter weights, adapter config) under
+    ``<cache>/merged/<base dir name>/`` atomically (a killed build leaves nothing half
+    written); its manifest names the adapter, the base and the library versions."""
+    from coop_dag.training.students import cache_root, materialize
+
+    adapter, base = _dir(adapter_dir), Path(base_dir)
+    cfg_sha = file_sha256(adapter / ADAPTER_CONFIG)[:8]
+    final = cache_root() / "merged" / base.name / f"{adapter_name(adapter)}-{cfg_sha}"
+
+    def build(tmp: Path) -> dict:
+        import shutil
+
+        import peft
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            base, dtype=torch.float32, local_files_only=True
+        )
+        merged = peft.PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        merged.save_pretrained(tmp, safe_serialization=True)
+        for f in base.iterdir():
+            if f.is_file() and f.name not in _MERGE_SKIP and not f.name.startswith("coop_dag"):
+                shutil.copy2(f, tmp / f.name)
+        return {
+            "adapter": adapter_name(adapter),
+            "adapter_dir": str(adapter),
+            "adapter_config_sha256": file_sha256(adapter / ADAPTER_CONFIG),
+            "base_model_dir": str(base),
+            "versions": {"peft": peft.__version__, "torch": torch.__version__},
+        }
+
+    return materialize(final, build, label="merged")[0]
 
 
 # --------------------------------------------------------------------------- validation
