@@ -11,7 +11,9 @@ import dagster as dg
 
 from assets.partitions import GPU_POOL, variant_partitions
 
-HOLD_S = 4.0  # how long a step waits to see the other partition's step start
+HOLD_S = 10.0  # how long a step waits to see the other partition's step start
+READY_S = 120.0  # how long it waits for the other process to be ready to launch its run
+PARTITIONS = ("templated", "templated-up1")
 
 
 class GpuStepConfig(dg.Config):
@@ -24,7 +26,12 @@ def gpu_step(context: dg.AssetExecutionContext, config: GpuStepConfig) -> None:
     me = context.partition_key
     start = time.time()
     (out / f"{me}.start").write_text(str(start))
-    deadline = start + HOLD_S
+    # Count the hold from the moment the other process is about to launch its run, not from
+    # my start: on a loaded machine its imports alone can take longer than the hold.
+    ready_by = start + READY_S
+    while time.time() < ready_by and not all((out / f"{p}.ready").exists() for p in PARTITIONS):
+        time.sleep(0.1)
+    deadline = time.time() + HOLD_S
     saw_other = False
     while time.time() < deadline and not saw_other:  # would the other step run beside me?
         saw_other = any(  # another partition's step started and has not finished
@@ -39,6 +46,7 @@ def gpu_step(context: dg.AssetExecutionContext, config: GpuStepConfig) -> None:
 
 def main(partition: str, out_dir: str) -> int:
     with dg.DagsterInstance.get() as instance:
+        (Path(out_dir) / f"{partition}.ready").write_text("")
         result = dg.materialize(
             [gpu_step],
             partition_key=partition,

@@ -29,6 +29,7 @@ import json
 import random
 import re
 import shlex
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,11 +131,17 @@ _DEF_RE = re.compile(r"^(\s*)(?:async\s+)?(def|class)\s+([A-Za-z_]\w*)")
 _IDENT_RE = re.compile(r"`([A-Za-z_][\w.]*(?:\(\))?)`")
 
 
+# CPython 3.11's parser is not safe in two threads at once (agents of one pair run in
+# threads): "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905).
+_AST_LOCK = threading.Lock()
+
+
 def _scopes(source: str) -> list[tuple[int, int, int, str, bool]]:
     """`(first line, last line, column, qualified name, is_function)` of every class and of every
     function not nested in another function (a nested helper is part of its function)."""
     try:
-        tree = ast.parse(source)
+        with _AST_LOCK:
+            tree = ast.parse(source)
     except SyntaxError:
         return []
     out: list[tuple[int, int, int, str, bool]] = []

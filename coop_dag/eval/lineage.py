@@ -137,7 +137,9 @@ class LineageStore:
             try:
                 con = duckdb.connect(str(self.path))
                 break
-            except duckdb.IOException as err:  # another process holds the write lock
+            # another process holds the write lock, or another thread of this one is
+            # opening or closing the same file (DuckDB's per-file instance cache)
+            except (duckdb.IOException, duckdb.ResourceInUseException) as err:
                 if attempt == self.retries - 1:
                     raise LineageError(f"lineage store {self.path} is locked: {err}") from err
                 time.sleep(0.1 + 0.05 * attempt)
