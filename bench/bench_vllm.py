@@ -11,7 +11,7 @@ memory of the server's whole process group (sampled every 0.5 s), and the ratios
 
 ``--adapter DIR`` compares instead how a trained adapter is served for the held-out
 rollouts: as a LoRA on the base's server (vLLM's CPU LoRA kernels) vs merged into the base
-(`coop_dag.adapters.merged_model`, the CPU default), same workload, same flags, and whether
+(`coop_dag.training.adapters.merged_model`, the CPU default), same workload, same flags, and whether
 the two answered every request with the same text (greedy).
 
     .venv/bin/python bench/bench_vllm.py [--agents 24] [--turns 2] [--max-tokens 256]

@@ -1023,7 +1023,7 @@ class ServeSettings:
         """An endpoint that serves the adapter at ``adapter_dir`` (on ``student``) under its
         content name, for rollouts: ``(endpoint, "merged" | "lora", leased port or None)``.
         Merged (:meth:`merges_adapters`): the adapter folded into its base
-        (:func:`coop_dag.adapters.merged_model`) on a server of its own on
+        (:func:`coop_dag.training.adapters.merged_model`) on a server of its own on
         :meth:`merged_port_or_next`; LoRA: loaded on the base's server (put back under the
         same name if a restarted server lost it). Return the lease with
         :func:`release_server` on the port given."""
