@@ -5,15 +5,14 @@ on the session's server, and that server is stopped when the rollouts are done."
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import serve_helpers as H
 import torch
-from test_serving import PROBE
+from test_serving import PROBE, _port
 
 from coop_dag.config.profiles import ProfileError
-from coop_dag.serving.server import ServeSettings, run_probe, serve_adapter
+from coop_dag.serving.server import ServeSettings, _port_open, run_probe, serve_adapter
 from coop_dag.training.adapters import adapter_name, merged_model
 from coop_dag.training.students import BUILDS, MANIFEST_NAME
 
@@ -75,18 +74,6 @@ def test_adapters_are_merged_where_this_launches_vllm_on_the_cpu():
     assert ServeSettings(port=8100, merged_port=9000).merged_port_or_next() == 9000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1.0)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def test_a_merged_adapter_served_by_vllm_answers_as_the_lora_and_is_stopped_after(
     vllm_server, tmp_path
 ):
@@ -95,16 +82,16 @@ def test_a_merged_adapter_served_by_vllm_answers_as_the_lora_and_is_stopped_afte
     adapter = H.adapters()["A"]
     name = adapter_name(adapter)
     lora = serve_adapter(vllm_server.url, adapter, probe=PROBE)
-    resource = ServingResource(port=_free_port(), state_dir=str(tmp_path), cpu_kv_cache_gib=1)
+    resource = ServingResource(port=_port(), state_dir=str(tmp_path), cpu_kv_cache_gib=1)
     assert resource.merges_adapters()  # the CPU default
     port = resource.settings().merged_port_or_next()
     with resource.serve_adapter(H.STUDENT, adapter) as (endpoint, served_as):
         assert served_as == "merged"
         assert endpoint.url.endswith(f":{port}") and endpoint.base_model_id == name
-        assert not _port_open(resource.port)  # the base's server was not needed
+        assert not _port_open("127.0.0.1", resource.port)  # the base's server was not needed
         out = run_probe(endpoint.engine, name, PROBE)
     assert out.token_ids == lora.adapter_output.token_ids
-    assert not _port_open(port)  # nobody else held it: stopped with the rollouts
+    assert not _port_open("127.0.0.1", port)  # nobody else held it: stopped with the rollouts
     H.unload_all(vllm_server)
 
 
