@@ -47,8 +47,11 @@ def deploy_home(tmp_path):
     (home / "dagster.yaml").write_text(text.replace(STORAGE_IN_IMAGE, str(tmp_path / "storage")))
     # Create the storage once, here: two processes creating a fresh SQLite storage at the
     # same moment can both stamp its alembic revision, and then neither can open it.
-    with dg.DagsterInstance.from_config(str(home)):
-        pass
+    # The pool's slots likewise: two processes claiming from a pool nobody created yet can
+    # both create it (CI saw both steps start at once). Create it with the configured limit.
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        limit = instance.get_concurrency_config().pool_config.default_pool_limit
+        instance.event_log_storage.set_concurrency_slots(GPU_POOL, limit)
     return home
 
 
