@@ -146,6 +146,25 @@ def _materialisations(instance, asset: str, partition: str | None = None) -> lis
     ).records
 
 
+def _failures(home: Path, backfill_id: str) -> list[str]:
+    """Each failed run's failure events (step and run), so a failed backfill says why."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+        failures = []
+        for run in runs:
+            if run.status == dg.DagsterRunStatus.SUCCESS:
+                continue
+            for event in instance.all_logs(run.run_id):
+                kind = event.dagster_event.event_type_value if event.dagster_event else None
+                if kind in ("STEP_FAILURE", "RUN_FAILURE"):
+                    error = getattr(event.dagster_event.event_specific_data, "error", None)
+                    detail = error.to_string()[-3000:] if error else event.message
+                    failures.append(f"{run.tags.get('dagster/partition')} {kind}: {detail}")
+        return failures
+
+
 def _meta(record) -> dict:
     return {k: v.value for k, v in record.asset_materialization.metadata.items()}
 
@@ -204,7 +223,10 @@ def check_backfill(tmp_path: Path, variants: dict) -> None:
     names = list(variants)
     home, runs = tmp_path / "home", tmp_path / "runs"
     done = json.loads((tmp_path / "backfill.json").read_text())
-    assert done["status"] == BulkActionStatus.COMPLETED_SUCCESS.value, done
+    assert done["status"] == BulkActionStatus.COMPLETED_SUCCESS.value, (
+        done,
+        _failures(home, done["backfill_id"]),
+    )
     backfill_id = done["backfill_id"]
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
