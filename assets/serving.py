@@ -4,7 +4,7 @@ import dagster as dg
 
 from assets.partitions import GPU_POOL, VARIANTS, check_spec, variant_partitions
 from coop_dag.eval.lineage import content_version
-from coop_dag.serving.server import serve_adapter
+from coop_dag.serving.swap import serve_adapter
 from resources.lineage import LineageResource
 from resources.serving import ServingResource
 

@@ -16,6 +16,7 @@ import dagster as dg
 from assets.partitions import GPU_POOL, VARIANTS, check_spec, variant_partitions
 from coop_dag.config.profiles import VERL_KINDS
 from coop_dag.eval.lineage import content_version
+from coop_dag.serving.endpoints import Endpoint
 from coop_dag.serving.probe import (
     ProbeResult,
     compare_outputs,
@@ -23,7 +24,7 @@ from coop_dag.serving.probe import (
     probe_endpoint,
     probe_key,
 )
-from coop_dag.serving.server import Endpoint, ensure_loaded
+from coop_dag.serving.swap import ensure_loaded
 from coop_dag.training.adapters import AdapterError, adapter_name, validate_adapter, write_lineage
 from coop_dag.training.recipes import recipe_for
 from coop_dag.training.students import get_student

@@ -5,7 +5,8 @@ own conversation with a tool result, up to ``--max-tokens`` a turn, greedy.
 
 The retired server is run from the last commit that had it (``--baseline-ref``, extracted with
 ``git archive`` into a temp dir, run with the core venv); vLLM is launched exactly as the
-serving resource launches it (`serving.vllm.serve_command`, the evaluation protocol's dtype).
+serving resource launches it (`serving.vllm_launch.serve_command`, the evaluation protocol's
+dtype).
 Reported per engine: wall time, generated tokens/s, p50/p95 request latency, peak resident
 memory of the server's whole process group (sampled every 0.5 s), and the ratios.
 
@@ -38,10 +39,10 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from coop_dag.agent.actions import BASH_TOOL  # noqa: E402
 from coop_dag.serving.probe import first_turn_messages, held_out_cases  # noqa: E402
-from coop_dag.serving.vllm import (  # noqa: E402
+from coop_dag.serving.vllm import VllmEngine  # noqa: E402
+from coop_dag.serving.vllm_launch import (  # noqa: E402
     DEFAULT_MAX_MODEL_LEN,
     EVAL_DTYPE,
-    VllmEngine,
     VllmLauncher,
     VllmServeConfig,
     serve_command,
@@ -174,8 +175,10 @@ def _adapter_rows(args, student, tmp: Path) -> dict:
     name = adapter_name(args.adapter)
     rows = {}
     for mode in ("lora", "merged"):
-        model = str(student.model_dir) if mode == "lora" else str(
-            merged_model(args.adapter, student.model_dir)
+        model = (
+            str(student.model_dir)
+            if mode == "lora"
+            else str(merged_model(args.adapter, student.model_dir))
         )
         port = _free_port()
         url = f"http://127.0.0.1:{port}"

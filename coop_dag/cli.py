@@ -21,6 +21,7 @@ DATASET_FLAGS = {
     "test": "--test",
 }
 
+
 def _cmd_tasks(args: argparse.Namespace) -> int:
     from coop_dag.dataset.config import resolve_dataset_config
     from coop_dag.dataset.tasks import SPLITS, task_pool_summary
@@ -137,7 +138,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from coop_dag.config.variants import default_variant_name, get_variant
     from coop_dag.dataset.config import parse_repos, resolve_dataset_config
     from coop_dag.eval.model_eval import evaluate_model, score_table, select_eval_pairs
-    from coop_dag.serving.server import ServeSettings
+    from coop_dag.serving.settings import ServeSettings
 
     explicit_pairs = parse_repos(args.pairs) if args.pairs else ()
     config = resolve_dataset_config(
@@ -214,7 +215,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import shlex
 
     from coop_dag.config.profiles import resolve_profile
-    from coop_dag.serving.vllm import (
+    from coop_dag.serving.vllm_launch import (
         DEFAULT_MAX_MODEL_LEN,
         EVAL_DTYPE,
         VllmLauncher,
@@ -262,7 +263,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from coop_dag.serving.server import DEFAULT_PORT  # the port the serving resource starts vLLM on
+    # the port the serving resource starts vLLM on
+    from coop_dag.serving.settings import DEFAULT_PORT
 
     parser = argparse.ArgumentParser(
         prog="coop-dag",

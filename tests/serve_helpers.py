@@ -70,7 +70,7 @@ def start_server_early() -> None:
 
 
 def _start():
-    from coop_dag.serving.server import stop_server
+    from coop_dag.serving.leases import stop_server
     from resources.serving import ServingResource
 
     state = Path(tempfile.mkdtemp(prefix="coop-vllm-state-"))

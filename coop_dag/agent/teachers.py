@@ -599,7 +599,7 @@ def teacher_facts(variant: Variant) -> dict[str, Any]:
 
 def make_teacher_factory(variant: Variant, endpoint: Any = None):
     """The variant's teacher as an episode ModelFactory. Checks credentials up front.
-    ``endpoint``: for a ``served`` teacher, the :class:`coop_dag.serving.server.Endpoint` serving
+    ``endpoint``: for a ``served`` teacher, the :class:`coop_dag.serving.endpoints.Endpoint` serving
     its model (the caller starts it)."""
     teacher = variant.teacher
     kind = teacher["kind"]

@@ -5,7 +5,8 @@ The model is one of
 - an **adapter directory** (``adapter_config.json`` inside): served by vLLM on its base
   student (its ``lineage.json``'s ``student``, else ``--student``, else the variant's) under its
   content name ``student-<sha12>``, on a server attached to (``url``) or started the way the
-  serving resource starts it (:class:`~coop_dag.serving.server.ServeSettings`), stopped afterwards;
+  serving resource starts it (:class:`~coop_dag.serving.settings.ServeSettings`), stopped
+  afterwards;
 - a **student name** (configs/students.yaml): its untrained base model, served the same way;
 - a **served model name** with ``url``: any model ``/v1/models`` lists there;
 - otherwise a **litellm model string** (``openai/gpt-4o``, ``gemini/...``), called directly.
@@ -118,12 +119,13 @@ def evaluate_model(
 ) -> EvalRun:
     """Roll `model` out on `pairs` into `run_dir` and score it (see the module docstring).
     `variant`: a :class:`coop_dag.config.variants.Variant` (its ``student_rollout`` limits);
-    `serve`: a `serving.server.ServeSettings`. An infrastructure error in any pair
+    `serve`: a `serving.settings.ServeSettings`. An infrastructure error in any pair
     raises `agent.rollouts.RolloutErrors` after the run directory is written (a rerun
     finishes only those pairs)."""
     from coop_dag.agent.models import LiteLLMChatModel
     from coop_dag.agent.rollouts import limits_from, raise_on_errors, rollout_pairs
-    from coop_dag.serving.server import ServingError, release_server
+    from coop_dag.serving.errors import ServingError
+    from coop_dag.serving.leases import release_server
     from coop_dag.serving.vllm import VllmEngine, VllmError
     from coop_dag.training.adapters import (
         AdapterError,

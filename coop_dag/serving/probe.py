@@ -185,11 +185,11 @@ def _first_turn_messages(task: str, agent_id: str, partner_id: str) -> list[dict
 
 
 def first_turn_request(name: str, task: str, agent_id: str, partner_id: str, max_tokens: int):
-    """The one builder of a first-turn request (a :class:`coop_dag.serving.server.Probe`): the
+    """The one builder of a first-turn request (a :class:`coop_dag.serving.greedy.Probe`): the
     agent's turn-0 context for ``task`` with the bash tool, decoded greedily. Both probes send
     it: this module's held-out cases (`case_probe`) and the served adapter's swap proof
     (`first_turn_probe`)."""
-    from coop_dag.serving.server import Probe
+    from coop_dag.serving.greedy import Probe
 
     return Probe(
         name=name,
@@ -209,10 +209,11 @@ def first_turn_probe(
     coop prompt (no steering), with the bash tool: what a served student sees first in a
     rollout, on a repository it never trained on. Defaults: the bundled dataset and its
     *validation* repositories (probes never read test repositories), so the probe is the same
-    everywhere; ``max_tokens``: `serving.server.DEFAULT_PROBE_MAX_TOKENS`. The swap proof of
-    `serving.server` sends it."""
+    everywhere; ``max_tokens``: `serving.greedy.DEFAULT_PROBE_MAX_TOKENS`. The swap proof of
+    `serving.swap` sends it."""
     from coop_dag.dataset.tasks import discover_pairs
-    from coop_dag.serving.server import DEFAULT_PROBE_MAX_TOKENS, ServingError
+    from coop_dag.serving.errors import ServingError
+    from coop_dag.serving.greedy import DEFAULT_PROBE_MAX_TOKENS
 
     root = Path(dataset_dir) if dataset_dir is not None else BUNDLED_DATASET
     repos = list(held_out) if held_out else list(BUNDLED_SPLIT.validation)
@@ -339,7 +340,7 @@ def probe_key(student: Any, cases: Sequence[ProbeCase], max_new_tokens: int, eng
 
 
 def case_probe(case: ProbeCase, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
-    """The case as a :class:`coop_dag.serving.server.Probe` (`first_turn_request`)."""
+    """The case as a :class:`coop_dag.serving.greedy.Probe` (`first_turn_request`)."""
     return first_turn_request(
         f"first-turn:{case.key}", case.task, case.agent_id, case.partner_id, max_new_tokens
     )
@@ -359,7 +360,7 @@ def probe_endpoint(
     the engine batches them."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from coop_dag.serving.server import run_probe as ask
+    from coop_dag.serving.greedy import run_probe as ask
 
     if not cases:
         raise ProbeError("no probe cases")

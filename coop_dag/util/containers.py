@@ -1,6 +1,6 @@
 """Containers and commands, the one copy both engines launch with: a `Command` (argv plus
 environment, optionally a named container), the `docker run` line for one, and the variables
-every container gets by name. verl (`training.verl`) and vLLM (`serving.vllm`) use it; it
+every container gets by name. verl (`training.verl`) and vLLM (`serving.vllm_launch`) use it; it
 imports neither. Standard library only."""
 
 from __future__ import annotations

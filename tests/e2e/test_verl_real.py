@@ -31,7 +31,7 @@ import pytest
 import serve_helpers
 
 from coop_dag.serving.probe import first_turn_probe
-from coop_dag.serving.server import serve_adapter
+from coop_dag.serving.swap import serve_adapter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -208,7 +208,7 @@ def stand_in_serving(tmp_path, monkeypatch):
     import socket
     import sys
 
-    from coop_dag.serving.server import ServeSettings
+    from coop_dag.serving.settings import ServeSettings
     from coop_dag.util.containers import Command
     from resources.serving import ServingResource
 
@@ -280,7 +280,8 @@ def test_a_server_that_cannot_start_again_fails_with_its_log_tail(stand_in_servi
     fails with the new attempt's log tail, not a silent retry loop."""
     import sys
 
-    from coop_dag.serving.server import ServeSettings, ServingError
+    from coop_dag.serving.errors import ServingError
+    from coop_dag.serving.settings import ServeSettings
     from coop_dag.util.containers import Command
 
     first = stand_in_serving.ensure(H.STUDENT)

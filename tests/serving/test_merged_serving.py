@@ -12,7 +12,10 @@ import torch
 from test_serving import PROBE, _port
 
 from coop_dag.config.profiles import ProfileError
-from coop_dag.serving.server import ServeSettings, _port_open, run_probe, serve_adapter
+from coop_dag.serving.greedy import run_probe
+from coop_dag.serving.server import _port_open
+from coop_dag.serving.settings import ServeSettings
+from coop_dag.serving.swap import serve_adapter
 from coop_dag.training.adapters import adapter_name, merged_model
 from coop_dag.training.students import BUILDS, MANIFEST_NAME
 

@@ -106,7 +106,7 @@ def test_score_output(cases):
 def test_probe_on_vllm_with_and_without_an_adapter(vllm_server, cases, tmp_path):
     import serve_helpers as H
 
-    from coop_dag.serving.server import ensure_loaded
+    from coop_dag.serving.swap import ensure_loaded
     from coop_dag.training.adapters import adapter_name
 
     two = cases[:2]

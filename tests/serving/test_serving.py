@@ -1,4 +1,4 @@
-"""Adapter registry + probe-based swap verification (coop_dag.serving.server) against the session's
+"""Adapter registry + probe-based swap verification (coop_dag.serving.swap) against the session's
 real vLLM server (faults injected by a real HTTP proxy in front of it), the serving resource's
 lifecycle, and the `served_adapter` asset via materialize()."""
 
@@ -16,18 +16,12 @@ import pytest
 import serve_helpers as H
 
 from coop_dag.agent.actions import BASH_TOOL
+from coop_dag.serving.errors import AdapterNameConflict, ServingError, SwapVerificationError
+from coop_dag.serving.greedy import Probe
+from coop_dag.serving.leases import stop_server
 from coop_dag.serving.probe import first_turn_probe
-from coop_dag.serving.server import (
-    AdapterNameConflict,
-    Probe,
-    ServingError,
-    SwapVerificationError,
-    ensure_loaded,
-    ensure_server,
-    serve_adapter,
-    spawn_detached,
-    stop_server,
-)
+from coop_dag.serving.server import ensure_server, spawn_detached
+from coop_dag.serving.swap import ensure_loaded, serve_adapter
 from coop_dag.serving.vllm import VllmEngine
 from coop_dag.training.adapters import adapter_name
 
@@ -371,7 +365,8 @@ def _port() -> int:
 
 
 def test_a_server_lives_while_a_process_holds_a_lease(tmp_path):
-    from coop_dag.serving.server import _pid_alive, release_server
+    from coop_dag.serving.leases import release_server
+    from coop_dag.serving.server import _pid_alive
 
     port = _port()
     kw = dict(host="127.0.0.1", port=port, state_dir=tmp_path, expect_ids=["x"])

@@ -1,7 +1,7 @@
-"""coop_dag.serving.vllm: the `vllm serve` command in full, and the HTTP client against a small
-stdlib server that mimics vLLM's health / models / LoRA load-unload endpoints (current
-vLLM's 400 on a duplicate lora_name, and the seed's vLLM that answered 200 and kept the
-old weights)."""
+"""coop_dag.serving.vllm_launch and coop_dag.serving.vllm: the `vllm serve` command in full, and
+the HTTP client against a small stdlib server that mimics vLLM's health / models / LoRA
+load-unload endpoints (current vLLM's 400 on a duplicate lora_name, and the seed's vLLM that
+answered 200 and kept the old weights)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,12 @@ from coop_dag.serving.vllm import (
     AdapterNotLoaded,
     VllmEngine,
     VllmError,
+    attach,
+)
+from coop_dag.serving.vllm_launch import (
     VllmLauncher,
     VllmServeConfig,
     VllmServer,
-    attach,
     lora_rank_slot,
     serve_command,
 )
