@@ -4,7 +4,8 @@ import dagster as dg
 
 from assets.partitions import GPU_POOL, VARIANTS, check_spec, variant_partitions
 from coop_dag.eval.lineage import content_version
-from coop_dag.serving.swap import serve_adapter
+from coop_dag.serving.endpoints import Endpoint
+from coop_dag.serving.swap import ServedAdapter, serve_adapter
 from resources.lineage import LineageResource
 from resources.serving import ServingResource
 
@@ -96,6 +97,27 @@ def serve_and_check(
         strict=False,  # a failed probe fails the blocking check below, with the evidence
         log=context.log.info,
     )
+    out, facts = _served_output(served, endpoint, student, base_model, upstream_facts, upstream)
+    recorded = {k: v for k, v in upstream.items() if v}
+    lineage.record(context, out["data_version"], upstream=recorded, facts=facts)
+    yield dg.Output(
+        out,
+        data_version=dg.DataVersion(out["data_version"]),
+        metadata=_served_metadata(served, endpoint),
+    )
+    yield _probe_check(served)
+
+
+def _served_output(
+    served: ServedAdapter,
+    endpoint: Endpoint,
+    student: str,
+    base_model: str | None,
+    upstream_facts: dict,
+    upstream: dict[str, str | None],
+) -> tuple[dict, dict]:
+    """The asset's output (the served adapter, its endpoint, data version and the provenance
+    downstream records) and the lineage facts of this step."""
     out = served.as_dict()
     out.update(
         {
@@ -128,35 +150,38 @@ def serve_and_check(
     }
     # the provenance downstream records (student_rollouts spreads it into its lineage facts)
     out["facts"] = {**upstream_facts, **facts}
-    recorded = {k: v for k, v in upstream.items() if v}
-    lineage.record(context, out["data_version"], upstream=recorded, facts=facts)
-    yield dg.Output(
-        out,
-        data_version=dg.DataVersion(out["data_version"]),
-        metadata={
-            "endpoint": dg.MetadataValue.url(endpoint.api_base),
-            "adapter_name": served.adapter_name,
-            "adapter_path": dg.MetadataValue.path(served.adapter_path),
-            "litellm_model": served.litellm_model,
-            "base_model_id": served.base_model_id,
-            "server_kind": endpoint.kind,
-            "server_pid": endpoint.pid or 0,
-            "probe": served.probe.name,
-            "probe_base_output": served.base_output.text,
-            "probe_adapter_output": served.adapter_output.text,
-            "probe_outputs": dg.MetadataValue.md(_probe_table(served)),
-            "differs_from_base": served.differs_from_base,
-            "reused": served.reused,
-            "unloaded": dg.MetadataValue.json(served.unloaded),
-        },
-    )
+    return out, facts
+
+
+def _served_metadata(served: ServedAdapter, endpoint: Endpoint) -> dict:
+    """The materialisation's metadata: where it is served and what the probe saw."""
+    return {
+        "endpoint": dg.MetadataValue.url(endpoint.api_base),
+        "adapter_name": served.adapter_name,
+        "adapter_path": dg.MetadataValue.path(served.adapter_path),
+        "litellm_model": served.litellm_model,
+        "base_model_id": served.base_model_id,
+        "server_kind": endpoint.kind,
+        "server_pid": endpoint.pid or 0,
+        "probe": served.probe.name,
+        "probe_base_output": served.base_output.text,
+        "probe_adapter_output": served.adapter_output.text,
+        "probe_outputs": dg.MetadataValue.md(_probe_table(served)),
+        "differs_from_base": served.differs_from_base,
+        "reused": served.reused,
+        "unloaded": dg.MetadataValue.json(served.unloaded),
+    }
+
+
+def _probe_check(served: ServedAdapter) -> dg.AssetCheckResult:
+    """The blocking `adapter_differs_from_base` check: passed when the swap was verified."""
     if served.verified:
         description = (
             f"{served.adapter_name} answers the probe differently from {served.base_model_id}"
         )
     else:
         description = "; ".join(served.problems)
-    yield dg.AssetCheckResult(
+    return dg.AssetCheckResult(
         check_name=CHECK,
         passed=served.verified,
         metadata={
