@@ -96,13 +96,13 @@ def _base_probe(
 
 
 class VerlPipes:
-    """Dagster Pipes around each verl launch (`training.verl.LaunchSession`): the same contract
-    for a local subprocess and a ``docker run`` -- the context in ``DAGSTER_PIPES_CONTEXT``
-    (`dg.PipesEnvContextInjector`), messages appended to a file in the channel directory
-    `coop_dag.training.verl` hands over (inside the run's output dir, mounted at the same path in a
-    container; `dg.PipesFileMessageReader`). `coop_dag.training.verl_pipes` (rank 0) logs every step
-    into this run's log and reports the materialization's metadata (loss curve, exported
-    adapter), collected here as `results`."""
+    """Dagster Pipes around each verl launch (`training.verl_launch.LaunchSession`): the same
+    contract for a local subprocess and a ``docker run`` -- the context in
+    ``DAGSTER_PIPES_CONTEXT`` (`dg.PipesEnvContextInjector`), messages appended to a file in the
+    channel directory `coop_dag.training.verl_run` hands over (inside the run's output dir,
+    mounted at the same path in a container; `dg.PipesFileMessageReader`).
+    `coop_dag.training.verl_pipes` (rank 0) logs every step into this run's log and reports the
+    materialization's metadata (loss curve, exported adapter), collected here as `results`."""
 
     def __init__(self, context: dg.AssetExecutionContext) -> None:
         self.context = context

@@ -22,7 +22,7 @@ from coop_dag.config.profiles import (
 )
 
 if TYPE_CHECKING:
-    from coop_dag.training.verl import VerlLauncher
+    from coop_dag.training.verl_launch import VerlLauncher
 
 
 class TrainingResource(dg.ConfigurableResource):
@@ -42,7 +42,7 @@ class TrainingResource(dg.ConfigurableResource):
     - the trainer: ``kind`` (embedded | verl | verl-cpu), for verl ``verl_python`` or
       ``verl_image`` and ``nproc`` (verl-cpu: ``verl_python``, default the venv of
       ``scripts/verl_venv.sh``; one CPU process); `trainer_choice()` resolves them against
-      the profile and `verl_launcher()` builds the `coop_dag.training.verl.VerlLauncher`.
+      the profile and `verl_launcher()` builds the `coop_dag.training.verl_launch.VerlLauncher`.
       ``lora_checkpoint`` trains with whichever `trainer_choice()` names: the embedded CPU
       trainer in process, or verl as an external process (`coop_dag.training.verl.train_lora_verl`,
       run dir ``<work_dir>/<variant>/verl-<key>/``).
@@ -127,7 +127,7 @@ class TrainingResource(dg.ConfigurableResource):
 
     def verl_launcher(self) -> VerlLauncher:
         """Where verl runs (its python, or its image); an error when the trainer is not verl."""
-        from coop_dag.training.verl import VerlLauncher
+        from coop_dag.training.verl_launch import VerlLauncher
 
         choice = self.trainer_choice()
         if choice.kind not in VERL_KINDS:

@@ -35,9 +35,9 @@ instead of launching one, and ``COOP_DAG_VLLM_IMAGE`` launches it from a contain
 An empty variable counts as unset.
 
 ``COOP_DAG_TRAINER=verl-cpu`` trains with real verl on this machine's CPU: the same trainer,
-``TitoSFTDataset`` and export as on GPUs (`coop_dag.training.verl.CPU_OVERRIDES`), from the venv
-``scripts/verl_venv.sh`` builds (``$COOP_DAG_VERL_VENV``, default ``<repo>/.venv-verl``;
-``COOP_DAG_VERL_PYTHON`` wins), one process.
+``TitoSFTDataset`` and export as on GPUs (`coop_dag.training.verl_config.CPU_OVERRIDES`), from
+the venv ``scripts/verl_venv.sh`` builds (``$COOP_DAG_VERL_VENV``, default
+``<repo>/.venv-verl``; ``COOP_DAG_VERL_PYTHON`` wins), one process.
 """
 
 from __future__ import annotations

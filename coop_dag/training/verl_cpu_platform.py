@@ -22,7 +22,7 @@ host falls back to ``nvidia`` and asks for NCCL. What this module supplies:
 
 What it does not do: the FSDP engine is registered for cuda/npu only, so the trainer is run
 with ``VERL_ENGINE_DEVICE=cuda`` (it selects the engine; the engine then places tensors on
-this platform's device, the CPU) -- see `coop_dag.training.verl.CPU_ENV`.
+this platform's device, the CPU) -- see `coop_dag.training.verl_config.CPU_ENV`.
 """
 
 from __future__ import annotations

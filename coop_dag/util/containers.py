@@ -1,6 +1,6 @@
 """Containers and commands, the one copy both engines launch with: a `Command` (argv plus
 environment, optionally a named container), the `docker run` line for one, and the variables
-every container gets by name. verl (`training.verl`) and vLLM (`serving.vllm_launch`) use it; it
+every container gets by name. verl (`training.verl_launch`) and vLLM (`serving.vllm_launch`) use it; it
 imports neither. Standard library only."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 # Environment variables handed to a container by name only (`-e NAME`): docker copies the
 # caller's value when set, and no secret ever appears on a command line. Passed into any
-# container we launch (vLLM's too); verl's also gets its Pipes variables (verl.PIPES_ENV).
+# container we launch (vLLM's too); verl's also gets its Pipes variables (verl_launch.PIPES_ENV).
 DEFAULT_PASS_ENV = ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_HOME", "WANDB_API_KEY")
 
 

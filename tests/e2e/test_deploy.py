@@ -37,7 +37,7 @@ from coop_dag.config.profiles import (
     resolve_profile,
 )
 from coop_dag.dataset.config import ENV_VARS as DATASET_ENV_VARS
-from coop_dag.training.verl import VerlLauncher
+from coop_dag.training.verl_launch import VerlLauncher
 from resources.serving import ServingResource
 from resources.training import TrainingResource
 

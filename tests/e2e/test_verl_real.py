@@ -2,7 +2,7 @@
 
 The ``verl-cpu`` trainer (`coop_dag.config.profiles`) through the asset, with nothing faked: verl's
 own venv (``scripts/verl_venv.sh``, built here when missing), the torchrun command
-`coop_dag.training.verl.train_command` builds (the cluster's command plus `CPU_OVERRIDES` and
+`coop_dag.training.verl_launch.train_command` builds (the cluster's command plus `CPU_OVERRIDES` and
 `CPU_ENV`) running ``coop_dag.training.verl_pipes`` (verl's sft_trainer in process) through Dagster
 Pipes, ``TitoSFTDataset`` through ``data.custom_cls``, verl's model merger (rank 0, in the
 same process), the repair of its export (0.9.1: the base model only), validation,
@@ -14,13 +14,13 @@ differ from the base model's and it fits the trained output better than the base
 A verl run killed mid-training (its process group, from outside, once its first checkpoint
 is saved) resumes from that checkpoint when launched again (no Dagster: the plain CLI path).
 
-The student is tiny-qwen3 (a random 2-layer Qwen3: seconds per step); the TITO rows come
-from tests/training/test_train.py's helpers (one fixed plan sentence as every output).
+The student is tiny-qwen3 (a random 2-layer Qwen3: seconds per step); its TITO rows come from
+tests/training/verl_fixtures.py (test_train.py's helpers: one fixed plan sentence as every
+output).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -37,18 +37,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from coop_dag import REPO_ROOT  # noqa: E402
 from coop_dag.config.profiles import local_verl_python  # noqa: E402
-from coop_dag.tito.build import write_parquet  # noqa: E402
 from coop_dag.training.adapters import read_lineage, validate_adapter  # noqa: E402
-from coop_dag.training.students import get_student  # noqa: E402
-from coop_dag.training.verl import (  # noqa: E402
-    CPU_ENV,
-    CPU_OVERRIDES,
-    VerlLauncher,
-    hydra_value,
-    metrics_from_file,
-    train_lora_verl,
+from coop_dag.training.verl import metrics_from_file, train_lora_verl  # noqa: E402
+from coop_dag.training.verl_config import CPU_ENV, CPU_OVERRIDES, hydra_value  # noqa: E402
+from coop_dag.training.verl_launch import VerlLauncher  # noqa: E402
+from tests.training.verl_fixtures import (  # noqa: E402
+    VARIANT,
+    lora_assets,
+    lora_resources,
+    tiny_fixture,  # noqa: F401  (fixture "tiny")
+    tiny_variant,
+    tito_fixture,  # noqa: F401  (fixture "tito")
 )
-from tests.training.test_train import meta_for, rows_for  # noqa: E402  (shared TITO row helpers)
 
 pytestmark = pytest.mark.slow
 
@@ -92,67 +92,29 @@ def verl_python() -> Path:
     return python
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return get_student("tiny-qwen3")
-
-
-@pytest.fixture(scope="module")
-def tito(tmp_path_factory, tiny):
-    tok = tiny.load_tokenizer()
-    d = tmp_path_factory.mktemp("tito")
-    write_parquet(rows_for(tok, TRAIN_ROWS), d / "train.parquet", meta_for(tiny))
-    write_parquet(rows_for(tok, VAL_ROWS, seed=7), d / "val.parquet", meta_for(tiny))
-    return d
-
-
 def materialize(tmp_path: Path, tito: Path, monkeypatch):
     import dagster as dg
 
     from assets import training as asset_module
-    from assets.partitions import variant_partitions
-    from resources.dataset import DatasetResource
-    from resources.lineage import LineageResource
-    from resources.serving import ServingResource
     from resources.training import TrainingResource
 
-    variant = asset_module.VARIANTS["templated"]
-    monkeypatch.setitem(
-        asset_module.VARIANTS,
-        "templated",
-        dataclasses.replace(variant, student="tiny-qwen3", recipe="tiny-test"),
+    monkeypatch.setitem(asset_module.VARIANTS, VARIANT, tiny_variant())
+    # the trainer a laptop user selects; its python: the profile's (the local venv)
+    training = TrainingResource(
+        kind="verl-cpu",
+        adapters_dir=str(tmp_path / "adapters"),
+        work_dir=str(tmp_path / "work"),
+        probe_prompts=2,
+        probe_max_new_tokens=16,
+        probe_batch_size=2,
     )
-
-    @dg.asset(partitions_def=variant_partitions, name="tito_parquet")
-    def tito_parquet() -> dict:
-        return {
-            "train_path": str(tito / "train.parquet"),
-            "val_path": str(tito / "val.parquet"),
-            "metadata": meta_for(get_student("tiny-qwen3")),
-            "data_version": "tito-dv",
-            "student": "tiny-qwen3",
-        }
-
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
-        [tito_parquet, asset_module.lora_checkpoint],
-        partition_key="templated",
+        lora_assets(tito),
+        partition_key=VARIANT,
         instance=instance,
-        resources={
-            "dataset": DatasetResource(),
-            # the trainer a laptop user selects; its python: the profile's (the local venv)
-            "training": TrainingResource(
-                kind="verl-cpu",
-                adapters_dir=str(tmp_path / "adapters"),
-                work_dir=str(tmp_path / "work"),
-                probe_prompts=2,
-                probe_max_new_tokens=16,
-                probe_batch_size=2,
-            ),
-            # the probe runs on the session's vLLM, as in every lora_checkpoint
-            "serving": ServingResource(url=serve_helpers.server().url),
-            "lineage": LineageResource(path=str(tmp_path / "lineage.duckdb")),
-        },
+        # the probe runs on the session's vLLM, as in every lora_checkpoint
+        resources=lora_resources(tmp_path, training, serve_helpers.server().url),
     )
     messages = [e.user_message for e in instance.all_logs(result.run_id)]
     return result, messages

@@ -1,8 +1,8 @@
-"""coop_dag.training.verl: config validation, the exact torchrun / model-merger command lines, and
-`run_verl` end to end against a stand-in verl environment (a script playing torchrun and
-the model merger, writing the broken export of verl 0.7.1 -- which 0.9.1 still writes for a
-checkpoint without LoRA metadata -- so the repair is exercised; real verl 0.9.1 runs in
-tests/e2e/test_verl_real.py)."""
+"""coop_dag.training.verl_config, verl_launch and verl_run: config validation, the exact
+torchrun / model-merger command lines, and `run_verl` end to end against a stand-in verl
+environment (a script playing torchrun and the model merger, writing the broken export of
+verl 0.7.1 -- which 0.9.1 still writes for a checkpoint without LoRA metadata -- so the repair
+is exercised; real verl 0.9.1 runs in tests/e2e/test_verl_real.py)."""
 
 from __future__ import annotations
 
@@ -18,21 +18,22 @@ import pytest
 import yaml
 
 from coop_dag.training.adapters import adapter_name
-from coop_dag.training.verl import (
+from coop_dag.training.verl_config import (
     CPU_ENV,
-    Command,
     VerlError,
-    VerlLauncher,
     VerlSFTConfig,
     count_parquet_rows,
     hydra_value,
-    latest_checkpoint,
+)
+from coop_dag.training.verl_launch import (
+    VerlLauncher,
     merge_command,
     run_command,
-    run_verl,
     train_command,
 )
-from coop_dag.training.verl import check_launcher as check_verl_launcher
+from coop_dag.training.verl_launch import check_launcher as check_verl_launcher
+from coop_dag.training.verl_run import latest_checkpoint, run_verl
+from coop_dag.util.containers import Command
 
 RECIPE = {
     "lora_rank": 32,

@@ -16,12 +16,12 @@ parses the real torchrun command line and Hydra overrides (refusing keys verl 0.
 verl's output layout (``global_step_N/`` with ``lora_train_meta.json``, the checkpoint
 tracker, the model merger's ``lora_adapter/`` with a null base model). Nothing is trained.
 
-The student is tiny-qwen3 and the TITO rows come from tests/training/test_train.py's helpers.
+The student is tiny-qwen3 and its TITO rows come from tests/training/verl_fixtures.py (shared with
+the real run).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -31,22 +31,30 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from test_train import meta_for, rows_for  # noqa: E402  (shared TITO row helpers)
-
 from coop_dag import REPO_ROOT  # noqa: E402
 from coop_dag.tito.build import write_parquet  # noqa: E402
 from coop_dag.training.adapters import read_lineage  # noqa: E402
 from coop_dag.training.recipes import get_recipe  # noqa: E402
-from coop_dag.training.students import get_student  # noqa: E402
-from coop_dag.training.verl import (  # noqa: E402
+from coop_dag.training.verl import train_lora_verl  # noqa: E402
+from coop_dag.training.verl_config import DATASET_MODULE, VerlError  # noqa: E402
+from coop_dag.training.verl_launch import VerlLauncher  # noqa: E402
+from coop_dag.training.verl_recipe import config_for_recipe  # noqa: E402
+from coop_dag.training.verl_run import (  # noqa: E402
     DONE_FILE,
     RUN_RECORD,
     TRACKER_FILE,
-    VerlError,
-    VerlLauncher,
-    config_for_recipe,
+    _start_run,
     finished_checkpoint,
-    train_lora_verl,
+    run_record,
+)
+from tests.training.test_train import meta_for, rows_for  # noqa: E402  (TITO row helpers)
+from tests.training.verl_fixtures import (  # noqa: E402
+    VARIANT,
+    lora_assets,
+    lora_resources,
+    tiny_fixture,  # noqa: F401  (fixture "tiny")
+    tiny_variant,
+    tito_fixture,  # noqa: F401  (fixture "tito")
 )
 
 FAKE = REPO_ROOT / "tests" / "fixtures" / "verl_fake" / "fake_verl.py"
@@ -57,20 +65,6 @@ TORCHRUN = [
 TRAIN_ROWS, VAL_ROWS = 12, 4
 # tiny-test: lora_r 4, lora_alpha 16, lr 2e-2, 2 epochs, 1 row per step -> 12 x 2 steps
 STEPS = 24
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return get_student("tiny-qwen3")
-
-
-@pytest.fixture(scope="module")
-def tito(tmp_path_factory, tiny):
-    tok = tiny.load_tokenizer()
-    d = tmp_path_factory.mktemp("tito")
-    write_parquet(rows_for(tok, TRAIN_ROWS), d / "train.parquet", meta_for(tiny))
-    write_parquet(rows_for(tok, VAL_ROWS, seed=7), d / "val.parquet", meta_for(tiny))
-    return d
 
 
 @pytest.fixture()
@@ -92,54 +86,20 @@ def calls(tmp_path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
 
 
-def lora_assets(tito: Path) -> list:
-    """A ``tito_parquet`` stand-in and ``lora_checkpoint`` (variant ``templated``, which the
-    caller points at tiny-qwen3 / tiny-test)."""
-    import dagster as dg
-
-    from assets import training as asset_module
-    from assets.partitions import variant_partitions
-
-    @dg.asset(partitions_def=variant_partitions, name="tito_parquet")
-    def tito_parquet() -> dict:
-        return {
-            "train_path": str(tito / "train.parquet"),
-            "val_path": str(tito / "val.parquet"),
-            "metadata": meta_for(get_student("tiny-qwen3")),
-            "data_version": "tito-dv",
-            "student": "tiny-qwen3",
-        }
-
-    return [tito_parquet, asset_module.lora_checkpoint]
-
-
-def tiny_variant():
-    from assets import training as asset_module
-
-    variant = asset_module.VARIANTS["templated"]
-    return dataclasses.replace(variant, student="tiny-qwen3", recipe="tiny-test")
-
-
-def lora_resources(tmp_path: Path, verl_python: Path, serving_url: str) -> dict:
-    from resources.dataset import DatasetResource
-    from resources.lineage import LineageResource
-    from resources.serving import ServingResource
+def fake_verl_resources(tmp_path: Path, verl_python: Path, serving_url: str) -> dict:
+    """``lora_checkpoint``'s resources, training with the fake verl at `verl_python`."""
     from resources.training import TrainingResource
 
-    return {
-        "dataset": DatasetResource(),
-        "training": TrainingResource(
-            kind="verl",
-            verl_python=str(verl_python),
-            check_gpus=False,  # the fake verl runs on the CPU
-            adapters_dir=str(tmp_path / "adapters"),
-            work_dir=str(tmp_path / "work"),
-            probe_prompts=2,
-            probe_max_new_tokens=16,
-        ),
-        "serving": ServingResource(url=serving_url),
-        "lineage": LineageResource(path=str(tmp_path / "lineage.duckdb")),
-    }
+    training = TrainingResource(
+        kind="verl",
+        verl_python=str(verl_python),
+        check_gpus=False,  # the fake verl runs on the CPU
+        adapters_dir=str(tmp_path / "adapters"),
+        work_dir=str(tmp_path / "work"),
+        probe_prompts=2,
+        probe_max_new_tokens=16,
+    )
+    return lora_resources(tmp_path, training, serving_url)
 
 
 def materialize(tmp_path, tito, verl_python, monkeypatch, *, raise_on_error=True):
@@ -148,14 +108,14 @@ def materialize(tmp_path, tito, verl_python, monkeypatch, *, raise_on_error=True
 
     from assets import training as asset_module
 
-    monkeypatch.setitem(asset_module.VARIANTS, "templated", tiny_variant())
+    monkeypatch.setitem(asset_module.VARIANTS, VARIANT, tiny_variant())
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
         lora_assets(tito),
-        partition_key="templated",
+        partition_key=VARIANT,
         instance=instance,
         raise_on_error=raise_on_error,
-        resources=lora_resources(tmp_path, verl_python, serve_helpers.server().url),
+        resources=fake_verl_resources(tmp_path, verl_python, serve_helpers.server().url),
     )
     messages = [e.user_message for e in instance.all_logs(result.run_id)]
     return result, messages
@@ -294,8 +254,6 @@ def test_a_checkpoint_of_another_run_is_never_taken_for_finished(tmp_path):
     (tmp_path / f"global_step_{STEPS}").mkdir()
     (tmp_path / TRACKER_FILE).write_text(str(STEPS))
     assert finished_checkpoint(cfg) is None  # no record of what was trained there
-    from coop_dag.training.verl import _start_run, run_record
-
     _start_run(tmp_path, run_record(cfg))
     assert not (tmp_path / TRACKER_FILE).exists()  # the stale tracker cannot pass for ours
     (tmp_path / TRACKER_FILE).write_text(str(STEPS))  # as verl writes it after its last save
@@ -307,14 +265,11 @@ def test_a_checkpoint_of_another_run_is_never_taken_for_finished(tmp_path):
     assert finished_checkpoint(other) is None
 
 
-
 def test_a_run_recorded_before_the_package_move_is_still_finished(tmp_path):
     """Issue 18 moved `coop_dag.tito_dataset` to `coop_dag.tito.dataset`; the dataset module is
     in verl's overrides and so in the run record: a run recorded under the old name is the
     same run (reused when finished, resumed when not), never trained again for the move."""
     import json
-
-    from coop_dag.training.verl import DATASET_MODULE, _start_run, run_record
 
     cfg = config_for_recipe(
         get_recipe("tiny-test"), train_files="/d/train.parquet", model_path="/m",
@@ -334,6 +289,7 @@ def test_a_run_recorded_before_the_package_move_is_still_finished(tmp_path):
     (tmp_path / RUN_RECORD).write_text(json.dumps(other))
     assert finished_checkpoint(cfg) is None
 
+
 # --------------------------------------------------------------------------- cancellation
 
 CANCEL_CHILD = """
@@ -344,8 +300,9 @@ import dagster as dg
 from dagster._core.execution.run_cancellation_thread import start_run_cancellation_thread
 import test_verl_training as t
 from assets import training as asset_module
+from tests.training.verl_fixtures import VARIANT, lora_assets, tiny_variant
 
-asset_module.VARIANTS["templated"] = t.tiny_variant()
+asset_module.VARIANTS[VARIANT] = tiny_variant()
 instance = dg.DagsterInstance.get()  # DAGSTER_HOME: shared with the test
 
 
@@ -358,9 +315,9 @@ def watch():  # what `dagster api execute_run` starts for every run: it sends SI
 threading.Thread(target=watch, daemon=True).start()
 tmp = Path({tmp!r})
 result = dg.materialize(
-    t.lora_assets(Path({tito!r})), partition_key="templated", instance=instance,
+    lora_assets(Path({tito!r})), partition_key=VARIANT, instance=instance,
     raise_on_error=False,
-    resources=t.lora_resources(tmp, Path({verl!r}), "http://127.0.0.1:9/v1"),
+    resources=t.fake_verl_resources(tmp, Path({verl!r}), "http://127.0.0.1:9/v1"),
 )
 print("SUCCESS" if result.success else "FAILED", flush=True)
 """
