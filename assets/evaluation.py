@@ -20,8 +20,8 @@ from coop_dag.agent.rollouts import (
 from coop_dag.config.variants import Variant
 from coop_dag.dataset.tasks import TaskError, require_pairs
 from coop_dag.eval.lineage import content_version
-from coop_dag.eval.metrics import paired_deltas
 from coop_dag.eval.report import THRESHOLDS, report_markdown, report_plot, report_rows, seed_groups
+from coop_dag.eval.stats import paired_deltas
 from coop_dag.training.students import get_student
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
@@ -201,9 +201,10 @@ def roll_out_adapter(
     run_dir = rollout.run_dir(variant.name, "student") / served["adapter_name"]
     # the student the adapter was served on (a dropped adapter's lineage may name its own)
     student = served.get("student") or variant.student
-    with serving.serve_adapter(
-        student, served["adapter_path"], log=context.log.info
-    ) as (endpoint, served_as):
+    with serving.serve_adapter(student, served["adapter_path"], log=context.log.info) as (
+        endpoint,
+        served_as,
+    ):
         model = endpoint.chat_model(
             served["adapter_name"],
             max_tokens=int(variant.student_rollout.get("max_tokens", 320)),
