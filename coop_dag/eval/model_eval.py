@@ -110,18 +110,28 @@ class _Model:
     facts: dict[str, Any]
 
 
+@dataclass
+class _Server:
+    """How an eval run reaches vLLM: the serve settings (`serving.server.ServeSettings`), the
+    state directory, the leases the run holds (released when it ends) and the log."""
+
+    serve: Any
+    state_dir: str | os.PathLike
+    leases: ExitStack
+    log: LogFn
+
+    def hold(self, port: int | None) -> None:
+        """Release the lease on the server at `port` (if any) when the run ends."""
+        from coop_dag.serving.server import release_server
+
+        if port is not None:
+            self.leases.callback(release_server, self.state_dir, port)
+
+
 def _adapter_model(
-    model: str,
-    student: str | None,
-    variant: Any,
-    serve: Any,
-    state_dir: str | os.PathLike,
-    max_tokens: int,
-    leases: ExitStack,
-    log: LogFn,
+    model: str, student: str | None, variant: Any, server: _Server, max_tokens: int
 ) -> _Model:
     """An adapter directory, served on its base student as student_rollouts serves it."""
-    from coop_dag.serving.server import release_server
     from coop_dag.training.adapters import (
         AdapterError,
         adapter_name,
@@ -137,9 +147,10 @@ def _adapter_model(
         raise EvalError(f"adapter {path}: {exc}") from None
     base = student or lineage.get("student") or variant.student
     # as student_rollouts serves it: merged on the CPU, a LoRA elsewhere
-    endpoint, served_as, lease_port = serve.ensure_adapter(base, path, state_dir, log=log)
-    if lease_port is not None:
-        leases.callback(release_server, state_dir, lease_port)
+    endpoint, served_as, lease_port = server.serve.ensure_adapter(
+        base, path, server.state_dir, log=server.log
+    )
+    server.hold(lease_port)
     name = adapter_name(path)
     facts = {
         "adapter_dir": path,
@@ -152,21 +163,10 @@ def _adapter_model(
     return _Model("adapter", name, endpoint.chat_model(name, max_tokens=max_tokens), facts)
 
 
-def _base_model(
-    model: str,
-    serve: Any,
-    state_dir: str | os.PathLike,
-    max_tokens: int,
-    leases: ExitStack,
-    log: LogFn,
-) -> _Model:
+def _base_model(model: str, server: _Server, max_tokens: int) -> _Model:
     """A student's untrained base model, served the way the serving resource serves it."""
-    from coop_dag.serving.server import release_server
-
-    endpoint, leased = serve.ensure(model, state_dir, log=log)
-    lease_port = serve.port if leased else None
-    if lease_port is not None:
-        leases.callback(release_server, state_dir, lease_port)
+    endpoint, leased = server.serve.ensure(model, server.state_dir, log=server.log)
+    server.hold(server.serve.port if leased else None)
     name = endpoint.base_model_id
     facts = {"student": model, "base_model": name, "endpoint": endpoint.api_base}
     return _Model("base", name, endpoint.chat_model(name, max_tokens=max_tokens), facts)
@@ -242,14 +242,12 @@ def evaluate_model(
     max_tokens = int(settings.get("max_tokens", 320))
     run_dir = Path(run_dir)
     attach_url = serve.server_choice().url  # --url, or COOP_DAG_VLLM_URL
-    leases = ExitStack()  # the leases taken on servers, released on the way out
+    server = _Server(serve, state_dir, ExitStack(), log)
     try:
         if _is_adapter(model):
-            chosen = _adapter_model(
-                model, student, variant, serve, state_dir, max_tokens, leases, log
-            )
+            chosen = _adapter_model(model, student, variant, server, max_tokens)
         elif _student_or_none(model) is not None:
-            chosen = _base_model(model, serve, state_dir, max_tokens, leases, log)
+            chosen = _base_model(model, server, max_tokens)
         elif attach_url:
             chosen = _served_model(model, attach_url, max_tokens)
         else:
@@ -272,7 +270,7 @@ def evaluate_model(
     except ServingError as exc:
         raise EvalError(f"serving {model}: {exc}") from None
     finally:
-        leases.close()
+        server.leases.close()  # where the server leases taken above are released
     kind, name, facts = chosen.kind, chosen.name, {"variant": variant.name, **chosen.facts}
     provenance = {
         "model": model,
