@@ -55,8 +55,9 @@ sits in several pairs), so they are not independent: the bootstrap resamples *fe
 product of its two features' counts (the pigeonhole bootstrap for units that belong to two
 clusters). `paired_deltas` bootstraps the difference between two runs scored on the same pairs
 with one shared resample per replicate. Seeded (`seed`, default 0), so reruns give the same
-interval. The seed-bar checks use the point estimate; `bar_checks` also says whether the
-cluster interval's lower bound clears the bar.
+interval. The intervals and paired deltas are computed in `coop_dag.eval.stats`. The seed-bar
+checks use the point estimate; `bar_checks` also says whether the cluster interval's lower
+bound clears the bar.
 """
 
 from __future__ import annotations
