@@ -11,32 +11,15 @@ variant's held-out limits, no steering unless stated) on the same test pairs:
 
 import dagster as dg
 
-from assets.evaluation import _held_out, _metric_metadata, _roll_out
-from assets.partitions import GPU_POOL, VARIANTS, variant_partitions
-from assets.teacher import score_pair_ids
+from assets.evaluation import _held_out, _roll_out, roll_out_base, scored_output
+from assets.partitions import VARIANTS, variant_partitions
+from assets.rollout_assets import RolloutResources, rollout_asset
 from coop_dag.agent.rollouts import select_pairs
 from coop_dag.agent.teachers import copier_factory
-from coop_dag.eval.lineage import content_version
 from coop_dag.training.students import get_student
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
 from resources.rollout import RolloutResource
-from resources.serving import ServingResource
-
-
-def _scored(context, summary: dict, lineage: LineageResource, facts: dict, run_dir) -> dg.Output:
-    """Score the control's rollouts, record them in the lineage store, output with metadata."""
-    metrics = score_pair_ids(summary["run_dir"], summary["pair_ids"], warn=context.log.warning)
-    metrics["data_version"] = content_version(metrics["per_pair"])
-    lineage.record(context, metrics["data_version"], facts=facts, metrics=metrics["summary"])
-    return dg.Output(
-        metrics,
-        data_version=dg.DataVersion(metrics["data_version"]),
-        metadata={
-            **_metric_metadata(metrics["summary"]),
-            "run_dir": dg.MetadataValue.path(str(run_dir)),
-        },
-    )
 
 
 @dg.asset(partitions_def=variant_partitions, group_name="evaluation", code_version="1")
@@ -60,34 +43,20 @@ def control_copier_metrics(
         "policy": "send Files Modified list, grep it, submit (no model)",
         "held_out_repos": task_pool["test_repos"],
     }
-    return _scored(context, summary, lineage, facts, run_dir)
+    return scored_output(context, summary, lineage, facts, run_dir)
 
 
-@dg.asset(
-    partitions_def=variant_partitions, group_name="evaluation", code_version="1", pool=GPU_POOL
-)
+@rollout_asset(group_name="evaluation", code_version="1")
 def base_steering_metrics(
-    context: dg.AssetExecutionContext,
-    task_pool: dict,
-    dataset: DatasetResource,
-    rollout: RolloutResource,
-    serving: ServingResource,
-    lineage: LineageResource,
+    context: dg.AssetExecutionContext, task_pool: dict, resources: RolloutResources
 ) -> dg.Output[dict]:
     """The untrained base student given the steering prompt (the teacher's plan-first protocol
     section) on the held-out pairs: how much of the behaviour a prompt buys without training.
     Rollouts are kept per student, like the base's."""
     variant = VARIANTS[context.partition_key]
-    endpoint = serving.ensure(variant.student, log=context.log.info)
-    pairs = select_pairs(dataset.root, _held_out(task_pool), dataset.subset_name)
-    run_dir = rollout.root / "base-steering" / variant.student
-    model = endpoint.chat_model(
-        endpoint.base_model_id, max_tokens=int(variant.student_rollout.get("max_tokens", 320))
+    summary, _, endpoint, run_dir = roll_out_base(
+        context, task_pool, resources, subdir="base-steering", steering=True
     )
-    summary = _roll_out(
-        context, model, pairs, run_dir, variant, rollout, dataset, endpoint.base_model_id,
-        steering=True,
-    )  # fmt: skip
     facts = {
         "control": "base+steering",
         "student": variant.student,
@@ -97,4 +66,4 @@ def base_steering_metrics(
         "endpoint": endpoint.url,
         **get_student(variant.student).describe(),
     }
-    return _scored(context, summary, lineage, facts, run_dir)
+    return scored_output(context, summary, resources.lineage, facts, run_dir)

@@ -4,10 +4,12 @@ student from its teacher's ceiling."""
 
 import base64
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
 from assets.partitions import GPU_POOL, VARIANTS, check_spec, variant_partitions
+from assets.rollout_assets import RolloutResources, rollout_asset
 from assets.teacher import metrics_table, score_pair_ids
 from coop_dag.agent.models import ChatModel
 from coop_dag.agent.rollouts import (
@@ -20,8 +22,8 @@ from coop_dag.agent.rollouts import (
 from coop_dag.config.variants import Variant
 from coop_dag.dataset.tasks import TaskError, require_pairs
 from coop_dag.eval.lineage import content_version
-from coop_dag.eval.metrics import paired_deltas
 from coop_dag.eval.report import THRESHOLDS, report_markdown, report_plot, report_rows, seed_groups
+from coop_dag.eval.stats import paired_deltas
 from coop_dag.training.students import get_student
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
@@ -108,42 +110,18 @@ def _roll_out(
     return summary
 
 
-@dg.asset(
-    partitions_def=variant_partitions,
-    group_name="evaluation",
-    code_version="2",  # §6 metric rules
-    pool=GPU_POOL,
-)
-def base_student_metrics(
+def scored_output(
     context: dg.AssetExecutionContext,
-    task_pool: dict,
-    dataset: DatasetResource,
-    rollout: RolloutResource,
-    serving: ServingResource,
+    summary: dict,
     lineage: LineageResource,
+    facts: dict,
+    run_dir: Path,
 ) -> dg.Output[dict]:
-    """The untrained base student on the same held-out pairs, same runtime: what the deltas are
-    measured against. Rollouts are kept per student, so variants sharing a student share them."""
-    variant = VARIANTS[context.partition_key]
-    endpoint = serving.ensure(variant.student, log=context.log.info)
-    pairs = select_pairs(dataset.root, _held_out(task_pool), dataset.subset_name)
-    run_dir = rollout.root / "base" / variant.student
-    model = endpoint.chat_model(
-        endpoint.base_model_id, max_tokens=int(variant.student_rollout.get("max_tokens", 320))
-    )
-    summary = _roll_out(
-        context, model, pairs, run_dir, variant, rollout, dataset, endpoint.base_model_id
-    )
+    """The §6 metrics of a run's rolled-out pairs (`summary`: a `_roll_out` summary),
+    recorded in the lineage store with `facts`, as an output with their metadata; shared by
+    the base and the controls."""
     metrics = score_pair_ids(summary["run_dir"], summary["pair_ids"], warn=context.log.warning)
     metrics["data_version"] = content_version(metrics["per_pair"])
-    facts = {
-        "student": variant.student,
-        "base_model": endpoint.base_model_id,
-        "held_out_repos": task_pool["test_repos"],  # the test repositories (older name)
-        "endpoint": endpoint.url,
-        **get_student(variant.student).describe(),
-        **_rollout_source(dataset, pairs),
-    }
     lineage.record(context, metrics["data_version"], facts=facts, metrics=metrics["summary"])
     return dg.Output(
         metrics,
@@ -153,6 +131,53 @@ def base_student_metrics(
             "run_dir": dg.MetadataValue.path(str(run_dir)),
         },
     )
+
+
+def roll_out_base(
+    context: dg.AssetExecutionContext,
+    task_pool: dict,
+    resources: RolloutResources,
+    *,
+    subdir: str,
+    steering: bool = False,
+) -> tuple[dict, list, Any, Path]:
+    """The variant's untrained base student, served like the student, on the held-out pairs,
+    into ``<rollout root>/<subdir>/<student>`` (kept per student, so variants sharing a
+    student share them): (summary, pairs, endpoint, run_dir). Shared by base_student_metrics
+    and base_steering_metrics."""
+    variant = VARIANTS[context.partition_key]
+    endpoint = resources.serving.ensure(variant.student, log=context.log.info)
+    pairs = select_pairs(
+        resources.dataset.root, _held_out(task_pool), resources.dataset.subset_name
+    )
+    run_dir = resources.rollout.root / subdir / variant.student
+    model = endpoint.chat_model(
+        endpoint.base_model_id, max_tokens=int(variant.student_rollout.get("max_tokens", 320))
+    )
+    summary = _roll_out(
+        context, model, pairs, run_dir, variant, resources.rollout, resources.dataset,
+        endpoint.base_model_id, steering=steering,
+    )  # fmt: skip
+    return summary, pairs, endpoint, run_dir
+
+
+@rollout_asset(group_name="evaluation", code_version="2")  # §6 metric rules
+def base_student_metrics(
+    context: dg.AssetExecutionContext, task_pool: dict, resources: RolloutResources
+) -> dg.Output[dict]:
+    """The untrained base student on the same held-out pairs, same runtime: what the deltas are
+    measured against. Rollouts are kept per student, so variants sharing a student share them."""
+    variant = VARIANTS[context.partition_key]
+    summary, pairs, endpoint, run_dir = roll_out_base(context, task_pool, resources, subdir="base")
+    facts = {
+        "student": variant.student,
+        "base_model": endpoint.base_model_id,
+        "held_out_repos": task_pool["test_repos"],  # the test repositories (older name)
+        "endpoint": endpoint.url,
+        **get_student(variant.student).describe(),
+        **_rollout_source(resources.dataset, pairs),
+    }
+    return scored_output(context, summary, resources.lineage, facts, run_dir)
 
 
 @dg.asset(
@@ -201,9 +226,10 @@ def roll_out_adapter(
     run_dir = rollout.run_dir(variant.name, "student") / served["adapter_name"]
     # the student the adapter was served on (a dropped adapter's lineage may name its own)
     student = served.get("student") or variant.student
-    with serving.serve_adapter(
-        student, served["adapter_path"], log=context.log.info
-    ) as (endpoint, served_as):
+    with serving.serve_adapter(student, served["adapter_path"], log=context.log.info) as (
+        endpoint,
+        served_as,
+    ):
         model = endpoint.chat_model(
             served["adapter_name"],
             max_tokens=int(variant.student_rollout.get("max_tokens", 320)),

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.partitions import GPU_POOL, VARIANTS, check_spec, variant_partitions
+from assets.partitions import VARIANTS, check_spec, variant_partitions
+from assets.rollout_assets import RolloutResources, rollout_asset
 from coop_dag.agent.rollouts import (
     RolloutErrors,
     limits_from,
@@ -19,30 +20,23 @@ from coop_dag.dataset.tasks import TaskError, require_train_pairs
 from coop_dag.eval.lineage import content_version
 from coop_dag.eval.metrics import score_pairs
 from coop_dag.eval.runlogs import iter_pairs
-from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
-from resources.rollout import RolloutResource
-from resources.serving import ServingResource
 
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-@dg.asset(partitions_def=variant_partitions, group_name="teacher", code_version="1", pool=GPU_POOL)
+@rollout_asset(group_name="teacher", code_version="1")
 def teacher_rollouts(
-    context: dg.AssetExecutionContext,
-    task_pool: dict,
-    dataset: DatasetResource,
-    rollout: RolloutResource,
-    serving: ServingResource,
-    lineage: LineageResource,
+    context: dg.AssetExecutionContext, task_pool: dict, resources: RolloutResources
 ) -> dg.Output[dict]:
     """Two teacher agents per training pair (train split only: never a validation or test
     repository), concurrently, messaging through Redis, with the steering prompt when the
     variant asks for it. Resumable: finished pairs are kept. Fails when there is no training
     pair, saying why. A ``served`` teacher's model is served by the serving resource (vLLM)
     for the duration."""
+    dataset, rollout, serving, lineage = resources
     variant = VARIANTS[context.partition_key]
     try:
         pair_ids = require_train_pairs(task_pool)

@@ -58,7 +58,7 @@ CREATE TABLE IF NOT EXISTS metrics (
 ALTER TABLE metrics ADD COLUMN IF NOT EXISTS cluster_low DOUBLE;
 ALTER TABLE metrics ADD COLUMN IF NOT EXISTS cluster_high DOUBLE;
 """
-DELTA_PREFIX = "delta_over_base."  # rows of paired deltas (eval.metrics.paired_deltas)
+DELTA_PREFIX = "delta_over_base."  # rows of paired deltas (eval.stats.paired_deltas)
 
 
 def default_store_path() -> Path:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,116 @@ def _student_or_none(name: str):
         return None
 
 
+@dataclass
+class _Model:
+    """The chat model every agent of an eval run shares, what it is and how it is reached."""
+
+    kind: str  # adapter / base / served / litellm
+    name: str
+    chat: Any
+    facts: dict[str, Any]
+
+
+@dataclass
+class _Server:
+    """How an eval run reaches vLLM: the serve settings (`serving.settings.ServeSettings`), the
+    state directory, the leases the run holds (released when it ends) and the log."""
+
+    serve: Any
+    state_dir: str | os.PathLike
+    leases: ExitStack
+    log: LogFn
+
+    def hold(self, port: int | None) -> None:
+        """Release the lease on the server at `port` (if any) when the run ends."""
+        from coop_dag.serving.leases import release_server
+
+        if port is not None:
+            self.leases.callback(release_server, self.state_dir, port)
+
+
+def _adapter_model(
+    model: str, student: str | None, variant: Any, server: _Server, max_tokens: int
+) -> _Model:
+    """An adapter directory, served on its base student as student_rollouts serves it."""
+    from coop_dag.training.adapters import (
+        AdapterError,
+        adapter_name,
+        read_lineage,
+        validate_adapter,
+    )
+
+    path = str(Path(model).expanduser().resolve())
+    try:
+        validate_adapter(path)
+        lineage = read_lineage(path, required=False)
+    except AdapterError as exc:
+        raise EvalError(f"adapter {path}: {exc}") from None
+    base = student or lineage.get("student") or variant.student
+    # as student_rollouts serves it: merged on the CPU, a LoRA elsewhere
+    endpoint, served_as, lease_port = server.serve.ensure_adapter(
+        base, path, server.state_dir, log=server.log
+    )
+    server.hold(lease_port)
+    name = adapter_name(path)
+    facts = {
+        "adapter_dir": path,
+        "adapter_name": name,
+        "adapter_served_as": served_as,
+        "student": base,
+        "adapter_lineage": lineage,
+        "endpoint": endpoint.api_base,
+    }
+    return _Model("adapter", name, endpoint.chat_model(name, max_tokens=max_tokens), facts)
+
+
+def _base_model(model: str, server: _Server, max_tokens: int) -> _Model:
+    """A student's untrained base model, served the way the serving resource serves it."""
+    endpoint, leased = server.serve.ensure(model, server.state_dir, log=server.log)
+    server.hold(server.serve.port if leased else None)
+    name = endpoint.base_model_id
+    facts = {"student": model, "base_model": name, "endpoint": endpoint.api_base}
+    return _Model("base", name, endpoint.chat_model(name, max_tokens=max_tokens), facts)
+
+
+def _served_model(model: str, attach_url: str, max_tokens: int) -> _Model:
+    """A model the vLLM server at `attach_url` lists."""
+    from coop_dag.agent.models import LiteLLMChatModel
+    from coop_dag.serving.vllm import VllmEngine, VllmError
+
+    engine = VllmEngine(attach_url)
+    try:
+        ids = [str(c.get("id")) for c in engine.list_models()]
+    except VllmError as exc:
+        raise EvalError(f"--url {attach_url}: {exc}") from None
+    if model not in ids:
+        raise EvalError(
+            f"{model!r} is not served at {attach_url} (it serves {', '.join(ids)}) and is "
+            "not an adapter directory"
+        )
+    chat = LiteLLMChatModel(
+        f"openai/{model}",
+        api_base=engine.api_base,
+        capture_token_ids=True,
+        max_tokens=max_tokens,
+    )
+    return _Model("served", model, chat, {"served_model": model, "endpoint": engine.api_base})
+
+
+def _litellm_model(model: str, api_key_env: str | None, max_tokens: int) -> _Model:
+    """A litellm model string (provider/model), called directly."""
+    from coop_dag.agent.models import LiteLLMChatModel
+
+    if "/" not in model:
+        raise EvalError(
+            f"{model!r} is not an adapter directory, a student of configs/students.yaml "
+            "nor a litellm model string (provider/model, e.g. openai/gpt-4o); a model "
+            "served by vLLM needs --url"
+        )
+    chat = LiteLLMChatModel(model, api_key_env=api_key_env, max_tokens=max_tokens)
+    return _Model("litellm", model, chat, {"litellm_model": model})
+
+
 def evaluate_model(
     model: str,
     pairs: list[Pair],
@@ -121,18 +232,9 @@ def evaluate_model(
     `variant`: a :class:`coop_dag.config.variants.Variant` (its ``student_rollout`` limits);
     `serve`: a `serving.settings.ServeSettings`. An infrastructure error in any pair
     raises `agent.rollouts.RolloutErrors` after the run directory is written (a rerun
-    finishes only those pairs)."""
-    from coop_dag.agent.models import LiteLLMChatModel
+    finishes only those pairs). A server this started or leased is released afterwards."""
     from coop_dag.agent.rollouts import limits_from, raise_on_errors, rollout_pairs
     from coop_dag.serving.errors import ServingError
-    from coop_dag.serving.leases import release_server
-    from coop_dag.serving.vllm import VllmEngine, VllmError
-    from coop_dag.training.adapters import (
-        AdapterError,
-        adapter_name,
-        read_lineage,
-        validate_adapter,
-    )
 
     if not pairs:
         raise EvalError("no pairs to evaluate")
@@ -140,73 +242,25 @@ def evaluate_model(
     settings = dict(variant.student_rollout)
     max_tokens = int(settings.get("max_tokens", 320))
     run_dir = Path(run_dir)
-    facts: dict[str, Any] = {"variant": variant.name}
-    lease_port: int | None = None  # the port of the server this holds a lease on
     attach_url = serve.server_choice().url  # --url, or COOP_DAG_VLLM_URL
+    server = _Server(serve, state_dir, ExitStack(), log)
     try:
         if _is_adapter(model):
-            path = str(Path(model).expanduser().resolve())
-            try:
-                validate_adapter(path)
-                lineage = read_lineage(path, required=False)
-            except AdapterError as exc:
-                raise EvalError(f"adapter {path}: {exc}") from None
-            base = student or lineage.get("student") or variant.student
-            # as student_rollouts serves it: merged on the CPU, a LoRA elsewhere
-            endpoint, served_as, lease_port = serve.ensure_adapter(base, path, state_dir, log=log)
-            kind, name = "adapter", adapter_name(path)
-            chat = endpoint.chat_model(name, max_tokens=max_tokens)
-            facts.update(
-                adapter_dir=path,
-                adapter_name=name,
-                adapter_served_as=served_as,
-                student=base,
-                adapter_lineage=lineage,
-                endpoint=endpoint.api_base,
-            )
+            chosen = _adapter_model(model, student, variant, server, max_tokens)
         elif _student_or_none(model) is not None:
-            endpoint, leased = serve.ensure(model, state_dir, log=log)
-            lease_port = serve.port if leased else None
-            kind, name = "base", endpoint.base_model_id
-            chat = endpoint.chat_model(name, max_tokens=max_tokens)
-            facts.update(student=model, base_model=name, endpoint=endpoint.api_base)
+            chosen = _base_model(model, server, max_tokens)
         elif attach_url:
-            engine = VllmEngine(attach_url)
-            try:
-                ids = [str(c.get("id")) for c in engine.list_models()]
-            except VllmError as exc:
-                raise EvalError(f"--url {attach_url}: {exc}") from None
-            if model not in ids:
-                raise EvalError(
-                    f"{model!r} is not served at {attach_url} (it serves {', '.join(ids)}) and is "
-                    "not an adapter directory"
-                )
-            kind, name = "served", model
-            chat = LiteLLMChatModel(
-                f"openai/{model}",
-                api_base=engine.api_base,
-                capture_token_ids=True,
-                max_tokens=max_tokens,
-            )
-            facts.update(served_model=model, endpoint=engine.api_base)
+            chosen = _served_model(model, attach_url, max_tokens)
         else:
-            if "/" not in model:
-                raise EvalError(
-                    f"{model!r} is not an adapter directory, a student of configs/students.yaml "
-                    "nor a litellm model string (provider/model, e.g. openai/gpt-4o); a model "
-                    "served by vLLM needs --url"
-                )
-            kind, name = "litellm", model
-            chat = LiteLLMChatModel(model, api_key_env=api_key_env, max_tokens=max_tokens)
-            facts.update(litellm_model=model)
-        log(f"coop-dag eval: {kind} {name} on {len(pairs)} pairs -> {run_dir}")
+            chosen = _litellm_model(model, api_key_env, max_tokens)
+        log(f"coop-dag eval: {chosen.kind} {chosen.name} on {len(pairs)} pairs -> {run_dir}")
         rollout = rollout_pairs(
             pairs,
-            lambda pair, feature, agent_id, partner_id: chat,
+            lambda pair, feature, agent_id, partner_id: chosen.chat,
             run_dir,
             steering=False,  # evaluated under the prompt a student actually sees
             limits=limits_from(settings),
-            model_name=name,
+            model_name=chosen.name,
             redis_url=redis_url,
             concurrency=concurrency or int(settings.get("concurrency", 2)),
             mirror_dir=dataset.mirror_dir,
@@ -217,8 +271,8 @@ def evaluate_model(
     except ServingError as exc:
         raise EvalError(f"serving {model}: {exc}") from None
     finally:
-        if lease_port is not None:
-            release_server(state_dir, lease_port)
+        server.leases.close()  # where the server leases taken above are released
+    kind, name, facts = chosen.kind, chosen.name, {"variant": variant.name, **chosen.facts}
     provenance = {
         "model": model,
         "model_kind": kind,

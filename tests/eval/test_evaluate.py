@@ -15,12 +15,8 @@ import pytest
 from coop_dag import BUNDLED_DATASET, PACKAGE_DIR
 from coop_dag.agent.sandbox import bwrap_status
 from coop_dag.dataset.tasks import BASE_GIT_ENV, Pair, Task, checkout_base, load_task
-from coop_dag.eval.evaluate import (
-    evaluate_pair,
-    filter_test_files,
-    parse_pytest_summary,
-    write_eval,
-)
+from coop_dag.eval.evaluate import evaluate_pair, parse_pytest_summary, write_eval
+from coop_dag.eval.merge import filter_test_files
 
 BWRAP_OK, BWRAP_INFO = bwrap_status()
 needs_bwrap = pytest.mark.skipif(not BWRAP_OK, reason=f"bubblewrap unusable: {BWRAP_INFO}")

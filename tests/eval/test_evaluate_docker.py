@@ -29,14 +29,8 @@ from dataset_factory import add_docker_task
 from coop_dag.agent.episode import EpisodeSettings
 from coop_dag.agent.sandbox import DockerSandbox, bwrap_status, image_for, task_image
 from coop_dag.dataset.tasks import TaskError, discover_pairs
-from coop_dag.eval.evaluate import (
-    _OFFLINE_RUNNER,
-    IMAGE_RUNNER,
-    ImageTestSettings,
-    evaluate_pair,
-    run_in_image,
-    write_eval,
-)
+from coop_dag.eval.evaluate import evaluate_pair, write_eval
+from coop_dag.eval.image_tests import _OFFLINE_RUNNER, IMAGE_RUNNER, ImageTestSettings, run_in_image
 from coop_dag.eval.metrics import eval_outcome
 
 BWRAP_OK, BWRAP_INFO = bwrap_status()
@@ -396,6 +390,7 @@ def test_rollouts_evaluate_with_the_sandbox_backend(fake_docker, tmp_path, monke
         rollouts, "run_pairs", lambda pairs, mm, client, settings, **kw: seen.append(settings) or []
     )
     monkeypatch.setattr(rollouts, "summarise_run", lambda pairs, run_dir: {})
+
     class NoRedis:  # the bus is not what this test is about
         client, restarts = None, ()
 

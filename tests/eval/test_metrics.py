@@ -10,25 +10,18 @@ from pathlib import Path
 import pytest
 
 from coop_dag.agent.actions import to_qwen_xml
+from coop_dag.eval.entities import feature_names, mentioned_paths, names_in_message
 from coop_dag.eval.metrics import (
     MISSING_TURNS,
     RATE_KEYS,
-    cluster_bootstrap,
     eval_outcome,
-    feature_names,
     main_score,
-    mentioned_paths,
-    metric_bootstrap,
-    names_in_message,
-    paired_deltas,
-    patch_files,
-    plan_keywords,
-    referenced_files,
     score_pairs,
     score_run,
-    wilson_interval,
 )
+from coop_dag.eval.plan_checks import patch_files, plan_keywords, referenced_files
 from coop_dag.eval.runlogs import RunLogError, iter_pairs
+from coop_dag.eval.stats import cluster_bootstrap, metric_bootstrap, paired_deltas, wilson_interval
 
 A_FILE, B_FILE = "src/pkg/a.py", "src/pkg/b.py"
 # The task text every hand-built agent gets: its "Files Modified" list is what makes a path real
@@ -843,7 +836,7 @@ def test_base_repository_files_and_definitions_count_when_the_dataset_is_reachab
 
 def test_the_bundled_dataset_is_found_by_repo_name(tmp_path):
     from coop_dag import BUNDLED_DATASET
-    from coop_dag.eval.metrics import dataset_roots, find_task_dir, task_entities
+    from coop_dag.eval.entities import dataset_roots, find_task_dir, task_entities
 
     task_dir = find_task_dir("argkit_task", "104", dataset_roots())
     assert task_dir == BUNDLED_DATASET / "argkit_task" / "task104"
