@@ -25,9 +25,10 @@ from coop_dag.serving.probe import (
 )
 from coop_dag.serving.server import Endpoint, ensure_loaded
 from coop_dag.training.adapters import AdapterError, adapter_name, validate_adapter, write_lineage
+from coop_dag.training.contract import TrainResult, copy_adapter, format_event
 from coop_dag.training.recipes import recipe_for
 from coop_dag.training.students import get_student
-from coop_dag.training.train import TrainResult, copy_adapter, format_event, train_lora
+from coop_dag.training.train import train_lora
 from coop_dag.training.verl import train_lora_verl
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource

@@ -127,8 +127,6 @@ def _load_config(d: Path) -> dict[str, Any]:
     return cfg
 
 
-
-
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
@@ -472,8 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m coop_dag.training.adapters",
-        description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m coop_dag.training.adapters", description=main.__doc__
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("validate", help="check a PEFT adapter directory (and its lineage)")
     check.add_argument("dir")

@@ -319,6 +319,7 @@ def get_student(name: str | None = None, *, registry: str | Path | None = None) 
 # Hashing, templates, tokens
 # --------------------------------------------------------------------------------------
 
+
 def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -513,8 +514,6 @@ def _make_readable(root: Path) -> None:
             os.chmod(os.path.join(dirpath, d), 0o777 & ~umask)
         for f in filenames:
             os.chmod(os.path.join(dirpath, f), 0o666 & ~umask)
-
-
 
 
 def _sync_chat_template(model_dir: Path, template: str) -> None:

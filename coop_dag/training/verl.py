@@ -1198,7 +1198,7 @@ def run_key(
 ) -> str:
     """What identifies a verl run (its directory): student, recipe, data, GPU count, and the
     device when it is the CPU (a GPU run keeps the key it always had)."""
-    from coop_dag.training.train import run_key_for
+    from coop_dag.training.contract import run_key_for
 
     engine: dict[str, Any] = {"backend": BACKEND, "bridge_version": BRIDGE_VERSION}
     if device != "cuda":
@@ -1288,16 +1288,18 @@ def train_lora_verl(
     import time
 
     from coop_dag.training.adapters import ADAPTER_WEIGHTS, write_lineage
-    from coop_dag.training.errors import EmptyTrainingSetError
-    from coop_dag.training.recipes import get_recipe
-    from coop_dag.training.train import (
+    from coop_dag.training.contract import (
         TrainResult,
-        check_parquet_identity,
         copy_adapter,
-        prepare_rows,
-        read_parquet_rows,
         run_lineage,
         write_loss_curve,
+    )
+    from coop_dag.training.errors import EmptyTrainingSetError
+    from coop_dag.training.recipes import get_recipe
+    from coop_dag.training.rows import (
+        check_parquet_identity,
+        prepare_rows,
+        read_parquet_rows,
         write_rows,
     )
     from coop_dag.training.verl_pipes import STEP_TIME_KEY
