@@ -195,13 +195,11 @@ def train_lora(
     key = run_key_for(student, recipe, data.train_sha, data.val_sha)
     run_dir = Path(work_dir) if work_dir is not None else default_work_dir()
     run_dir = run_dir / key
-    result_file = run_dir / RESULT_FILE
     if force and run_dir.exists():
         shutil.rmtree(run_dir)
-    if result_file.is_file() and (run_dir / "adapter").is_dir():
-        done = json.loads(result_file.read_text())
-        done.update(reused=True, wall_time_s=round(time.monotonic() - started, 2))
-        return TrainResult.from_record(done)
+    finished = _finished_run(run_dir, started)
+    if finished is not None:
+        return finished
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_staging(run_dir / "checkpoints")
     clean_staging(run_dir)
@@ -229,20 +227,33 @@ def train_lora(
         loss_curve_png=adapter_dir / png_path.name if png_path else None,
         adapter_sha12=adapter_sha12(adapter_dir),
     )
-    atomic_write_json(result_file, result.as_dict(), sort_keys=True, default=str)
+    atomic_write_json(run_dir / RESULT_FILE, result.as_dict(), sort_keys=True, default=str)
     if progress is not None:
-        progress(
-            {
-                "event": "end",
-                "steps": result.steps,
-                "train_loss": result.train_loss,
-                "initial_val_loss": result.initial_val_loss,
-                "final_val_loss": result.final_val_loss,
-                "wall_time_s": result.wall_time_s,
-                "adapter_dir": str(adapter_dir),
-            }
-        )
+        progress(_end_event(result))
     return result
+
+
+def _finished_run(run_dir: Path, started: float) -> TrainResult | None:
+    """The recorded result of a run that already finished (``reused``), else None."""
+    result_file = run_dir / RESULT_FILE
+    if not (result_file.is_file() and (run_dir / "adapter").is_dir()):
+        return None
+    done = json.loads(result_file.read_text())
+    done.update(reused=True, wall_time_s=round(time.monotonic() - started, 2))
+    return TrainResult.from_record(done)
+
+
+def _end_event(result: TrainResult) -> dict[str, Any]:
+    """The ``end`` progress event of a finished training call."""
+    return {
+        "event": "end",
+        "steps": result.steps,
+        "train_loss": result.train_loss,
+        "initial_val_loss": result.initial_val_loss,
+        "final_val_loss": result.final_val_loss,
+        "wall_time_s": result.wall_time_s,
+        "adapter_dir": str(result.adapter_dir),
+    }
 
 
 def _load_data(
