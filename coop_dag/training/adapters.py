@@ -170,7 +170,7 @@ def merged_model(adapter_dir: str | os.PathLike, base_dir: str | os.PathLike) ->
     serves it as a plain model. Built once per (base, adapter weights, adapter config) under
     ``<cache>/merged/<base dir name>/`` atomically (a killed build leaves nothing half
     written); its manifest names the adapter, the base and the library versions."""
-    from coop_dag.training.students import cache_root, materialize
+    from coop_dag.training.student_cache import cache_root, materialize
 
     adapter, base = _dir(adapter_dir), Path(base_dir)
     cfg_sha = file_sha256(adapter / ADAPTER_CONFIG)[:8]

@@ -14,7 +14,7 @@ from test_serving import PROBE, _port
 from coop_dag.config.profiles import ProfileError
 from coop_dag.serving.server import ServeSettings, _port_open, run_probe, serve_adapter
 from coop_dag.training.adapters import adapter_name, merged_model
-from coop_dag.training.students import BUILDS, MANIFEST_NAME
+from coop_dag.training.student_cache import BUILDS, MANIFEST_NAME
 
 
 @pytest.fixture()
