@@ -1,7 +1,8 @@
 """The embedded trainer's Hugging Face parts: the ``Trainer`` subclass (weighted loss through
 `coop_dag.training.loss`, token counters, atomic checkpoints), the progress callback (steps,
-validation losses), its ``TrainingArguments`` and LoRA config, checkpoint discovery and
-resume counters, and the CPU thread count. Built lazily: importing this module stays cheap.
+validation losses), its ``TrainingArguments`` and LoRA config, the datasets it reads
+(:func:`tito_datasets`), checkpoint discovery and resume counters, and the CPU thread count.
+Built lazily: importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from coop_dag.training.contract import ProgressFn
-from coop_dag.training.loss import evaluate_loss, step_loss
+from coop_dag.training.loss import TitoCollator, evaluate_loss, step_loss
 from coop_dag.training.recipes import Recipe
+from coop_dag.training.rows import TrainingData, write_rows
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -316,3 +318,33 @@ def torch_threads(n: int = 0):
         yield torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def tito_datasets(student: Any, recipe: Recipe, data: TrainingData, run_dir: Path):
+    """``(train, validation or None, collator)``: the prepared rows written to ``data/`` and
+    read back through ``TitoSFTDataset``, the same dataset class verl trains on."""
+    from coop_dag.tito.dataset import TitoSFTDataset
+
+    data_meta = {
+        "format": data.meta.get("format"),
+        "variant": data.meta.get("variant"),
+        "tokenizer": data.meta.get("tokenizer"),
+        "chat_template_sha256": data.meta.get("chat_template_sha256"),
+        "prepared_for_recipe": recipe.to_json(),
+        "source": str(data.train_path),
+    }
+    data_dir = run_dir / "data"
+    train_file = write_rows(data.train_rows, data_dir / "train.parquet", data_meta)
+    val_file = (
+        write_rows(data.val_rows, data_dir / "val.parquet", data_meta) if data.val_rows else None
+    )
+    tokenizer = student.load_tokenizer()
+    ds_cfg = {
+        "max_length": recipe.max_length,
+        "truncation": recipe.truncation,
+        "pad_mode": "no_padding",
+    }
+    train_ds = TitoSFTDataset(str(train_file), tokenizer, ds_cfg)
+    val_ds = TitoSFTDataset(str(val_file), tokenizer, ds_cfg) if val_file else None
+    collator = TitoCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    return train_ds, val_ds, collator

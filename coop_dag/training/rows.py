@@ -2,7 +2,8 @@
 check, and :func:`prepare_rows`, which shapes rows for a recipe (``max_turn``, identical
 upweight copies, packing, ``upweight_mode``, ``max_length``). Both trainers train on these
 rows: the embedded one (`coop_dag.training.train`) and verl (`coop_dag.training.verl`), which
-writes them with :func:`write_rows` for its own dataset to read.
+writes them with :func:`write_rows` for its own dataset to read. :func:`load_training_data` is
+the embedded trainer's first step: both parquets read, checked, prepared and hashed.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from typing import Any
 
 from coop_dag.training.errors import (
     ChatTemplateMismatchError,
+    EmptyTrainingSetError,
     TokenizerMismatchError,
     TrainError,
 )
 from coop_dag.training.recipes import Recipe
+from coop_dag.util.files import file_sha256
 
 # A row on its way through prepare_rows: [source row, ids, loss spans, span turns, weight].
 Staged = list
@@ -271,3 +274,59 @@ def write_rows(rows: Sequence[dict], path: Path, metadata: dict) -> Path:
     from coop_dag.tito.build import write_parquet
 
     return write_parquet(rows, path, metadata)
+
+
+@dataclass
+class TrainingData:
+    """The training data of a run: prepared rows, their source metadata and sha256s."""
+
+    train_path: Path
+    val_path: Path | None
+    meta: dict
+    train_rows: list[dict]
+    val_rows: list[dict]
+    prep: PrepStats
+    val_prep: PrepStats
+    train_sha: str
+    val_sha: str | None
+
+
+def load_training_data(
+    student: Any, recipe: Recipe, train_path: Path, val_path: Path | None, check_template: bool
+) -> TrainingData:
+    """Read and identity-check both parquets (before any work), prepare their rows for the
+    recipe and hash the files (the run key's data identity)."""
+    template = student.chat_template_sha256 if check_template else None
+    rows, meta = read_parquet_rows(train_path)
+    check_parquet_identity(
+        train_path, meta, student.tokenizer_sha256, template, student=student.name
+    )
+    val_rows_raw: list[dict] = []
+    if val_path is not None and val_path.is_file():
+        val_rows_raw, val_meta = read_parquet_rows(val_path)
+        check_parquet_identity(
+            val_path, val_meta, student.tokenizer_sha256, template, student=student.name
+        )
+    if not rows:
+        raise EmptyTrainingSetError(f"{train_path}: the training parquet has no row")
+    train_rows, prep = prepare_rows(rows, recipe)
+    if not train_rows:
+        raise EmptyTrainingSetError(
+            f"{train_path}: no training row left after preparing {prep.rows_in} rows for recipe "
+            f"'{recipe.name}' (max_turn={recipe.max_turn}, max_length={recipe.max_length}, "
+            f"truncation={recipe.truncation}): {prep.as_dict()}"
+        )
+    val_rows, val_prep = prepare_rows(val_rows_raw, recipe, expand=False)
+    if recipe.max_val_rows > 0:
+        val_rows = val_rows[: recipe.max_val_rows]
+    return TrainingData(
+        train_path=train_path,
+        val_path=val_path,
+        meta=meta,
+        train_rows=train_rows,
+        val_rows=val_rows,
+        prep=prep,
+        val_prep=val_prep,
+        train_sha=file_sha256(train_path),
+        val_sha=file_sha256(val_path) if val_path is not None and val_path.is_file() else None,
+    )

@@ -86,7 +86,7 @@ from coop_dag.training.contract import (
     run_lineage,
     write_loss_curve,
 )
-from coop_dag.training.errors import EmptyTrainingSetError, TrainError
+from coop_dag.training.errors import TrainError
 from coop_dag.training.hf_trainer import (
     CHECKPOINT_PREFIX,
     clean_staging,
@@ -96,34 +96,14 @@ from coop_dag.training.hf_trainer import (
     make_progress_callback,
     make_trainer_class,
     restore_counters,
+    tito_datasets,
     torch_threads,
     training_arguments,
 )
 from coop_dag.training.loss import TitoCollator, loss_normaliser, supports_logits_mask
 from coop_dag.training.recipes import Recipe, get_recipe
-from coop_dag.training.rows import (
-    PrepStats,
-    check_parquet_identity,
-    prepare_rows,
-    read_parquet_rows,
-    write_rows,
-)
-from coop_dag.util.files import atomic_write_json, file_sha256
-
-
-@dataclass
-class _Data:
-    """The training data of a run: prepared rows, their source metadata and sha256s."""
-
-    train_path: Path
-    val_path: Path | None
-    meta: dict
-    train_rows: list[dict]
-    val_rows: list[dict]
-    prep: PrepStats
-    val_prep: PrepStats
-    train_sha: str
-    val_sha: str | None
+from coop_dag.training.rows import TrainingData, load_training_data
+from coop_dag.util.files import atomic_write_json
 
 
 @dataclass
@@ -191,7 +171,7 @@ def train_lora(
     if isinstance(recipe, str):
         recipe = get_recipe(recipe)
     val = Path(val_path) if val_path else None
-    data = _load_data(student, recipe, Path(train_path), val, check_chat_template)
+    data = load_training_data(student, recipe, Path(train_path), val, check_chat_template)
     key = run_key_for(student, recipe, data.train_sha, data.val_sha)
     run_dir = Path(work_dir) if work_dir is not None else default_work_dir()
     run_dir = run_dir / key
@@ -256,81 +236,10 @@ def _end_event(result: TrainResult) -> dict[str, Any]:
     }
 
 
-def _load_data(
-    student: Any, recipe: Recipe, train_path: Path, val_path: Path | None, check_template: bool
-) -> _Data:
-    """Read and identity-check both parquets (before any work), prepare their rows for the
-    recipe and hash the files (the run key's data identity)."""
-    template = student.chat_template_sha256 if check_template else None
-    rows, meta = read_parquet_rows(train_path)
-    check_parquet_identity(
-        train_path, meta, student.tokenizer_sha256, template, student=student.name
-    )
-    val_rows_raw: list[dict] = []
-    if val_path is not None and val_path.is_file():
-        val_rows_raw, val_meta = read_parquet_rows(val_path)
-        check_parquet_identity(
-            val_path, val_meta, student.tokenizer_sha256, template, student=student.name
-        )
-    if not rows:
-        raise EmptyTrainingSetError(f"{train_path}: the training parquet has no row")
-    train_rows, prep = prepare_rows(rows, recipe)
-    if not train_rows:
-        raise EmptyTrainingSetError(
-            f"{train_path}: no training row left after preparing {prep.rows_in} rows for recipe "
-            f"'{recipe.name}' (max_turn={recipe.max_turn}, max_length={recipe.max_length}, "
-            f"truncation={recipe.truncation}): {prep.as_dict()}"
-        )
-    val_rows, val_prep = prepare_rows(val_rows_raw, recipe, expand=False)
-    if recipe.max_val_rows > 0:
-        val_rows = val_rows[: recipe.max_val_rows]
-    return _Data(
-        train_path=train_path,
-        val_path=val_path,
-        meta=meta,
-        train_rows=train_rows,
-        val_rows=val_rows,
-        prep=prep,
-        val_prep=val_prep,
-        train_sha=file_sha256(train_path),
-        val_sha=file_sha256(val_path) if val_path is not None and val_path.is_file() else None,
-    )
-
-
-def _datasets(student: Any, recipe: Recipe, data: _Data, run_dir: Path):
-    """``(train, validation or None, collator)``: the prepared rows written to ``data/`` and
-    read back through ``TitoSFTDataset``, the same dataset class verl trains on."""
-    from coop_dag.tito.dataset import TitoSFTDataset
-
-    data_meta = {
-        "format": data.meta.get("format"),
-        "variant": data.meta.get("variant"),
-        "tokenizer": data.meta.get("tokenizer"),
-        "chat_template_sha256": data.meta.get("chat_template_sha256"),
-        "prepared_for_recipe": recipe.to_json(),
-        "source": str(data.train_path),
-    }
-    data_dir = run_dir / "data"
-    train_file = write_rows(data.train_rows, data_dir / "train.parquet", data_meta)
-    val_file = (
-        write_rows(data.val_rows, data_dir / "val.parquet", data_meta) if data.val_rows else None
-    )
-    tokenizer = student.load_tokenizer()
-    ds_cfg = {
-        "max_length": recipe.max_length,
-        "truncation": recipe.truncation,
-        "pad_mode": "no_padding",
-    }
-    train_ds = TitoSFTDataset(str(train_file), tokenizer, ds_cfg)
-    val_ds = TitoSFTDataset(str(val_file), tokenizer, ds_cfg) if val_file else None
-    collator = TitoCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-    return train_ds, val_ds, collator
-
-
 def _fit(
     student: Any,
     recipe: Recipe,
-    data: _Data,
+    data: TrainingData,
     run_dir: Path,
     key: str,
     *,
@@ -342,7 +251,7 @@ def _fit(
     from peft import get_peft_model
     from transformers import set_seed
 
-    train_ds, val_ds, collator = _datasets(student, recipe, data, run_dir)
+    train_ds, val_ds, collator = tito_datasets(student, recipe, data, run_dir)
     ckpt_dir = run_dir / "checkpoints"
     resume = complete_checkpoints(ckpt_dir)
     resume_from = resume[-1] if resume else None
@@ -460,7 +369,7 @@ def _losses(
 def _lineage(
     student: Any,
     recipe: Recipe,
-    data: _Data,
+    data: TrainingData,
     fitted: _Fitted,
     info: AdapterInfo,
     key: str,
