@@ -15,20 +15,14 @@ import dagster as dg
 
 from assets.partitions import GPU_POOL, VARIANTS, check_spec, variant_partitions
 from coop_dag.config.profiles import VERL_KINDS
-from coop_dag.eval.lineage import content_version
 from coop_dag.serving.endpoints import Endpoint
-from coop_dag.serving.probe import (
-    ProbeResult,
-    compare_outputs,
-    held_out_cases,
-    probe_endpoint,
-    probe_key,
-)
-from coop_dag.serving.swap import ensure_loaded
-from coop_dag.training.adapters import AdapterError, adapter_name, validate_adapter, write_lineage
+from coop_dag.serving.probe import ProbeResult, held_out_cases, probe_endpoint, probe_key
+from coop_dag.training.adapters import AdapterError, validate_adapter
+from coop_dag.training.contract import TrainResult, format_event
+from coop_dag.training.publish import PublishedAdapter, publish_adapter
 from coop_dag.training.recipes import recipe_for
 from coop_dag.training.students import get_student
-from coop_dag.training.train import TrainResult, copy_adapter, format_event, train_lora
+from coop_dag.training.train import train_lora
 from coop_dag.training.verl import train_lora_verl
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
@@ -300,129 +294,82 @@ def _publish(
     started: float,
     reported: Mapping[str, Any] | None = None,
 ):
-    """Whichever trainer made it: copy the adapter under its content-addressed name into the
-    adapters directory, probe it on the serving engine, write its lineage, record lineage,
-    yield the output (with the metadata verl `reported` through Pipes: ``verl_*``) and
-    checks."""
-    name = adapter_name(result.adapter_dir)
-    final = copy_adapter(result.adapter_dir, training.adapter_dir(variant.name, name))
-    ensure_loaded(endpoint.url, name, final)
-    probe_adapter = probe_endpoint(
-        endpoint.engine,
-        name,
-        cases,
+    """Whichever trainer made it, `training.publish.publish_adapter` copies the adapter under
+    its content-addressed name into the adapters directory, probes it on the serving engine
+    and writes its lineage; here: the lineage record, the output (with the metadata verl
+    `reported` through Pipes: ``verl_*``) and the checks."""
+    pub = publish_adapter(
+        result,
+        lambda name: training.adapter_dir(variant.name, name),
+        student=student,
+        recipe=recipe,
+        upstream_version=tito_parquet["data_version"],
+        facts=facts,
+        cases=cases,
+        endpoint=endpoint,
+        probe_base=probe_base,
         max_new_tokens=training.probe_max_new_tokens,
-        adapter=str(final),
         log=context.log.info,
     )
-    compare = compare_outputs(probe_base, probe_adapter)
-
-    probe_facts = {
-        "probe_base_rate": probe_base.rate,
-        "probe_adapter_rate": probe_adapter.rate,
-        "probe_n": probe_adapter.n,
-        "probe_max_new_tokens": probe_adapter.max_new_tokens,
-        "probe_differs": compare["differs"],
-    }
-    write_lineage(final, {**result.lineage, **probe_facts, "adapter_dir": str(final)})
-    (final / "probe.json").write_text(
-        json.dumps(
-            {"base": probe_base.as_dict(), "adapter": probe_adapter.as_dict(), **compare},
-            indent=1,
-        )
-    )
-
-    train_summary = {
-        "steps": result.steps,
-        "max_steps": result.max_steps,
-        "epochs": result.epochs,
-        "train_loss": result.train_loss,
-        "initial_val_loss": result.initial_val_loss,
-        "final_val_loss": result.final_val_loss,
-        "tokens_seen": result.tokens_seen,
-        "trained_tokens": result.trained_tokens,
-        "train_time_s": result.train_time_s,
-        "tokens_per_s": result.tokens_per_s,
-        "trainable_params": result.trainable_params,
-        "train_rows": result.train_rows,
-        "val_rows": result.val_rows,
-        "run_key": result.run_key,
-        "resumed_from_step": result.resumed_from_step,
-        "reused": result.reused,
-        "loss_curve_png": str(final / "loss_curve.png"),
-        "loss_curve_json": str(final / "loss_curve.json"),
-    }
-    data_version = content_version({"adapter": name, "upstream": tito_parquet["data_version"]})
-    trainer = result.lineage.get("trainer", "unknown")
-    all_facts = {
-        **facts,
-        **probe_facts,
-        "trainer": trainer,
-        "adapter_name": name,
-        "base_model": student.name,
-    }
-    out = {
-        "adapter_name": name,
-        "adapter_dir": str(final),
-        "base_model": student.name,
-        "base_model_dir": str(student.model_dir),
-        "student": student.name,
-        "recipe": recipe.name,
-        "data_version": data_version,
-        "probe_base": probe_base.as_dict(),
-        "probe_adapter": probe_adapter.as_dict(),
-        "probe_compare": compare,
-        "train": train_summary,
-        "facts": all_facts,
-    }
     lineage.record(
         context,
-        data_version,
+        pub.data_version,
         upstream={"tito_parquet": tito_parquet["data_version"]},
-        facts=all_facts,
+        facts=pub.facts,
         metrics={},
     )
     wall = round(time.monotonic() - started, 1)
-    png = final / "loss_curve.png"
     yield dg.Output(
-        out,
-        data_version=dg.DataVersion(data_version),
-        metadata={
-            "adapter_name": name,
-            "adapter_dir": dg.MetadataValue.path(str(final)),
-            "student": student.name,
-            "recipe": recipe.name,
-            "trainer": trainer,
-            "steps": result.steps,
-            "epochs": result.epochs,
-            "tokens_seen": result.tokens_seen,
-            "trained_tokens": result.trained_tokens,
-            "tokens_per_s": result.tokens_per_s,
-            "train_time_s": result.train_time_s,
-            "wall_time_s": wall,
-            "train_loss": result.train_loss if result.train_loss is not None else float("nan"),
-            "initial_val_loss": _num(result.initial_val_loss),
-            "final_val_loss": _num(result.final_val_loss),
-            "trainable_params": result.trainable_params,
-            "train_rows": result.train_rows,
-            "resumed_from_step": result.resumed_from_step or 0,
-            "reused_finished_run": result.reused,
-            "probe_base_rate": probe_base.rate,
-            "probe_adapter_rate": probe_adapter.rate,
-            "probe": dg.MetadataValue.md(_probe_table(probe_base, probe_adapter)),
-            "loss_curve": dg.MetadataValue.md(_curve_md(png)),
-            "loss_curve_path": dg.MetadataValue.path(str(png)),
-            "lineage": dg.MetadataValue.json(
-                {k: v for k, v in all_facts.items() if isinstance(v, str | int | float | bool)}
-            ),
-            **(reported or {}),
-        },
+        pub.output,
+        data_version=dg.DataVersion(pub.data_version),
+        metadata={**_output_metadata(pub, result, student, recipe, wall), **(reported or {})},
     )
+    yield from _checks(pub, result, student)
 
-    fell = result.val_loss_fell
+
+def _output_metadata(
+    pub: PublishedAdapter, result: TrainResult, student: Any, recipe: Any, wall: float
+) -> dict[str, Any]:
+    """The materialization's metadata: adapter, training numbers, probes, loss curve, facts."""
+    png = pub.adapter_dir / "loss_curve.png"
+    return {
+        "adapter_name": pub.name,
+        "adapter_dir": dg.MetadataValue.path(str(pub.adapter_dir)),
+        "student": student.name,
+        "recipe": recipe.name,
+        "trainer": pub.trainer,
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "tokens_seen": result.tokens_seen,
+        "trained_tokens": result.trained_tokens,
+        "tokens_per_s": result.tokens_per_s,
+        "train_time_s": result.train_time_s,
+        "wall_time_s": wall,
+        "train_loss": result.train_loss if result.train_loss is not None else float("nan"),
+        "initial_val_loss": _num(result.initial_val_loss),
+        "final_val_loss": _num(result.final_val_loss),
+        "trainable_params": result.trainable_params,
+        "train_rows": result.train_rows,
+        "resumed_from_step": result.resumed_from_step or 0,
+        "reused_finished_run": result.reused,
+        "probe_base_rate": pub.probe_base.rate,
+        "probe_adapter_rate": pub.probe_adapter.rate,
+        "probe": dg.MetadataValue.md(_probe_table(pub.probe_base, pub.probe_adapter)),
+        "loss_curve": dg.MetadataValue.md(_curve_md(png)),
+        "loss_curve_path": dg.MetadataValue.path(str(png)),
+        "lineage": dg.MetadataValue.json(
+            {k: v for k, v in pub.facts.items() if isinstance(v, str | int | float | bool)}
+        ),
+    }
+
+
+def _checks(
+    pub: PublishedAdapter, result: TrainResult, student: Any
+) -> Iterator[dg.AssetCheckResult]:
+    """The four checks of ``lora_checkpoint``, in its ``check_specs`` order."""
     yield dg.AssetCheckResult(
         check_name="validation_loss_fell",
-        passed=fell,
+        passed=result.val_loss_fell,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
             "initial_val_loss": _num(result.initial_val_loss),
@@ -432,29 +379,13 @@ def _publish(
             f"validation loss {result.initial_val_loss} -> {result.final_val_loss}"
             if result.initial_val_loss is not None and result.final_val_loss is not None
             else f"final validation loss {result.final_val_loss}; no loss before training "
-            f"({trainer} validates after steps only): cannot tell whether it fell"
+            f"({pub.trainer} validates after steps only): cannot tell whether it fell"
             if result.final_val_loss is not None
             else "no validation rows: cannot tell whether training generalised"
         ),
     )
-    try:
-        info = validate_adapter(final, expected_base=str(student.model_dir))
-        yield dg.AssetCheckResult(
-            check_name="adapter_weights_usable",
-            passed=True,
-            metadata={
-                "lora_alpha": info.lora_alpha,
-                "r": info.r,
-                "lora_tensors": info.lora_tensors,
-            },
-            description=(
-                f"{info.lora_tensors} LoRA tensors, non-zero B, lora_alpha {info.lora_alpha}"
-            ),
-        )
-    except AdapterError as err:
-        yield dg.AssetCheckResult(
-            check_name="adapter_weights_usable", passed=False, description=str(err)
-        )
+    yield _weights_check(pub.adapter_dir, student)
+    compare = pub.compare
     yield dg.AssetCheckResult(
         check_name="adapter_output_differs_from_base",
         passed=compare["differs"],
@@ -465,15 +396,36 @@ def _publish(
             else "adapter output is identical to the base model's (the seed's first failure)"
         ),
     )
+    base_rate, rate = pub.probe_base.rate, pub.probe_adapter.rate
     yield dg.AssetCheckResult(
         check_name="first_turn_probe_rate",
-        passed=probe_adapter.rate >= PROBE_MIN_RATE,
+        passed=rate >= PROBE_MIN_RATE,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"rate": probe_adapter.rate, "base_rate": probe_base.rate},
+        metadata={"rate": rate, "base_rate": base_rate},
         description=(
             f"validation first turns with a plan send_message naming a task path: "
-            f"{_pct(probe_base.rate)} base -> {_pct(probe_adapter.rate)} adapter"
+            f"{_pct(base_rate)} base -> {_pct(rate)} adapter"
         ),
+    )
+
+
+def _weights_check(final: Path, student: Any) -> dg.AssetCheckResult:
+    """``adapter_weights_usable``: `validate_adapter` on the published copy."""
+    try:
+        info = validate_adapter(final, expected_base=str(student.model_dir))
+    except AdapterError as err:
+        return dg.AssetCheckResult(
+            check_name="adapter_weights_usable", passed=False, description=str(err)
+        )
+    return dg.AssetCheckResult(
+        check_name="adapter_weights_usable",
+        passed=True,
+        metadata={
+            "lora_alpha": info.lora_alpha,
+            "r": info.r,
+            "lora_tensors": info.lora_tensors,
+        },
+        description=f"{info.lora_tensors} LoRA tensors, non-zero B, lora_alpha {info.lora_alpha}",
     )
 
 

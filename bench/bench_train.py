@@ -35,19 +35,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from coop_dag.tito.build import TitoConfig, build_tito_parquet, trajectories_from_run  # noqa: E402
+from coop_dag.training.hf_trainer import lora_config, torch_threads  # noqa: E402
+from coop_dag.training.loss import TitoCollator, loss_normaliser, step_loss  # noqa: E402
 from coop_dag.training.recipes import get_recipe  # noqa: E402
+from coop_dag.training.rows import prepare_rows, read_parquet_rows, write_rows  # noqa: E402
 from coop_dag.training.students import get_student  # noqa: E402
-from coop_dag.training.train import (  # noqa: E402
-    TitoCollator,
-    _lora_config,
-    loss_normaliser,
-    prepare_rows,
-    read_parquet_rows,
-    step_loss,
-    torch_threads,
-    train_lora,
-    write_rows,
-)
+from coop_dag.training.train import train_lora  # noqa: E402
 
 
 def raw_loop(student, train_path: Path, recipe, work: Path) -> dict:
@@ -75,7 +68,7 @@ def raw_loop(student, train_path: Path, recipe, work: Path) -> dict:
     collate = TitoCollator(tok.pad_token_id)
     with torch_threads(recipe.torch_threads) as threads:
         set_seed(recipe.seed)
-        model = get_peft_model(student.load_model(), _lora_config(recipe))
+        model = get_peft_model(student.load_model(), lora_config(recipe))
         model.train()
         opt = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad], lr=recipe.learning_rate

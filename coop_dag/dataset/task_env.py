@@ -284,7 +284,7 @@ class TaskEnv:
 
 
 def env_cache_root() -> Path:
-    from coop_dag.training.students import cache_root
+    from coop_dag.training.student_cache import cache_root
 
     return cache_root() / "task-envs"
 

@@ -127,8 +127,6 @@ def _load_config(d: Path) -> dict[str, Any]:
     return cfg
 
 
-
-
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
@@ -172,7 +170,7 @@ def merged_model(adapter_dir: str | os.PathLike, base_dir: str | os.PathLike) ->
     serves it as a plain model. Built once per (base, adapter weights, adapter config) under
     ``<cache>/merged/<base dir name>/`` atomically (a killed build leaves nothing half
     written); its manifest names the adapter, the base and the library versions."""
-    from coop_dag.training.students import cache_root, materialize
+    from coop_dag.training.student_cache import cache_root, materialize
 
     adapter, base = _dir(adapter_dir), Path(base_dir)
     cfg_sha = file_sha256(adapter / ADAPTER_CONFIG)[:8]
@@ -472,8 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m coop_dag.training.adapters",
-        description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m coop_dag.training.adapters", description=main.__doc__
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("validate", help="check a PEFT adapter directory (and its lineage)")
     check.add_argument("dir")

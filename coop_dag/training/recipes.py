@@ -1,6 +1,6 @@
 """Training recipes: ``configs/recipes.yaml`` (``defaults`` merged into each recipe), each a
 validated, frozen `Recipe`. Both trainers (`training.train`, `training.verl`) and the variants
-file read recipes from here; a recipe is part of a run's key (`train.run_key_for`)."""
+file read recipes from here; a recipe is part of a run's key (`contract.run_key_for`)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ inside verl's environment, `coop_dag.training.verl_pipes` (the torchrun entry) a
 A `train_lora_verl` run lives in ``<work_dir>/verl-<run_key>/``:
 
 - ``data/{train,val}.parquet``: the TITO rows prepared for the recipe exactly as the
-  embedded trainer prepares them (`coop_dag.training.train.prepare_rows`: max_turn, packing,
+  embedded trainer prepares them (`coop_dag.training.rows.prepare_rows`: max_turn, packing,
   truncation), except that upweight is always trained as copies -- verl's SFT loss has
   no per-row weight, so a weighted row would silently count once (a non-integer weight
   is refused). The parquet's tokenizer and chat template are checked first.
@@ -87,7 +87,7 @@ def run_key(
 ) -> str:
     """What identifies a verl run (its directory): student, recipe, data, GPU count, and the
     device when it is the CPU (a GPU run keeps the key it always had)."""
-    from coop_dag.training.train import run_key_for
+    from coop_dag.training.contract import run_key_for
 
     engine: dict[str, Any] = {"backend": BACKEND, "bridge_version": BRIDGE_VERSION}
     if device != "cuda":
@@ -141,7 +141,7 @@ def train_lora_verl(
     """`training.train.train_lora`'s contract, trained by verl (``device="cpu"``: verl on this
     machine's CPU, `CPU_OVERRIDES`/`CPU_ENV`; the same trainer, dataset and export): a LoRA
     adapter for `student` on the TITO parquet `train_path` (validation on `val_path`),
-    returned as the same `coop_dag.training.train.TrainResult` with the same `lineage.json` facts
+    returned as the same `coop_dag.training.contract.TrainResult` with the same `lineage.json` facts
     (``trainer: "verl"``).
 
     The run lives in ``<work_dir>/verl-<run_key>/`` (the module docstring lists its files);
@@ -213,7 +213,7 @@ def _finished_result(run_dir: Path, key: str, log: LogFn, started: float) -> Any
     import time
 
     from coop_dag.training.adapters import ADAPTER_WEIGHTS
-    from coop_dag.training.train import TrainResult
+    from coop_dag.training.contract import TrainResult
 
     done = read_json(run_dir / RESULT_FILE)
     if not (isinstance(done, dict) and (run_dir / "adapter" / ADAPTER_WEIGHTS).is_file()):
@@ -335,7 +335,7 @@ def _lineage(
 ) -> dict[str, Any]:
     """``lineage.json``'s facts: the embedded trainer's (`run_lineage`, the same keys) and
     verl's (config, command, checkpoint, export). A flat record: long, not complex."""
-    from coop_dag.training.train import run_lineage
+    from coop_dag.training.contract import run_lineage
 
     cfg, recipe, data = run.cfg, run.recipe, run.data
     rows_trained = curves.steps * cfg.train_batch_size
@@ -393,7 +393,7 @@ def _publish_adapter(
     """``adapter/``: verl's repaired export + ``lineage.json`` + the loss curve, staged then
     renamed into place. Returns the loss curve's json and png (None: not drawn) names."""
     from coop_dag.training.adapters import write_lineage
-    from coop_dag.training.train import copy_adapter, write_loss_curve
+    from coop_dag.training.contract import copy_adapter, write_loss_curve
 
     stage = run.run_dir / ".stage-adapter"
     shutil.rmtree(stage, ignore_errors=True)
@@ -419,7 +419,7 @@ def _train_result(
     wall_time: float,
 ) -> Any:
     """The `TrainResult` the embedded trainer would return for this run (its lineage's facts)."""
-    from coop_dag.training.train import TrainResult
+    from coop_dag.training.contract import TrainResult
 
     adapter_dir = run.run_dir / "adapter"
     json_path, png_path = loss_files

@@ -3,7 +3,7 @@
 
 The recipe's meaning is kept (`coop_dag.training.recipes.Recipe`, ``configs/recipes.yaml``):
 the rows are prepared exactly as the embedded trainer prepares them
-(`coop_dag.training.train.prepare_rows`), except that upweight is always trained as copies;
+(`coop_dag.training.rows.prepare_rows`), except that upweight is always trained as copies;
 an optimizer step is ``batch_size x grad_accum`` rows; a step count or a fractional epoch
 count becomes ``trainer.total_training_steps`` with enough epochs for verl's loop to reach
 it. `BRIDGE_VERSION` is part of every verl run key (`coop_dag.training.verl.run_key`).
@@ -157,7 +157,7 @@ class PreparedData:
     meta: dict[str, Any]  # the training parquet's coop_dag.tito metadata
     recipe: Any  # the recipe they were prepared for: upweight as copies
     train_rows: list[dict]
-    prep: Any  # coop_dag.training.train.PrepStats
+    prep: Any  # coop_dag.training.rows.PrepStats
     val_rows: list[dict]
     val_prep: Any
 
@@ -170,7 +170,7 @@ def prepare_data(
     has no per-row weight: a non-integer weight is refused). Validation is dropped when it
     has fewer rows than one step (verl drops the last incomplete batch)."""
     from coop_dag.training.errors import EmptyTrainingSetError
-    from coop_dag.training.train import check_parquet_identity, prepare_rows, read_parquet_rows
+    from coop_dag.training.rows import check_parquet_identity, prepare_rows, read_parquet_rows
 
     rows, meta = read_parquet_rows(train_path)
     check_parquet_identity(
@@ -217,7 +217,7 @@ def write_data(
 ) -> tuple[Path, Path | None]:
     """``data/{train,val}.parquet`` in `run_dir` (val: None without validation rows); a file
     already there is kept: the rows are deterministic, and so is the run record."""
-    from coop_dag.training.train import write_rows
+    from coop_dag.training.rows import write_rows
 
     data_meta = {
         "format": data.meta.get("format"),

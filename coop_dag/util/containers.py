@@ -1,7 +1,7 @@
 """Containers and commands, the one copy both engines launch with: a `Command` (argv plus
 environment, optionally a named container), the `docker run` line for one, and the variables
-every container gets by name. verl (`training.verl_launch`) and vLLM (`serving.vllm_launch`) use it; it
-imports neither. Standard library only."""
+every container gets by name. verl (`training.verl_launch`) and vLLM (`serving.vllm_launch`)
+use it; it imports neither. Standard library only."""
 
 from __future__ import annotations
 

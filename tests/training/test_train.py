@@ -1,4 +1,5 @@
-"""training.train: recipes, row preparation, the weighted loss, the embedded trainer end to end
+"""training.train (and its rows, loss, hf_trainer): recipes, row preparation, the weighted loss,
+the embedded trainer end to end
 (tiny-qwen3: a 2-layer random-init Qwen3 with the real tokenizer), resume after a kill,
 refusals (tokenizer / template mismatch, empty or all-truncated sets, unknown student).
 
@@ -25,17 +26,17 @@ from coop_dag.training.errors import (
     TokenizerMismatchError,
     TrainError,
 )
-from coop_dag.training.recipes import Recipe, RecipeError, get_recipe, load_recipes  # noqa: E402
-from coop_dag.training.students import StudentError, get_student  # noqa: E402
-from coop_dag.training.train import (
+from coop_dag.training.hf_trainer import complete_checkpoints
+from coop_dag.training.loss import (
     TitoCollator,
-    complete_checkpoints,
     loss_normaliser,
-    prepare_rows,
     step_loss,
-    train_lora,
     weighted_loss_terms,
 )
+from coop_dag.training.recipes import Recipe, RecipeError, get_recipe, load_recipes  # noqa: E402
+from coop_dag.training.rows import prepare_rows
+from coop_dag.training.students import StudentError, get_student  # noqa: E402
+from coop_dag.training.train import train_lora
 
 
 @pytest.fixture(scope="module")
