@@ -21,9 +21,11 @@ DATASET_FLAGS = {
     "test": "--test",
 }
 
+
 def _cmd_tasks(args: argparse.Namespace) -> int:
     from coop_dag.dataset.config import resolve_dataset_config
-    from coop_dag.dataset.tasks import SPLITS, task_pool_summary
+    from coop_dag.dataset.pool import task_pool_summary
+    from coop_dag.dataset.tasks import SPLITS
 
     if args.test and args.held_out and args.test != args.held_out:
         raise ValueError(f"--test {args.test} and its older name --held-out {args.held_out} differ")
@@ -97,8 +99,8 @@ def _cmd_dataset_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_dataset_manifest(args: argparse.Namespace) -> int:
-    from coop_dag.dataset.check import write_manifests
     from coop_dag.dataset.config import resolve_mirror
+    from coop_dag.dataset.manifests import write_manifests
 
     mirror, _ = resolve_mirror(args.mirror_dir, flag="--mirror-dir")
     results = write_manifests(Path(args.dir), mirror, dry_run=args.check)

@@ -26,15 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coop_dag import BUNDLED_DATASET
-from coop_dag.dataset.tasks import (
-    BUNDLED_SPLIT,
-    RepoSplit,
-    TaskError,
-    check_split,
-    is_subset_path,
-    repo_names,
-    subset_file,
-)
+from coop_dag.dataset.discovery import is_subset_path, repo_names, subset_file
+from coop_dag.dataset.tasks import BUNDLED_SPLIT, RepoSplit, TaskError, check_split
 
 ENV_DATASET = "COOP_DAG_DATASET"
 ENV_SUBSET = "COOP_DAG_SUBSET"

@@ -41,7 +41,8 @@ from configparser import ConfigParser
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coop_dag.dataset.tasks import Task, TaskError, base_tree, checkout_base
+from coop_dag.dataset.base_repo import base_tree, checkout_base
+from coop_dag.dataset.tasks import Task, TaskError
 from coop_dag.util.files import file_lock
 
 DOCKER_REPO = "/workspace/repo"

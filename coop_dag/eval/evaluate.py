@@ -60,6 +60,7 @@ from coop_dag.agent.sandbox import (
     hideable,
     task_image,
 )
+from coop_dag.dataset.base_repo import checkout_base
 from coop_dag.dataset.task_env import (
     DOCKER_PATCHES,
     DOCKER_REPO,
@@ -68,7 +69,7 @@ from coop_dag.dataset.task_env import (
     needs_docker_layout,
     write_pip_shim,
 )
-from coop_dag.dataset.tasks import Pair, TaskError, checkout_base
+from coop_dag.dataset.tasks import Pair, TaskError
 from coop_dag.util.files import atomic_write_json
 from coop_dag.util.scratch import owned_tempdir, sweep_stale
 

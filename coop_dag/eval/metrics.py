@@ -78,7 +78,8 @@ from typing import IO, Any
 import numpy as np
 
 from coop_dag import BUNDLED_DATASET
-from coop_dag.dataset.tasks import BaseTree, base_tree, files_modified
+from coop_dag.dataset.base_repo import BaseTree, base_tree
+from coop_dag.dataset.tasks import files_modified
 from coop_dag.eval.runlogs import (
     AgentTimeline,
     PairLog,
