@@ -20,7 +20,8 @@ from coop_dag.agent.rollouts import (
     select_pairs,
 )
 from coop_dag.config.variants import Variant
-from coop_dag.dataset.tasks import TaskError, require_pairs
+from coop_dag.dataset.pool import require_pairs
+from coop_dag.dataset.tasks import TaskError
 from coop_dag.eval.lineage import content_version
 from coop_dag.eval.report import THRESHOLDS, report_markdown, report_plot, report_rows, seed_groups
 from coop_dag.eval.stats import paired_deltas

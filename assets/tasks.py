@@ -2,7 +2,8 @@
 
 import dagster as dg
 
-from coop_dag.dataset.tasks import SPLITS, task_pool_summary
+from coop_dag.dataset.pool import task_pool_summary
+from coop_dag.dataset.tasks import SPLITS
 from resources.dataset import DatasetResource
 
 

@@ -16,7 +16,8 @@ from coop_dag.agent.rollouts import (
     select_pairs,
 )
 from coop_dag.agent.teachers import make_teacher_factory, teacher_facts
-from coop_dag.dataset.tasks import TaskError, require_train_pairs
+from coop_dag.dataset.pool import require_train_pairs
+from coop_dag.dataset.tasks import TaskError
 from coop_dag.eval.lineage import content_version
 from coop_dag.eval.metrics import score_pairs
 from coop_dag.eval.runlogs import iter_pairs

@@ -55,7 +55,7 @@ from coop_dag.agent.sandbox import (  # noqa: E402
     bwrap_status,
     format_observation,
 )
-from coop_dag.dataset.tasks import discover_pairs  # noqa: E402
+from coop_dag.dataset.discovery import discover_pairs  # noqa: E402
 
 SEND = "send_message agent2 <<'MSG'\nI'll take src/datehelp/parsing.py; you keep humanize.py.\nMSG"
 

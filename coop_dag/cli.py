@@ -8,6 +8,10 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from coop_dag.dataset.config import DatasetConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -22,21 +26,29 @@ DATASET_FLAGS = {
 }
 
 
-def _cmd_tasks(args: argparse.Namespace) -> int:
+def _dataset_config(args: argparse.Namespace, test_repos: str | None) -> DatasetConfig:
+    """The `--dataset ... --test` flags of `tasks` / `eval` resolved like the dataset resource's
+    config; only the split a command uses must be set, so an unset one is not an error."""
     from coop_dag.dataset.config import resolve_dataset_config
-    from coop_dag.dataset.tasks import SPLITS, task_pool_summary
 
-    if args.test and args.held_out and args.test != args.held_out:
-        raise ValueError(f"--test {args.test} and its older name --held-out {args.held_out} differ")
-    config = resolve_dataset_config(
+    return resolve_dataset_config(
         dataset_dir=args.dataset,
         subset=args.subset,
         mirror_dir=args.mirror_dir,
         validation_repos=args.validation,
-        test_repos=args.test or args.held_out,
-        require_split=False,  # listing a dataset needs no split; unset: everything is train
+        test_repos=test_repos,
+        require_split=False,
         flag_names=DATASET_FLAGS,
     )
+
+
+def _cmd_tasks(args: argparse.Namespace) -> int:
+    from coop_dag.dataset.pool import task_pool_summary
+
+    if args.test and args.held_out and args.test != args.held_out:
+        raise ValueError(f"--test {args.test} and its older name --held-out {args.held_out} differ")
+    # listing a dataset needs no split; unset: everything is train
+    config = _dataset_config(args, args.test or args.held_out)
     summary = task_pool_summary(
         config.root,
         config.split,
@@ -47,6 +59,15 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"config": config.describe(), **summary}, indent=2))
         return 0
+    _print_task_pool(config, summary)
+    return 0
+
+
+def _print_task_pool(config: DatasetConfig, summary: dict) -> None:
+    """`coop-dag tasks`' text: the settings and where they came from, then each task's features
+    with their task files and its pairs with their merge results, then the counts."""
+    from coop_dag.dataset.tasks import SPLITS
+
     src = config.sources
     print(f"dataset     {config.root}{' (bundled)' if config.bundled else ''}  [{src['dataset']}]")
     print(f"subset      {config.subset or 'all pairs'}  [{src['subset']}]")
@@ -75,7 +96,6 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
         print(f"rejected {r['where']}: {r['reason']}")
     counts = ", ".join(f"{summary[f'n_{n}_pairs']} {n}" for n in SPLITS)
     print(f"\n{summary['n_pairs']} pairs: {counts}; {summary['n_rejected_pairs']} rejected")
-    return 0
 
 
 def _cmd_dataset_validate(args: argparse.Namespace) -> int:
@@ -98,8 +118,8 @@ def _cmd_dataset_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_dataset_manifest(args: argparse.Namespace) -> int:
-    from coop_dag.dataset.check import write_manifests
     from coop_dag.dataset.config import resolve_mirror
+    from coop_dag.dataset.manifests import write_manifests
 
     mirror, _ = resolve_mirror(args.mirror_dir, flag="--mirror-dir")
     results = write_manifests(Path(args.dir), mirror, dry_run=args.check)
@@ -136,20 +156,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from coop_dag.agent.rollouts import RolloutErrors
     from coop_dag.config.profiles import resolve_profile
     from coop_dag.config.variants import default_variant_name, get_variant
-    from coop_dag.dataset.config import parse_repos, resolve_dataset_config
+    from coop_dag.dataset.config import parse_repos
     from coop_dag.eval.model_eval import evaluate_model, score_table, select_eval_pairs
     from coop_dag.serving.settings import ServeSettings
 
     explicit_pairs = parse_repos(args.pairs) if args.pairs else ()
-    config = resolve_dataset_config(
-        dataset_dir=args.dataset,
-        subset=args.subset,
-        mirror_dir=args.mirror_dir,
-        validation_repos=args.validation,
-        test_repos=args.test,
-        require_split=False,  # only the chosen split must be set (select_eval_pairs says so)
-        flag_names=DATASET_FLAGS,
-    )
+    config = _dataset_config(args, args.test)  # select_eval_pairs checks the chosen split
     pairs = select_eval_pairs(config, split=args.split, pair_ids=explicit_pairs)
     variant = get_variant(args.variant or default_variant_name())
     profile = resolve_profile()
@@ -263,16 +275,30 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # the port the serving resource starts vLLM on
-    from coop_dag.serving.settings import DEFAULT_PORT
-
+    """The `coop-dag` parser: one sub-command each, added in `--help`'s order by the
+    `_add_<command>` functions below."""
     parser = argparse.ArgumentParser(
         prog="coop-dag",
         description="Plan-first coop distillation (TITO): tasks, scoring and tools. "
         "The pipeline itself runs as Dagster assets (`make demo`, `dagster dev`).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_serve, _add_profile, _add_tasks, _add_dataset, _add_score, _add_eval,
+                _add_lineage):  # fmt: skip
+        add(sub)
+    return parser
 
+
+def _add_dataset_flags(p: argparse.ArgumentParser, subset_help: str) -> None:
+    """The dataset settings `tasks` and `eval` share (resolved by `_dataset_config`)."""
+    p.add_argument("--dataset", help="CooperBench-format dataset dir (default: bundled)")
+    p.add_argument("--subset", help=subset_help)
+    p.add_argument("--mirror-dir", help="local git mirrors of real tasks' repositories")
+    p.add_argument("--validation", help="comma-separated validation repositories")
+    p.add_argument("--test", help="comma-separated test repositories")
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="serve a student with vLLM (runtime LoRA, tool-call parser, token ids), in the "
@@ -297,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_serve)
 
+
+def _add_profile(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "profile",
         help="print the engines COOP_DAG_PROFILE and the COOP_DAG_* variables resolve to",
@@ -309,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_profile)
 
+
+def _add_tasks(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tasks",
         help="list each task's features with their task files, its pairs and their "
@@ -318,11 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         "COOP_DAG_VALIDATION_REPOS, COOP_DAG_TEST_REPOS), then default (the bundled dataset "
         "and its split).",
     )
-    p.add_argument("--dataset", help="CooperBench-format dataset dir (default: bundled)")
-    p.add_argument("--subset", help="subset name under <dataset>/subsets/, or a subset file path")
-    p.add_argument("--mirror-dir", help="local git mirrors of real tasks' repositories")
-    p.add_argument("--validation", help="comma-separated validation repositories")
-    p.add_argument("--test", help="comma-separated test repositories")
+    _add_dataset_flags(p, "subset name under <dataset>/subsets/, or a subset file path")
     p.add_argument("--held-out", help="older name of --test")
     p.add_argument("--json", action="store_true", help="print the task-pool summary as JSON")
     p.add_argument(
@@ -333,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_tasks)
 
+
+def _add_dataset(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dataset", help="check a dataset against docs/dataset-spec.md")
     dsub = p.add_subparsers(dest="dataset_command", required=True)
     v = dsub.add_parser(
@@ -340,8 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check layout, runner, patches, tests (fail without, pass with each feature) "
         "and merge results; exit 1 on any error",
     )
-    v.add_argument("dir", help="dataset directory")
-    v.add_argument("--mirror-dir", help="local git mirrors (default: $COOP_DAG_MIRROR_DIR)")
+    _add_dir_and_mirror(v)
     v.add_argument(
         "--bundled-rules",
         action="store_true",
@@ -357,13 +384,20 @@ def build_parser() -> argparse.ArgumentParser:
     m = dsub.add_parser(
         "manifest", help="compute each task's manifest.json (gold merge results) and write it"
     )
-    m.add_argument("dir", help="dataset directory")
-    m.add_argument("--mirror-dir", help="local git mirrors (default: $COOP_DAG_MIRROR_DIR)")
+    _add_dir_and_mirror(m)
     m.add_argument(
         "--check", action="store_true", help="write nothing; exit 1 if a manifest is out of date"
     )
     m.set_defaults(func=_cmd_dataset_manifest)
 
+
+def _add_dir_and_mirror(p: argparse.ArgumentParser) -> None:
+    """The dataset directory and mirror flag both `dataset` sub-commands take."""
+    p.add_argument("dir", help="dataset directory")
+    p.add_argument("--mirror-dir", help="local git mirrors (default: $COOP_DAG_MIRROR_DIR)")
+
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "score",
         help="score a CooperBench-layout run dir: plan_first, plan_content, follow_through, "
@@ -385,6 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_score)
 
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from coop_dag.serving.settings import (
+        DEFAULT_PORT,  # the port the serving resource starts vLLM on
+    )
+
     p = sub.add_parser(
         "eval",
         help="roll out a model or adapter on a dataset's pairs (default: the test split), as "
@@ -399,11 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vllm-python", help="start vLLM with this python (default: the profile's)")
     p.add_argument("--student", help="base student of an adapter without lineage.json")
     p.add_argument("--variant", help="whose student_rollout limits apply (default: default)")
-    p.add_argument("--dataset", help="CooperBench-format dataset dir (default: bundled)")
-    p.add_argument("--subset", help="subset name under <dataset>/subsets/, or a subset file")
-    p.add_argument("--mirror-dir", help="local git mirrors of real tasks' repositories")
-    p.add_argument("--validation", help="comma-separated validation repositories")
-    p.add_argument("--test", help="comma-separated test repositories")
+    _add_dataset_flags(p, "subset name under <dataset>/subsets/, or a subset file")
     p.add_argument(
         "--split", default="test", choices=("test", "validation", "train", "all"),
         help="which pairs (default: test; all: every pair of the dataset or subset)",
@@ -417,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_eval)
 
+
+def _add_lineage(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "lineage", help="print the chain (teacher, tokenizer, upweight, adapter...) behind a metric"
     )
@@ -436,7 +474,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--db", help="lineage DuckDB file (default: $COOP_DAG_LINEAGE_DB or runs/lineage.duckdb)"
     )
     p.set_defaults(func=_cmd_lineage)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

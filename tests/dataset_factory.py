@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from coop_dag import PACKAGE_DIR
-from coop_dag.dataset.tasks import BASE_GIT_ENV
+from coop_dag.dataset.base_repo import BASE_GIT_ENV
 
 RUNNER_TEMPLATE = PACKAGE_DIR / "bundled" / "runner_template.sh"
 

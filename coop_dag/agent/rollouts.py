@@ -17,7 +17,8 @@ from coop_dag.agent.episode import (
 )
 from coop_dag.agent.loop import AgentLimits
 from coop_dag.agent.redis_server import RedisLink
-from coop_dag.dataset.tasks import Pair, discover_pairs
+from coop_dag.dataset.discovery import discover_pairs
+from coop_dag.dataset.tasks import Pair
 
 
 class RolloutErrors(RuntimeError):

@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from coop_dag.dataset.tasks import Task, TaskError, checkout_base
+from coop_dag.dataset.base_repo import checkout_base
+from coop_dag.dataset.tasks import Task, TaskError
 from coop_dag.util.processes import kill_group as _kill_group
 from coop_dag.util.processes import start_group
 from coop_dag.util.scratch import owned_tempdir, sweep_stale

@@ -1,4 +1,4 @@
-"""Check a CooperBench-format dataset against docs/dataset-spec.md, and compute its manifests.
+"""Check a CooperBench-format dataset against docs/dataset-spec.md.
 
 `validate_dataset(DIR)` (``coop-dag dataset validate DIR``) reports *findings*: errors break a
 rule every dataset must follow (the pipeline would fail or measure something wrong); warnings
@@ -15,14 +15,12 @@ rules become errors for the bundled dataset itself (or with ``bundled=True``). W
 - merges: every pair's gold patches merged with git (`git merge-tree`), compared with
   `manifest.json`.
 
-`compute_manifest(task)` (``coop-dag dataset manifest DIR``) is that merge computation written
-as the manifest the spec describes.
+The merge computation, written as the manifest the spec describes
+(``coop-dag dataset manifest DIR``), is `coop_dag.dataset.manifests`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import subprocess
 import sys
@@ -30,25 +28,15 @@ import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from itertools import combinations
+from functools import partial
 from pathlib import Path
 
 from coop_dag import BUNDLED_DATASET, PACKAGE_DIR
-from coop_dag.dataset.tasks import (
-    BASE_GIT_ENV,
-    MERGE_STATUSES,
-    NO_BASE,
-    SUBSETS_DIR,
-    Task,
-    TaskError,
-    base_files,
-    check_task,
-    checkout_base,
-    load_manifest,
-    load_subset,
-    load_task,
-    repo_names,
-)
+from coop_dag.dataset.base_repo import BASE_GIT_ENV, base_files, checkout_base, git_env, git_proc
+from coop_dag.dataset.discovery import SUBSETS_DIR, load_subset, load_task, repo_names, task_dirs
+from coop_dag.dataset.manifests import compute_merges, load_manifest
+from coop_dag.dataset.pool import NO_BASE, check_task
+from coop_dag.dataset.tasks import Feature, Task, TaskError
 from coop_dag.eval.evaluate import parse_pytest_summary
 
 RUNNER_TEMPLATE = PACKAGE_DIR / "bundled" / "runner_template.sh"
@@ -120,25 +108,7 @@ class ValidationReport:
 
 
 # --------------------------------------------------------------------------------------------
-# git and patch helpers
-
-
-def _git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY")
-    }
-    return {**env, **BASE_GIT_ENV, **(extra or {})}
-
-
-def _git(cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True):
-    proc = subprocess.run(
-        ["git", *args], cwd=cwd, env=_git_env(env), capture_output=True, text=True, check=False
-    )
-    if check and proc.returncode != 0:
-        raise TaskError(f"git {' '.join(args)} failed in {cwd}: {proc.stderr.strip()}")
-    return proc
+# patches
 
 
 def patch_files(patch: Path) -> dict[str, str]:
@@ -155,74 +125,6 @@ def patch_files(patch: Path) -> dict[str, str]:
             out[path] = "deleted"
         else:
             out[path] = "modified"
-    return out
-
-
-def _commit_patch(repo: Path, base: str, patch: Path, index: Path) -> str:
-    """A commit of `patch` on `base`, made with plumbing (the work tree is untouched)."""
-    env = {"GIT_INDEX_FILE": str(index)}
-    _git(repo, "read-tree", base, env=env)
-    if patch.read_text(encoding="utf-8", errors="replace").strip():
-        _git(repo, "apply", "--cached", "--whitespace=nowarn", str(patch.resolve()), env=env)
-    tree = _git(repo, "write-tree", env=env).stdout.strip()
-    return _git(repo, "commit-tree", tree, "-p", base, "-m", patch.parent.name).stdout.strip()
-
-
-def compute_merges(task: Task, mirror_dir: Path | None = None) -> dict[str, str]:
-    """`{"f<a>_f<b>": "clean" | "conflicts"}` for every pair of the task: each feature's gold
-    patch committed on the base, each pair merged with `git merge-tree --write-tree`."""
-    with tempfile.TemporaryDirectory(prefix="coop-dag-merges-") as tmp:
-        repo = Path(tmp) / "repo"
-        base = checkout_base(task, repo, mirror_dir)
-        commits = {
-            fid: _commit_patch(repo, base, f.feature_patch, Path(tmp) / f"index{fid}")
-            for fid, f in task.features.items()
-        }
-        merges = {}
-        for a, b in combinations(task.features, 2):
-            proc = _git(repo, "merge-tree", "--write-tree", commits[a], commits[b], check=False)
-            if proc.returncode not in (0, 1):
-                raise TaskError(f"git merge-tree failed for {task.key} f{a}_f{b}: {proc.stderr}")
-            merges[f"f{a}_f{b}"] = MERGE_STATUSES[proc.returncode]  # 0 clean, 1 conflicts
-        return merges
-
-
-def compute_manifest(task: Task, mirror_dir: Path | None = None) -> dict:
-    """The task's manifest.json (docs/dataset-spec.md): repo, task id, features, merges."""
-    return {
-        "repo": task.repo,
-        "task_id": task.task_id,
-        "features": sorted(task.features),
-        "merges": compute_merges(task, mirror_dir),
-    }
-
-
-def _task_dirs(root: Path) -> list[tuple[str, Path]]:
-    return [
-        (repo, task_dir)
-        for repo in repo_names(root)
-        for task_dir in sorted((root / repo).iterdir())
-        if task_dir.is_dir() and task_dir.name.startswith("task")
-    ]
-
-
-def write_manifests(
-    dataset_dir: Path | str, mirror_dir: Path | None = None, *, dry_run: bool = False
-) -> list[tuple[Task, dict, bool]]:
-    """Compute every task's manifest.json; write it unless `dry_run`. Returns
-    `(task, manifest, changed)` per task (changed: the file was absent or different)."""
-    root = Path(dataset_dir)
-    out = []
-    for repo, task_dir in _task_dirs(root):
-        task = load_task(repo, task_dir, mirror_dir)
-        manifest = compute_manifest(task, mirror_dir)
-        path = task.manifest_path
-        old = path.read_text(encoding="utf-8") if path.is_file() else None
-        text = json.dumps(manifest, indent=2) + "\n"
-        changed = old is None or json.loads(old) != manifest
-        if changed and not dry_run:
-            path.write_text(text, encoding="utf-8")
-        out.append((task, manifest, changed))
     return out
 
 
@@ -244,7 +146,7 @@ def run_runner(
     timeout is exit code 124."""
     repo, patch_dir = Path(repo).resolve(), Path(patch_dir).resolve()  # the runner cd's
     env = {
-        **_git_env(),
+        **git_env(BASE_GIT_ENV),
         "REPO_DIR": str(repo),
         "PATCH_DIR": str(patch_dir),
         "PYTHON": python,
@@ -264,8 +166,8 @@ def run_runner(
     except subprocess.TimeoutExpired as exc:
         code = 124
         output = f"timed out after {timeout:.0f} s\n{exc.stdout or ''}{exc.stderr or ''}"
-    _git(repo, "reset", "-q", "--hard", "HEAD", check=False)
-    _git(repo, "clean", "-qfdx", check=False)
+    git_proc(["reset", "-q", "--hard", "HEAD"], repo, BASE_GIT_ENV, check=False)
+    git_proc(["clean", "-qfdx"], repo, BASE_GIT_ENV, check=False)
     return code, output
 
 
@@ -357,6 +259,7 @@ def _check_behaviour(
             "(docs/dataset-spec.md, coop_dag/bundled/runner_template.sh); behaviour not checked",
         )
         return
+    run = partial(run_runner, task, python=python, timeout=timeout)
     with tempfile.TemporaryDirectory(prefix="coop-dag-validate-") as tmp:
         repo = Path(tmp) / "repo"
         try:
@@ -367,9 +270,7 @@ def _check_behaviour(
         empty = Path(tmp) / "empty.patch"
         empty.write_text("")
         log(f"{task.key}: base")
-        code, output = run_runner(
-            task, repo, Path(tmp), [str(empty)], python=python, timeout=timeout
-        )
+        code, output = run(repo, Path(tmp), [str(empty)])
         if code != 0 or parse_pytest_summary(output)["passed"] == 0:
             out.bundled(
                 task.key, "base-passes", f"base tests do not pass (exit {code}): {_tail(output)}"
@@ -379,42 +280,44 @@ def _check_behaviour(
             if not (feature.feature_patch.is_file() and feature.tests_patch.is_file()):
                 continue
             log(f"{where}: tests.patch, then tests.patch + feature.patch")
-            code, output = run_runner(
-                task, repo, feature.dir, ["tests.patch"], python=python, timeout=timeout
+            _check_feature_behaviour(feature, where, partial(run, repo, feature.dir), out)
+
+
+def _check_feature_behaviour(
+    feature: Feature,
+    where: str,
+    run: Callable[[list[str]], tuple[int, str]],
+    out: _Collector,
+) -> None:
+    """One feature's tests through `run` (its runner on the base checkout, given the patches):
+    with only tests.patch some test fails (and only the new tests), with both patches all pass."""
+    code, output = run(["tests.patch"])
+    counts = parse_pytest_summary(output)
+    if code == 0 or counts["failed"] == 0:
+        out.error(
+            where,
+            "tests-fail-without-feature",
+            f"with only tests.patch no test fails (exit {code}, {counts}): the tests do "
+            f"not test the feature; {_tail(output)}",
+        )
+    else:
+        new_tests = {p for p, k in patch_files(feature.tests_patch).items() if k == "new"}
+        failed = set(_FAILED_FILE_RE.findall(output))
+        if new_tests and failed - new_tests:
+            out.bundled(
+                where,
+                "tests-fail-without-feature",
+                f"tests.patch alone breaks other tests: {sorted(failed - new_tests)}",
             )
-            counts = parse_pytest_summary(output)
-            if code == 0 or counts["failed"] == 0:
-                out.error(
-                    where,
-                    "tests-fail-without-feature",
-                    f"with only tests.patch no test fails (exit {code}, {counts}): the tests do "
-                    f"not test the feature; {_tail(output)}",
-                )
-            else:
-                new_tests = {p for p, k in patch_files(feature.tests_patch).items() if k == "new"}
-                failed = set(_FAILED_FILE_RE.findall(output))
-                if new_tests and failed - new_tests:
-                    out.bundled(
-                        where,
-                        "tests-fail-without-feature",
-                        f"tests.patch alone breaks other tests: {sorted(failed - new_tests)}",
-                    )
-            code, output = run_runner(
-                task,
-                repo,
-                feature.dir,
-                ["tests.patch", "feature.patch"],
-                python=python,
-                timeout=timeout,
-            )
-            counts = parse_pytest_summary(output)
-            if code != 0 or counts["passed"] == 0 or counts["failed"]:
-                out.error(
-                    where,
-                    "tests-pass-with-feature",
-                    f"with tests.patch and feature.patch the tests do not all pass (exit {code}, "
-                    f"{counts}): {_tail(output)}",
-                )
+    code, output = run(["tests.patch", "feature.patch"])
+    counts = parse_pytest_summary(output)
+    if code != 0 or counts["passed"] == 0 or counts["failed"]:
+        out.error(
+            where,
+            "tests-pass-with-feature",
+            f"with tests.patch and feature.patch the tests do not all pass (exit {code}, "
+            f"{counts}): {_tail(output)}",
+        )
 
 
 def _check_merges(task: Task, mirror_dir: Path | None, out: _Collector) -> None:
@@ -526,8 +429,8 @@ def validate_dataset(
     bundled_rules = root.resolve() == BUNDLED_DATASET.resolve() if bundled is None else bundled
     out = _Collector(bundled_rules)
     report = ValidationReport(root, bundled_rules)
-    task_dirs = _task_dirs(root)
-    if not task_dirs:
+    dirs = task_dirs(root)
+    if not dirs:
         out.error(str(root), "layout", "no <repo>_task/task<N>/ directory")
     for repo in repo_names(root):
         for child in sorted((root / repo).iterdir()):
@@ -538,13 +441,13 @@ def validate_dataset(
         return _check_task(*item, mirror_dir, out, run_tests, python, timeout, log)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        loaded = list(pool.map(one, task_dirs))
+        loaded = list(pool.map(one, dirs))
     tasks = [t for t in loaded if t is not None]
-    report.tasks = len(task_dirs)
+    report.tasks = len(dirs)
     report.features = sum(len(t.features) for t in tasks)
     unloadable = {
         (repo, d.name.removeprefix("task"))
-        for (repo, d), t in zip(task_dirs, loaded, strict=True)
+        for (repo, d), t in zip(dirs, loaded, strict=True)
         if t is None
     }
     for path in sorted((root / SUBSETS_DIR).glob("*.json")):

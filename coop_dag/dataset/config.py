@@ -26,15 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coop_dag import BUNDLED_DATASET
-from coop_dag.dataset.tasks import (
-    BUNDLED_SPLIT,
-    RepoSplit,
-    TaskError,
-    check_split,
-    is_subset_path,
-    repo_names,
-    subset_file,
-)
+from coop_dag.dataset.discovery import is_subset_path, repo_names, subset_file
+from coop_dag.dataset.tasks import BUNDLED_SPLIT, RepoSplit, TaskError, check_split
 
 ENV_DATASET = "COOP_DAG_DATASET"
 ENV_SUBSET = "COOP_DAG_SUBSET"
@@ -169,24 +162,55 @@ def resolve_dataset_config(
         **(flag_names or {}),
     }
     sources: dict[str, str] = {}
+    root, sources["dataset"] = _resolve_root(dataset_dir, env, flags["dataset"])
+    sub, sources["subset"] = _resolve_subset(root, subset, env, flags["subset"])
+    mirror_path, sources["mirror"] = resolve_mirror(mirror_dir, env, flags["mirror"])
+    split = _resolve_split(
+        root, validation_repos, test_repos, env, flags, sources, require_split=require_split
+    )
+    return DatasetConfig(root, sub or None, mirror_path, split, sources)
 
-    value, sources["dataset"] = _pick(str(dataset_dir or ""), env, ENV_DATASET, flags["dataset"])
+
+def _resolve_root(
+    dataset_dir: str | os.PathLike | None, env: Mapping[str, str], flag: str
+) -> tuple[Path, str]:
+    """`(dataset directory, where it came from)`; TaskError when it does not exist."""
+    value, source = _pick(str(dataset_dir or ""), env, ENV_DATASET, flag)
     # Absolute, like a subset path: the same meaning for every process, whatever its cwd.
     root = Path(value).expanduser().absolute() if value else BUNDLED_DATASET
     if not root.is_dir():
-        raise TaskError(f"dataset directory not found: {root} (from {sources['dataset']})")
+        raise TaskError(f"dataset directory not found: {root} (from {source})")
+    return root, source
 
-    sub, sources["subset"] = _pick(subset or "", env, ENV_SUBSET, flags["subset"])
+
+def _resolve_subset(
+    root: Path, subset: str | None, env: Mapping[str, str], flag: str
+) -> tuple[str, str]:
+    """`(subset name or absolute subset path, "" for all pairs; where it came from)`;
+    TaskError when the subset does not exist."""
+    sub, source = _pick(subset or "", env, ENV_SUBSET, flag)
     if sub:
         try:
             path = subset_file(root, sub)
         except TaskError as exc:
-            raise TaskError(f"{exc} (from {sources['subset']})") from None
+            raise TaskError(f"{exc} (from {source})") from None
         if is_subset_path(sub):
             sub = str(path.resolve())
+    return sub, source
 
-    mirror_path, sources["mirror"] = resolve_mirror(mirror_dir, env, flags["mirror"])
 
+def _resolve_split(
+    root: Path,
+    validation_repos: str | Iterable[str] | None,
+    test_repos: str | Iterable[str] | None,
+    env: Mapping[str, str],
+    flags: Mapping[str, str],
+    sources: dict[str, str],
+    *,
+    require_split: bool,
+) -> RepoSplit:
+    """The validation / test split (see `resolve_dataset_config`); records where each list came
+    from in `sources`."""
     validation, sources["validation"] = _repos(
         validation_repos, env, (ENV_VALIDATION,), flags["validation"]
     )
@@ -197,25 +221,7 @@ def resolve_dataset_config(
     if test is None and bundled:
         test, sources["test"] = BUNDLED_SPLIT.test, "bundled default"
     if require_split:
-        unset = [
-            (what, flags[what], env_name)
-            for what, repos, env_name in (
-                ("validation", validation, ENV_VALIDATION),
-                ("test", test, ENV_TEST),
-            )
-            if not repos
-        ]
-        if unset:
-            raise TaskError(
-                f"dataset {root} has no "
-                + " and no ".join(f"{what} repositories" for what, _, _ in unset)
-                + ": name them with "
-                + "; ".join(
-                    f"{env_name} or the dataset config's {flag}" for _, flag, env_name in unset
-                )
-                + " (the bundled split applies to the bundled dataset only; validation feeds the"
-                " first-turn probe, test the held-out rollouts)"
-            )
+        _require_split(root, validation, test, flags)
     try:
         split = RepoSplit(validation or (), test or ())
     except TaskError as exc:
@@ -228,4 +234,30 @@ def resolve_dataset_config(
         raise TaskError(
             f"{exc}; validation from {sources['validation']}, test from {sources['test']}"
         ) from None
-    return DatasetConfig(root, sub or None, mirror_path, split, sources)
+    return split
+
+
+def _require_split(
+    root: Path,
+    validation: tuple[str, ...] | None,
+    test: tuple[str, ...] | None,
+    flags: Mapping[str, str],
+) -> None:
+    """TaskError naming the settings to use when the validation or test list is empty."""
+    unset = [
+        (what, flags[what], env_name)
+        for what, repos, env_name in (
+            ("validation", validation, ENV_VALIDATION),
+            ("test", test, ENV_TEST),
+        )
+        if not repos
+    ]
+    if unset:
+        raise TaskError(
+            f"dataset {root} has no "
+            + " and no ".join(f"{what} repositories" for what, _, _ in unset)
+            + ": name them with "
+            + "; ".join(f"{env_name} or the dataset config's {flag}" for _, flag, env_name in unset)
+            + " (the bundled split applies to the bundled dataset only; validation feeds the"
+            " first-turn probe, test the held-out rollouts)"
+        )

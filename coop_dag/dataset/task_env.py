@@ -41,7 +41,8 @@ from configparser import ConfigParser
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coop_dag.dataset.tasks import Task, TaskError, base_tree, checkout_base
+from coop_dag.dataset.base_repo import BaseTree, base_tree, checkout_base
+from coop_dag.dataset.tasks import Task, TaskError
 from coop_dag.util.files import file_lock
 
 DOCKER_REPO = "/workspace/repo"
@@ -197,6 +198,11 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _req_name(req: str) -> str:
+    """The normalised project name of a requirement string (`Foo_Bar[x]>=1` -> `foo-bar`)."""
+    return _norm(re.split(r"[\[<>=!~; ]", req, maxsplit=1)[0])
+
+
 def _expand_extras(name: str, deps: list[str], optional: dict, extras: tuple[str, ...]) -> list:
     """`deps` plus each extra's requirements; an extra naming the project itself
     (`pkg[test]` inside `dev`) is expanded in place."""
@@ -327,6 +333,39 @@ def ensure_task_env(
     decl = task_declaration(task)
     tree = base_tree(task.dir, mirror_dir)
     where = f"task {task.key}"
+    reqs, build_project = _requirements(decl, tree, where)
+    torch = any(_req_name(r) == "torch" for r in reqs)
+    find_links = [str(LOCAL_WHEELS)] if torch and LOCAL_WHEELS.is_dir() else []
+    identity = {
+        "requirements": sorted(reqs),
+        "build_project": None if build_project is None else [tree.kind, *build_project],
+        "python": ".".join(map(str, sys.version_info[:3])),
+        "find_links": find_links,
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    root = Path(root) if root else env_cache_root()
+    final = root / f"{task.repo}-task{task.task_id}-{key}"
+    info = {**identity, "task": task.key, "sources": list(decl.sources)}
+    env = TaskEnv(
+        final, reqs, key, False, None if build_project is None else ",".join(build_project), info
+    )
+    if (final / ENV_MARKER).is_file():
+        return env  # built before: nothing is installed, nothing is fetched
+    with file_lock(root / f".{final.name}.lock"):
+        if (final / ENV_MARKER).is_file():
+            return env
+        _build_env(task, mirror_dir, env, build_project, find_links, timeout, say)
+    env.built_now = True
+    say(f"{where}: test environment ready at {final}")
+    return env
+
+
+def _requirements(
+    decl: Declaration, tree: BaseTree | None, where: str
+) -> tuple[list[str], tuple[str, ...] | None]:
+    """`(requirements, build_project)`: the declared requirements, those of its `-r` files and
+    of the repository's static metadata, plus pytest; `build_project` (the extras) when the
+    repository must be built from a base checkout instead (a setup.py, dynamic metadata)."""
     reqs = list(decl.requirements)
     for rel in decl.requirement_files:
         text = tree.read(rel) if tree else None
@@ -351,59 +390,50 @@ def ensure_task_env(
             build_project = decl.project_extras  # setup.py / dynamic: its build backend decides
         else:
             reqs += static
-    if not any(_norm(re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0]) == "pytest" for r in reqs):
+    if not any(_req_name(r) == "pytest" for r in reqs):
         reqs.append("pytest")  # runners run `python -m pytest`
-    reqs = list(dict.fromkeys(reqs))
-    torch = any(_norm(re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0]) == "torch" for r in reqs)
-    find_links = [str(LOCAL_WHEELS)] if torch and LOCAL_WHEELS.is_dir() else []
-    identity = {
-        "requirements": sorted(reqs),
-        "build_project": None if build_project is None else [tree.kind, *build_project],
-        "python": ".".join(map(str, sys.version_info[:3])),
-        "find_links": find_links,
-    }
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-    root = Path(root) if root else env_cache_root()
-    final = root / f"{task.repo}-task{task.task_id}-{key}"
-    info = {**identity, "task": task.key, "sources": list(decl.sources)}
-    env = TaskEnv(
-        final, reqs, key, False, None if build_project is None else ",".join(build_project), info
-    )
-    if (final / ENV_MARKER).is_file():
-        return env  # built before: nothing is installed, nothing is fetched
-    with file_lock(root / f".{final.name}.lock"):
-        if (final / ENV_MARKER).is_file():
-            return env
-        uv = find_uv()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-        started = time.time()
-        try:
-            say(f"{where}: building its test environment ({len(reqs)} requirements) with uv")
-            _run(
-                [uv, "venv", "-q", "--relocatable", "--python", sys.executable, str(tmp / "env")],
-                f"{where}: uv venv",
-                timeout,
-            )
-            install = [uv, "pip", "install", "-q", "--python", str(tmp / "env" / "bin" / "python")]
-            install += [a for fl in find_links for a in ("--find-links", fl)]
-            _run(install + reqs, f"{where}: uv pip install {' '.join(reqs)}", timeout)
-            if build_project is not None:
-                src = tmp / "base"
-                try:
-                    checkout_base(task, src, mirror_dir)
-                except TaskError as exc:
-                    raise TaskEnvError(f"{where}: {exc}") from None
-                target = str(src) + (f"[{','.join(build_project)}]" if build_project else "")
-                _run(install + [target], f"{where}: uv pip install <base checkout>", timeout)
-                shutil.rmtree(src, ignore_errors=True)
-            info["build_seconds"] = round(time.time() - started, 1)
-            (tmp / "env" / ENV_MARKER).write_text(json.dumps(info, indent=2) + "\n")
-            os.replace(tmp / "env", final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    env.built_now = True
-    say(f"{where}: test environment ready at {final}")
-    return env
+    return list(dict.fromkeys(reqs)), build_project
+
+
+def _build_env(
+    task: Task,
+    mirror_dir: Path | None,
+    env: TaskEnv,
+    build_project: tuple[str, ...] | None,
+    find_links: list[str],
+    timeout: float,
+    say: LogFn,
+) -> None:
+    """Build `env` with uv in a temporary directory next to it and rename it into place (the
+    caller holds the lock), so a half-built environment is never used."""
+    where, final, reqs = f"task {task.key}", env.path, env.requirements
+    uv = find_uv()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    started = time.time()
+    try:
+        say(f"{where}: building its test environment ({len(reqs)} requirements) with uv")
+        _run(
+            [uv, "venv", "-q", "--relocatable", "--python", sys.executable, str(tmp / "env")],
+            f"{where}: uv venv",
+            timeout,
+        )
+        install = [uv, "pip", "install", "-q", "--python", str(tmp / "env" / "bin" / "python")]
+        install += [a for fl in find_links for a in ("--find-links", fl)]
+        _run(install + reqs, f"{where}: uv pip install {' '.join(reqs)}", timeout)
+        if build_project is not None:
+            src = tmp / "base"
+            try:
+                checkout_base(task, src, mirror_dir)
+            except TaskError as exc:
+                raise TaskEnvError(f"{where}: {exc}") from None
+            target = str(src) + (f"[{','.join(build_project)}]" if build_project else "")
+            _run(install + [target], f"{where}: uv pip install <base checkout>", timeout)
+            shutil.rmtree(src, ignore_errors=True)
+        env.info["build_seconds"] = round(time.time() - started, 1)
+        (tmp / "env" / ENV_MARKER).write_text(json.dumps(env.info, indent=2) + "\n")
+        os.replace(tmp / "env", final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_pip_shim(directory: Path) -> Path:

@@ -14,7 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from coop_dag import BUNDLED_DATASET
-from coop_dag.dataset.tasks import BaseTree, base_tree, files_modified
+from coop_dag.dataset.base_repo import BaseTree, base_tree
+from coop_dag.dataset.tasks import files_modified
 from coop_dag.util.paths import extract_paths
 
 # A "/" that starts an absolute path (not preceded by a path character). The shared regex does

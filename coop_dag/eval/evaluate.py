@@ -53,6 +53,7 @@ from coop_dag.agent.sandbox import (
     hideable,
     task_image,
 )
+from coop_dag.dataset.base_repo import checkout_base
 from coop_dag.dataset.task_env import (
     DOCKER_PATCHES,
     DOCKER_REPO,
@@ -61,7 +62,7 @@ from coop_dag.dataset.task_env import (
     needs_docker_layout,
     write_pip_shim,
 )
-from coop_dag.dataset.tasks import Pair, TaskError, checkout_base
+from coop_dag.dataset.tasks import Pair, TaskError
 from coop_dag.eval.image_tests import ImageTestError, ImageTestSettings, run_in_image
 from coop_dag.eval.merge import (
     EVAL_GIT_ENV,

@@ -31,7 +31,8 @@ from typing import Any
 
 from coop_dag.config.profiles import resolve_profile
 from coop_dag.dataset.config import DatasetConfig
-from coop_dag.dataset.tasks import Pair, discover_pairs, split_pairs
+from coop_dag.dataset.discovery import discover_pairs
+from coop_dag.dataset.tasks import Pair, split_pairs
 
 SPLIT_CHOICES = ("test", "validation", "train", "all")
 LogFn = Callable[[str], None]

@@ -43,7 +43,8 @@ from coop_dag import BUNDLED_DATASET
 from coop_dag.agent.actions import BASH_TOOL, parse_actions
 from coop_dag.agent.messaging import MessagingError, parse_send_message
 from coop_dag.agent.prompts import render_prompts
-from coop_dag.dataset.tasks import BUNDLED_SPLIT, Feature, discover_tasks
+from coop_dag.dataset.discovery import discover_tasks
+from coop_dag.dataset.tasks import BUNDLED_SPLIT, Feature
 from coop_dag.util.paths import extract_paths
 
 # The teacher's plan turn is 115-135 SmolLM2 tokens (prose + the XML tool call + the heredoc);
@@ -211,7 +212,7 @@ def first_turn_probe(
     *validation* repositories (probes never read test repositories), so the probe is the same
     everywhere; ``max_tokens``: `serving.greedy.DEFAULT_PROBE_MAX_TOKENS`. The swap proof of
     `serving.swap` sends it."""
-    from coop_dag.dataset.tasks import discover_pairs
+    from coop_dag.dataset.discovery import discover_pairs
     from coop_dag.serving.errors import ServingError
     from coop_dag.serving.greedy import DEFAULT_PROBE_MAX_TOKENS
 

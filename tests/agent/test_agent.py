@@ -30,7 +30,7 @@ from coop_dag.agent.models import ChatModel, ModelResponse
 from coop_dag.agent.prompts import render_prompts
 from coop_dag.agent.redis_server import connect
 from coop_dag.agent.sandbox import LocalSandbox, bwrap_status
-from coop_dag.dataset.tasks import discover_pairs
+from coop_dag.dataset.discovery import discover_pairs
 
 BWRAP_OK, BWRAP_INFO = bwrap_status()
 needs_bwrap = pytest.mark.skipif(not BWRAP_OK, reason=f"bubblewrap unusable: {BWRAP_INFO}")

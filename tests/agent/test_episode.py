@@ -48,7 +48,8 @@ from coop_dag.agent.rollouts import (  # noqa: E402
 )
 from coop_dag.agent.sandbox import LocalSandbox  # noqa: E402
 from coop_dag.config.hostcheck import HostRequirementError  # noqa: E402
-from coop_dag.dataset.tasks import checkout_base, discover_pairs  # noqa: E402
+from coop_dag.dataset.base_repo import checkout_base  # noqa: E402
+from coop_dag.dataset.discovery import discover_pairs
 
 try:
     from openai_test_server import OpenAITestServer, Reply

@@ -39,7 +39,8 @@ from coop_dag.agent.sandbox import (
     secrets_to_hide,
     system_mounts,
 )
-from coop_dag.dataset.tasks import Task, checkout_base
+from coop_dag.dataset.base_repo import checkout_base
+from coop_dag.dataset.tasks import Task
 
 BWRAP_OK, BWRAP_INFO = bwrap_status()
 needs_bwrap = pytest.mark.skipif(not BWRAP_OK, reason=f"bubblewrap unusable: {BWRAP_INFO}")
@@ -502,7 +503,7 @@ def test_sandbox_shows_only_the_workspace_and_the_system(tmp_path: Path, other_r
     """The answer key stays out of reach: the task's gold patch and tests, the project
     checkout, another pair's run directory and $HOME are unreadable by absolute path, while
     normal work (git, pytest on the workspace, sed/grep/cat inside it) still works."""
-    from coop_dag.dataset.tasks import discover_tasks
+    from coop_dag.dataset.discovery import discover_tasks
 
     task = discover_tasks(BUNDLED_DATASET)[0]
     feature = next(iter(task.features.values()))

@@ -12,7 +12,8 @@ import pytest
 
 from coop_dag import BUNDLED_DATASET
 from coop_dag.agent.teachers import MODULE_LEVEL, TemplatedTeacher, own_files, patch_regions
-from coop_dag.dataset.tasks import Pair, discover_pairs
+from coop_dag.dataset.discovery import discover_pairs
+from coop_dag.dataset.tasks import Pair
 from coop_dag.eval.plan_checks import plan_keywords
 from coop_dag.util.paths import extract_paths
 

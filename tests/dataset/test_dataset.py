@@ -24,19 +24,11 @@ from pathlib import Path
 import pytest
 
 from coop_dag import BUNDLED_DATASET, PACKAGE_DIR
-from coop_dag.dataset.tasks import (
-    BASE_GIT_ENV,
-    BUNDLED_SPLIT,
-    Task,
-    checkout_base,
-    discover_pairs,
-    discover_tasks,
-    load_manifest,
-    load_subset,
-    load_task,
-    split_pairs,
-    task_pool_summary,
-)
+from coop_dag.dataset.base_repo import BASE_GIT_ENV, checkout_base
+from coop_dag.dataset.discovery import discover_pairs, discover_tasks, load_subset, load_task
+from coop_dag.dataset.manifests import load_manifest
+from coop_dag.dataset.pool import task_pool_summary
+from coop_dag.dataset.tasks import BUNDLED_SPLIT, Task, split_pairs
 
 RUNNER_TEMPLATE = PACKAGE_DIR / "bundled" / "runner_template.sh"
 TASK_DIRS = sorted(p for p in BUNDLED_DATASET.glob("*_task/task*") if p.is_dir())

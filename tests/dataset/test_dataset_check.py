@@ -13,16 +13,11 @@ import pytest
 from dataset_factory import MERGES, add_task, make_dataset, write
 
 from coop_dag.cli import main
-from coop_dag.dataset.check import compute_manifest, validate_dataset, write_manifests
-from coop_dag.dataset.tasks import (
-    RepoSplit,
-    TaskError,
-    check_task,
-    load_task,
-    require_pairs,
-    require_train_pairs,
-    task_pool_summary,
-)
+from coop_dag.dataset.check import validate_dataset
+from coop_dag.dataset.discovery import load_task
+from coop_dag.dataset.manifests import compute_manifest, write_manifests
+from coop_dag.dataset.pool import check_task, require_pairs, require_train_pairs, task_pool_summary
+from coop_dag.dataset.tasks import RepoSplit, TaskError
 
 NOT_APPLYING = """diff --git a/src/calc/ops.py b/src/calc/ops.py
 --- a/src/calc/ops.py

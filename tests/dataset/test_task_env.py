@@ -12,6 +12,7 @@ import pytest
 from dataset_factory import add_docker_task
 
 from coop_dag.agent.episode import pair_dir
+from coop_dag.dataset.discovery import discover_pairs
 from coop_dag.dataset.task_env import (
     ENV_MARKER,
     TaskEnvError,
@@ -20,7 +21,6 @@ from coop_dag.dataset.task_env import (
     parse_declarations,
     static_project_requirements,
 )
-from coop_dag.dataset.tasks import discover_pairs
 from coop_dag.eval.evaluate import evaluate_pair
 from coop_dag.eval.metrics import eval_outcome, main_score
 

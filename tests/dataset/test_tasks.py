@@ -12,8 +12,23 @@ from pathlib import Path
 import pytest
 
 from coop_dag import BUNDLED_DATASET
-from coop_dag.dataset.tasks import (
+from coop_dag.dataset.base_repo import (
     BASE_GIT_ENV,
+    checkout_base,
+    checkout_from_mirror,
+    mirror_candidates,
+    parse_dockerfile,
+)
+from coop_dag.dataset.discovery import (
+    discover_pairs,
+    discover_tasks,
+    load_feature,
+    load_subset,
+    load_task,
+)
+from coop_dag.dataset.manifests import load_manifest
+from coop_dag.dataset.pool import task_pool_summary
+from coop_dag.dataset.tasks import (
     BUNDLED_SPLIT,
     DEFAULT_HELD_OUT,
     Pair,
@@ -22,19 +37,8 @@ from coop_dag.dataset.tasks import (
     Task,
     TaskError,
     check_split,
-    checkout_base,
-    checkout_from_mirror,
-    discover_pairs,
-    discover_tasks,
     files_modified,
-    load_feature,
-    load_manifest,
-    load_subset,
-    load_task,
-    mirror_candidates,
-    parse_dockerfile,
     split_pairs,
-    task_pool_summary,
 )
 
 GIT_ENV = {**os.environ, **BASE_GIT_ENV}

@@ -14,7 +14,9 @@ import pytest
 
 from coop_dag import BUNDLED_DATASET, PACKAGE_DIR
 from coop_dag.agent.sandbox import bwrap_status
-from coop_dag.dataset.tasks import BASE_GIT_ENV, Pair, Task, checkout_base, load_task
+from coop_dag.dataset.base_repo import BASE_GIT_ENV, checkout_base
+from coop_dag.dataset.discovery import load_task
+from coop_dag.dataset.tasks import Pair, Task
 from coop_dag.eval.evaluate import evaluate_pair, parse_pytest_summary, write_eval
 from coop_dag.eval.merge import filter_test_files
 

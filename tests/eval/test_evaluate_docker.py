@@ -28,7 +28,8 @@ from dataset_factory import add_docker_task
 
 from coop_dag.agent.episode import EpisodeSettings
 from coop_dag.agent.sandbox import DockerSandbox, bwrap_status, image_for, task_image
-from coop_dag.dataset.tasks import TaskError, discover_pairs
+from coop_dag.dataset.discovery import discover_pairs
+from coop_dag.dataset.tasks import TaskError
 from coop_dag.eval.evaluate import evaluate_pair, write_eval
 from coop_dag.eval.image_tests import _OFFLINE_RUNNER, IMAGE_RUNNER, ImageTestSettings, run_in_image
 from coop_dag.eval.metrics import eval_outcome

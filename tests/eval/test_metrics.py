@@ -1111,7 +1111,7 @@ def test_cli_score_names_every_rate_key(tmp_path, capsys):
 def test_base_repository_from_a_mirror_at_the_dockerfile_commit(tmp_path):
     import subprocess
 
-    from coop_dag.dataset.tasks import base_tree
+    from coop_dag.dataset.base_repo import base_tree
 
     mirror = tmp_path / "mirror" / "acme" / "widget"
     (mirror / "src").mkdir(parents=True)

@@ -12,7 +12,7 @@ from coop_dag import BUNDLED_DATASET
 from coop_dag.agent.episode import pair_dir
 from coop_dag.agent.rollouts import limits_from, raise_on_errors, rollout_pairs
 from coop_dag.agent.teachers import CopierPolicy, copier_factory
-from coop_dag.dataset.tasks import discover_pairs
+from coop_dag.dataset.discovery import discover_pairs
 from coop_dag.eval.metrics import score_run
 
 try:
@@ -82,7 +82,7 @@ def test_control_assets_run_on_the_test_pairs_and_reach_the_report(
 
     from assets import controls, evaluation
     from assets.tasks import task_pool
-    from coop_dag.dataset.tasks import require_pairs
+    from coop_dag.dataset.pool import require_pairs
     from coop_dag.eval.runlogs import iter_pairs
     from resources.dataset import DatasetResource
     from resources.lineage import LineageResource

@@ -34,7 +34,7 @@ from coop_dag.agent.loop import AgentLimits
 from coop_dag.agent.models import ModelResponse
 from coop_dag.agent.redis_server import EmbeddedRedis, RedisGone, RedisLink
 from coop_dag.agent.rollouts import RolloutErrors, raise_on_errors, rollout_pairs, summarise_run
-from coop_dag.dataset.tasks import discover_pairs
+from coop_dag.dataset.discovery import discover_pairs
 from coop_dag.eval.metrics import score_run
 
 try:

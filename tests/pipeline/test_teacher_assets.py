@@ -14,7 +14,8 @@ import dagster as dg
 import pytest
 
 from coop_dag import BUNDLED_DATASET
-from coop_dag.dataset.tasks import discover_pairs, load_manifest
+from coop_dag.dataset.discovery import discover_pairs
+from coop_dag.dataset.manifests import load_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 TEACHER_ASSETS = ["task_pool", "teacher_rollouts", "teacher_validation", "rejection_sampled_pairs"]

@@ -14,7 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from coop_dag import BUNDLED_DATASET  # noqa: E402
 from coop_dag.agent.actions import BASH_TOOL, to_qwen_xml  # noqa: E402
 from coop_dag.agent.prompts import render_prompts  # noqa: E402
-from coop_dag.dataset.tasks import BUNDLED_SPLIT, discover_tasks  # noqa: E402
+from coop_dag.dataset.discovery import discover_tasks  # noqa: E402
+from coop_dag.dataset.tasks import BUNDLED_SPLIT
 from coop_dag.serving.probe import (  # noqa: E402
     ProbeError,
     ProbeResult,
