@@ -10,7 +10,10 @@ import dagster as dg
 from assets.partitions import VARIANTS, check_spec, variant_partitions
 from coop_dag.agent.prompts import steering_section
 from coop_dag.eval.lineage import content_version, file_version
-from coop_dag.tito.build import TitoConfig, build_tito, run_checks, trajectories_from_run
+from coop_dag.tito.build import build_tito
+from coop_dag.tito.checks import run_checks
+from coop_dag.tito.config import TitoConfig
+from coop_dag.tito.trajectories import trajectories_from_run
 from coop_dag.training.students import get_student
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource

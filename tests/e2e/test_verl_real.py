@@ -37,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from coop_dag import REPO_ROOT  # noqa: E402
 from coop_dag.config.profiles import local_verl_python  # noqa: E402
-from coop_dag.tito.build import write_parquet  # noqa: E402
+from coop_dag.tito.parquet import write_parquet  # noqa: E402
 from coop_dag.training.adapters import read_lineage, validate_adapter  # noqa: E402
 from coop_dag.training.students import get_student  # noqa: E402
 from coop_dag.training.verl import (  # noqa: E402

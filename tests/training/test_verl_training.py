@@ -34,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from test_train import meta_for, rows_for  # noqa: E402  (shared TITO row helpers)
 
 from coop_dag import REPO_ROOT  # noqa: E402
-from coop_dag.tito.build import write_parquet  # noqa: E402
+from coop_dag.tito.parquet import write_parquet  # noqa: E402
 from coop_dag.training.adapters import read_lineage  # noqa: E402
 from coop_dag.training.recipes import get_recipe  # noqa: E402
 from coop_dag.training.students import get_student  # noqa: E402
