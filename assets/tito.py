@@ -5,12 +5,17 @@ a validation or test repository. The two leaks that would invalidate the evaluat
 text in a prompt, an evaluation repository in training) are blocking: the adapter is not
 trained on such a parquet."""
 
+from typing import Any
+
 import dagster as dg
 
 from assets.partitions import VARIANTS, check_spec, variant_partitions
 from coop_dag.agent.prompts import steering_section
 from coop_dag.eval.lineage import content_version, file_version
-from coop_dag.tito.build import TitoConfig, build_tito, run_checks, trajectories_from_run
+from coop_dag.tito.build import TitoResult, build_tito
+from coop_dag.tito.checks import evaluation_repos, run_checks
+from coop_dag.tito.config import TitoConfig
+from coop_dag.tito.trajectories import trajectories_from_run
 from coop_dag.training.students import get_student
 from resources.dataset import DatasetResource
 from resources.lineage import LineageResource
@@ -65,72 +70,30 @@ def tito_parquet(
         tokenizer_name=student.name,
         variant=variant.name,
     )
-    out_dir = rollout.run_dir(variant.name, "tito")
-    paths = result.write(out_dir)
-    stats = result.stats.as_dict()
+    paths = result.write(rollout.run_dir(variant.name, "tito"))
     version = content_version(
         {"train": file_version(paths["train"]), "val": file_version(paths["val"])}
     )
-    meta = result.metadata
-    facts = {
-        **rejection_sampled_pairs.get("facts", {}),
-        "student": student.name,
-        "tokenizer_sha256": student.tokenizer_sha256,
-        "chat_template_sha256": student.chat_template_sha256,
-        "upweight": variant.upweight,
-        "strip": variant.strip,
-        "parquet_data_version": version,
-    }
+    facts = _facts(rejection_sampled_pairs.get("facts", {}), student, variant, version)
     lineage.record(
         context,
         version,
         upstream={"rejection_sampled_pairs": rejection_sampled_pairs["data_version"]},
         facts=facts,
     )
-    rows = result.train + result.val
-    turns: dict[int, int] = {}
-    for row in rows:
-        turns[row["turn_index"]] = turns.get(row["turn_index"], 0) + 1
-    sources = {s: sum(1 for r in rows if r["source"] == s) for s in ("native", "retokenised")}
     yield dg.Output(
         {
             "train_path": str(paths["train"]),
             "val_path": str(paths["val"]),
-            "metadata": meta,
+            "metadata": result.metadata,
             "data_version": version,
             "student": student.name,
             "facts": facts,
         },
         data_version=dg.DataVersion(version),
-        metadata={
-            "train_path": dg.MetadataValue.path(str(paths["train"])),
-            "rows_train": stats["rows_train"],
-            "rows_val": stats["rows_val"],
-            "rows_native": sources["native"],
-            "rows_retokenised": sources["retokenised"],
-            "fallback_missing_capture_turns": stats["fallback_missing_capture_turns"],
-            "trained_tokens_train": stats["trained_tokens_train"],
-            "total_tokens_train": stats["total_tokens_train"],
-            "packed_rows": stats["packed_rows"],
-            "turns_merged_by_packing": stats["turns_merged"],
-            "truncated": stats["truncated_left"] + stats["truncated_right"],
-            "rows_per_turn_index": dg.MetadataValue.json(
-                {str(k): v for k, v in sorted(turns.items())}
-            ),
-            "tokenizer_sha256": student.tokenizer_sha256,
-            "chat_template_sha256": student.chat_template_sha256,
-            "upweight": variant.upweight,
-            "stats": dg.MetadataValue.json(stats),
-        },
+        metadata=_output_metadata(result, paths, student, variant),
     )
-    # Evaluation repositories as configured now and as recorded when the rollouts ran.
-    upstream = rejection_sampled_pairs.get("facts", {})
-    excluded = {
-        *dataset.split.held_out,
-        *upstream.get("validation_repos", ()),
-        *upstream.get("test_repos", ()),
-        *upstream.get("held_out_repos", ()),
-    }
+    excluded = evaluation_repos(dataset.split.held_out, rejection_sampled_pairs.get("facts", {}))
     problems = run_checks(
         result.train,
         result.val,
@@ -139,6 +102,53 @@ def tito_parquet(
         steering_section(),
         excluded_repos=excluded,
     )
+    yield from _check_results(problems)
+
+
+def _facts(upstream: dict, student: Any, variant: Any, version: str) -> dict:
+    """The lineage facts: the upstream ones plus the student, its tokenizer and chat template
+    hashes, the variant's TITO settings and the parquet's data version."""
+    return {
+        **upstream,
+        "student": student.name,
+        "tokenizer_sha256": student.tokenizer_sha256,
+        "chat_template_sha256": student.chat_template_sha256,
+        "upweight": variant.upweight,
+        "strip": variant.strip,
+        "parquet_data_version": version,
+    }
+
+
+def _output_metadata(result: TitoResult, paths: dict, student: Any, variant: Any) -> dict:
+    """The materialisation's metadata: row counts by side, path and turn, token counts, the
+    build's counters."""
+    stats = result.stats.as_dict()
+    sources = result.rows_by_source()
+    return {
+        "train_path": dg.MetadataValue.path(str(paths["train"])),
+        "rows_train": stats["rows_train"],
+        "rows_val": stats["rows_val"],
+        "rows_native": sources["native"],
+        "rows_retokenised": sources["retokenised"],
+        "fallback_missing_capture_turns": stats["fallback_missing_capture_turns"],
+        "trained_tokens_train": stats["trained_tokens_train"],
+        "total_tokens_train": stats["total_tokens_train"],
+        "packed_rows": stats["packed_rows"],
+        "turns_merged_by_packing": stats["turns_merged"],
+        "truncated": stats["truncated_left"] + stats["truncated_right"],
+        "rows_per_turn_index": dg.MetadataValue.json(
+            {str(k): v for k, v in result.rows_per_turn_index().items()}
+        ),
+        "tokenizer_sha256": student.tokenizer_sha256,
+        "chat_template_sha256": student.chat_template_sha256,
+        "upweight": variant.upweight,
+        "stats": dg.MetadataValue.json(stats),
+    }
+
+
+def _check_results(problems: dict[str, list[str]]):
+    """One asset check result per check: passed when it found nothing, else the count and
+    the first problems."""
     for name, found in problems.items():
         yield dg.AssetCheckResult(
             check_name=name,

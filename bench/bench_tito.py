@@ -28,15 +28,11 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from coop_dag.tito.build import (  # noqa: E402
-    TitoConfig,
-    build_tito,
-    load_tokenizer,
-    qwen3_tokenizer_dir,
-    synthesise_token_capture,
-    trajectories_from_run,
-)
+from coop_dag.tito.build import build_tito  # noqa: E402
 from coop_dag.tito.chat import tokenizer_sha256  # noqa: E402
+from coop_dag.tito.config import TitoConfig  # noqa: E402
+from coop_dag.tito.tokens import load_tokenizer, qwen3_tokenizer_dir  # noqa: E402
+from coop_dag.tito.trajectories import synthesise_token_capture, trajectories_from_run  # noqa: E402
 
 
 def _captured_turns(trajs) -> tuple[int, int]:

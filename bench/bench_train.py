@@ -34,7 +34,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from coop_dag.tito.build import TitoConfig, build_tito_parquet, trajectories_from_run  # noqa: E402
+from coop_dag.tito.build import build_tito_parquet  # noqa: E402
+from coop_dag.tito.config import TitoConfig  # noqa: E402
+from coop_dag.tito.trajectories import trajectories_from_run  # noqa: E402
 from coop_dag.training.hf_trainer import lora_config, torch_threads  # noqa: E402
 from coop_dag.training.loss import TitoCollator, loss_normaliser, step_loss  # noqa: E402
 from coop_dag.training.recipes import get_recipe  # noqa: E402

@@ -38,6 +38,8 @@ import torch
 PAD_MODES = ("right", "no_padding")
 TRUNCATIONS = ("error", "left", "right")
 IGNORE_INDEX = -100
+# the columns an item is made of (the rest of a TITO parquet is provenance)
+_COLUMNS = ("input_ids", "output_ids", "loss_spans", "weight", "traj_id", "turn_index")
 
 
 def _cfg_get(config: Any, key: str, default: Any) -> Any:
@@ -69,6 +71,58 @@ class _ListColumn:
         return np.diff(self.offsets)
 
 
+def _settings(config: Any) -> tuple[int, str, str]:
+    """``(max_length, truncation, pad_mode)`` from the data config, checked."""
+    max_length = int(_cfg_get(config, "max_length", 1024))
+    truncation = str(_cfg_get(config, "truncation", "error"))
+    pad_mode = str(_cfg_get(config, "pad_mode", "right"))
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    return max_length, truncation, pad_mode
+
+
+def _read_tables(paths: Sequence[str]) -> Any:
+    """The parquet files as one pyarrow table of the columns an item needs (schema metadata
+    dropped so files of different builds concatenate)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for path in paths:
+        table = pq.read_table(path)
+        missing = {"input_ids", "output_ids"} - set(table.column_names)
+        if missing:
+            raise ValueError(f"{path}: not a TITO parquet (missing {sorted(missing)})")
+        keep = [c for c in _COLUMNS if c in table.column_names]
+        tables.append(table.select(keep).replace_schema_metadata(None))
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def _sample(table: Any, max_samples: int, config: Any) -> Any:
+    """The first ``max_samples`` rows, or (``shuffle``) that many drawn with ``seed`` and
+    kept in file order, as verl selects them; all rows when ``max_samples`` is not below."""
+    import pyarrow as pa
+
+    total = table.num_rows
+    if not 0 < max_samples < total:
+        return table
+    if bool(_cfg_get(config, "shuffle", False)):
+        seed = _cfg_get(config, "seed", None)
+        rng = np.random.default_rng(*(() if seed is None else (int(seed),)))
+        indices = np.sort(rng.choice(total, size=max_samples, replace=False))
+    else:
+        indices = np.arange(max_samples)
+    return table.take(pa.array(indices))
+
+
+def _optional_list(table: Any, name: str) -> list | None:
+    return table.column(name).to_pylist() if name in table.column_names else None
+
+
 class TitoSFTDataset(torch.utils.data.Dataset):
     """TITO rows (``input_ids``, ``output_ids``, optional ``loss_spans`` and ``weight``) from
     one or more parquet files."""
@@ -81,18 +135,7 @@ class TitoSFTDataset(torch.utils.data.Dataset):
         processor: Any = None,
         max_samples: int = -1,
     ) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self.max_length = int(_cfg_get(config, "max_length", 1024))
-        self.truncation = str(_cfg_get(config, "truncation", "error"))
-        self.pad_mode = str(_cfg_get(config, "pad_mode", "right"))
-        if self.pad_mode not in PAD_MODES:
-            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
-        if self.truncation not in TRUNCATIONS:
-            raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
-        if self.max_length < 1:
-            raise ValueError(f"max_length must be >= 1, got {self.max_length}")
+        self.max_length, self.truncation, self.pad_mode = _settings(config)
         if isinstance(tokenizer, str | os.PathLike):
             from transformers import AutoTokenizer
 
@@ -107,56 +150,25 @@ class TitoSFTDataset(torch.utils.data.Dataset):
         self.parquet_files = [str(p) for p in parquet_files]
         if not self.parquet_files:
             raise ValueError("TitoSFTDataset needs at least one parquet file")
-        tables = []
-        for path in self.parquet_files:
-            table = pq.read_table(path)
-            missing = {"input_ids", "output_ids"} - set(table.column_names)
-            if missing:
-                raise ValueError(f"{path}: not a TITO parquet (missing {sorted(missing)})")
-            keep = [
-                c
-                for c in (
-                    "input_ids",
-                    "output_ids",
-                    "loss_spans",
-                    "weight",
-                    "traj_id",
-                    "turn_index",
-                )
-                if c in table.column_names
-            ]
-            tables.append(table.select(keep).replace_schema_metadata(None))
-        table = pa.concat_tables(tables, promote_options="default")
+        self._set_columns(_sample(_read_tables(self.parquet_files), max_samples, config))
+        self._check_vocabulary(len(tokenizer))
 
-        total = table.num_rows
-        if 0 < max_samples < total:
-            if bool(_cfg_get(config, "shuffle", False)):
-                seed = _cfg_get(config, "seed", None)
-                rng = np.random.default_rng(*(() if seed is None else (int(seed),)))
-                indices = np.sort(rng.choice(total, size=max_samples, replace=False))
-            else:
-                indices = np.arange(max_samples)
-            table = table.take(pa.array(indices))
-
+    def _set_columns(self, table: Any) -> None:
+        """Hold the table's columns as flat numpy ids (``_ListColumn``) and small lists."""
         self._input = _ListColumn(table.column("input_ids"))
         self._output = _ListColumn(table.column("output_ids"))
-        self._spans = (
-            table.column("loss_spans").to_pylist() if "loss_spans" in table.column_names else None
-        )
+        self._spans = _optional_list(table, "loss_spans")
         self._weight = (
             np.asarray(table.column("weight").to_numpy(zero_copy_only=False), dtype=np.float32)
             if "weight" in table.column_names
             else np.ones(table.num_rows, dtype=np.float32)
         )
-        self._traj = (
-            table.column("traj_id").to_pylist() if "traj_id" in table.column_names else None
-        )
-        self._turn = (
-            table.column("turn_index").to_pylist() if "turn_index" in table.column_names else None
-        )
+        self._traj = _optional_list(table, "traj_id")
+        self._turn = _optional_list(table, "turn_index")
         self._n = table.num_rows
 
-        vocab = len(tokenizer)
+    def _check_vocabulary(self, vocab: int) -> None:
+        """Every id within the tokenizer's vocabulary (else the parquet is another model's)."""
         for col, name in ((self._input, "input_ids"), (self._output, "output_ids")):
             if col.values.size and (col.values.min() < 0 or col.values.max() >= vocab):
                 raise ValueError(

@@ -12,8 +12,8 @@ from typing import Any
 import yaml
 
 from coop_dag import CONFIG_DIR
-from coop_dag.tito.build import TRUNCATION_MODES as TRUNCATIONS
-from coop_dag.tito.build import UPWEIGHT_MODES
+from coop_dag.tito.config import TRUNCATION_MODES as TRUNCATIONS
+from coop_dag.tito.config import UPWEIGHT_MODES
 from coop_dag.training.errors import RecipeError
 
 RECIPES_FILE = CONFIG_DIR / "recipes.yaml"

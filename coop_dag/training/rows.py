@@ -29,7 +29,7 @@ Staged = list
 
 def read_parquet_rows(path: str | os.PathLike) -> tuple[list[dict], dict]:
     """``(rows, metadata)`` of a TITO parquet file (metadata: the ``coop_dag.tito`` JSON)."""
-    from coop_dag.tito.build import read_tito_parquet
+    from coop_dag.tito.parquet import read_tito_parquet
 
     p = Path(path)
     if not p.is_file():
@@ -270,8 +270,8 @@ def _weigh_and_fit(
 
 
 def write_rows(rows: Sequence[dict], path: Path, metadata: dict) -> Path:
-    """Prepared rows as a TITO parquet (``coop_dag.tito.build.write_parquet``, atomic)."""
-    from coop_dag.tito.build import write_parquet
+    """Prepared rows as a TITO parquet (``coop_dag.tito.parquet.write_parquet``, atomic)."""
+    from coop_dag.tito.parquet import write_parquet
 
     return write_parquet(rows, path, metadata)
 

@@ -31,7 +31,7 @@ def test_shipped_variants_load_with_defaults_merged():
 def test_the_upweight_contrast_trains_turns_beyond_the_upweighted_ones():
     """x12 vs x1 only differ when the recipe trains later turns too and draws upweighted copies
     as copies; otherwise both variants train the same adapter."""
-    from coop_dag.tito.build import TitoConfig
+    from coop_dag.tito.config import TitoConfig
     from coop_dag.training.recipes import get_recipe
 
     variants = load_variants()

@@ -9,7 +9,6 @@ import pytest
 
 from coop_dag import CONFIG_DIR
 from coop_dag.agent.actions import BASH_TOOL, parse_actions, to_qwen_xml
-from coop_dag.tito.build import load_tokenizer, qwen3_tokenizer_dir
 from coop_dag.tito.chat import (
     assistant_target_text,
     chat_template_sha256,
@@ -19,6 +18,7 @@ from coop_dag.tito.chat import (
     template_messages,
     tokenizer_sha256,
 )
+from coop_dag.tito.tokens import load_tokenizer, qwen3_tokenizer_dir
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""coop_dag.tito.build: TITO rows from rollouts, both paths, strip-think shapes, steering stripping,
-upweighting, splitting, packing, truncation, parquet and the checks.
+"""coop_dag.tito's build and its steps: TITO rows from rollouts, both paths, strip-think shapes,
+steering stripping, upweighting, splitting, packing, truncation, parquet and the checks.
 
 Every trajectory here is hand-built in the shape coop_dag.agent.loop records (steering prompt from
 coop_dag.agent.prompts, OpenAI tool_calls, extra.actions, tool observations, an inbox delivery);
@@ -18,17 +18,9 @@ import pytest
 from coop_dag import CONFIG_DIR
 from coop_dag.agent.actions import BASH_TOOL
 from coop_dag.agent.prompts import render_prompts, steering_section
-from coop_dag.tito.build import (
-    EmptyRolloutSetError,
-    TemplateDriftError,
-    TitoConfig,
-    TitoError,
-    TitoLengthError,
-    TokenizerNotFoundError,
-    TokenVocab,
-    Trajectory,
-    build_tito,
-    build_tito_parquet,
+from coop_dag.tito.build import build_tito, build_tito_parquet
+from coop_dag.tito.chat import assistant_target_text, render_ids, render_text, tokenizer_sha256
+from coop_dag.tito.checks import (
     check_ends_with_eot,
     check_no_repos,
     check_no_steering,
@@ -36,21 +28,32 @@ from coop_dag.tito.build import (
     check_rows_decode,
     check_split_disjoint,
     check_tool_call_form,
-    default_prompt_messages,
+    run_checks,
+    steering_markers,
+)
+from coop_dag.tito.config import TitoConfig
+from coop_dag.tito.errors import (
+    EmptyRolloutSetError,
+    TemplateDriftError,
+    TitoError,
+    TitoLengthError,
+    TokenizerNotFoundError,
+)
+from coop_dag.tito.packing import row_loss_spans, split_pairs
+from coop_dag.tito.parquet import read_tito_parquet, write_parquet
+from coop_dag.tito.tokens import (
+    TokenVocab,
     load_tokenizer,
     prompt_think_state,
     qwen3_tokenizer_dir,
-    read_tito_parquet,
-    row_loss_spans,
-    run_checks,
-    split_pairs,
-    steering_markers,
     strip_think_ids,
+)
+from coop_dag.tito.trajectories import (
+    Trajectory,
+    default_prompt_messages,
     synthesise_token_capture,
     trajectories_from_run,
-    write_parquet,
 )
-from coop_dag.tito.chat import assistant_target_text, render_ids, render_text, tokenizer_sha256
 
 TASK = (
     "**Title**: Add a `--limit` option\n\n**Description**:\nThe CLI gains `--limit N`.\n\n"

@@ -18,16 +18,13 @@ import torch
 from test_tito import make_pairs, make_traj
 from torch.utils.data import default_collate
 
-from coop_dag.tito.build import (
-    TitoConfig,
-    build_tito_parquet,
-    load_tokenizer,
-    qwen3_tokenizer_dir,
-    row_loss_spans,
-    synthesise_token_capture,
-)
+from coop_dag.tito.build import build_tito_parquet
 from coop_dag.tito.chat import tokenizer_sha256
+from coop_dag.tito.config import TitoConfig
 from coop_dag.tito.dataset import IGNORE_INDEX, TitoSFTDataset
+from coop_dag.tito.packing import row_loss_spans
+from coop_dag.tito.tokens import load_tokenizer, qwen3_tokenizer_dir
+from coop_dag.tito.trajectories import synthesise_token_capture
 
 
 class DictConfigLike:

@@ -17,8 +17,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from coop_dag.tito.build import write_parquet  # noqa: E402
 from coop_dag.tito.dataset import TitoSFTDataset  # noqa: E402
+from coop_dag.tito.parquet import write_parquet  # noqa: E402
 from coop_dag.training.adapters import read_lineage, validate_adapter  # noqa: E402
 from coop_dag.training.errors import (
     ChatTemplateMismatchError,

@@ -32,7 +32,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from coop_dag import REPO_ROOT  # noqa: E402
-from coop_dag.tito.build import write_parquet  # noqa: E402
+from coop_dag.tito.parquet import write_parquet  # noqa: E402
 from coop_dag.training.adapters import read_lineage  # noqa: E402
 from coop_dag.training.recipes import get_recipe  # noqa: E402
 from coop_dag.training.verl import train_lora_verl  # noqa: E402

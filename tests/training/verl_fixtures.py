@@ -23,7 +23,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from coop_dag.tito.build import write_parquet  # noqa: E402
+from coop_dag.tito.parquet import write_parquet  # noqa: E402
 from coop_dag.training.students import get_student  # noqa: E402
 from tests.training.test_train import meta_for, rows_for  # noqa: E402  (TITO row helpers)
 
