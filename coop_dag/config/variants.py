@@ -258,7 +258,8 @@ def check_references(variants: Mapping[str, Variant], source: Path) -> None:
     """Each variant's student is in configs/students.yaml (or `hf:<dir>`) and its recipe in
     configs/recipes.yaml; loading both files validates them too. Otherwise the mistake would
     surface only when training starts, after the teacher rollouts."""
-    from coop_dag.training.recipes import RECIPES_FILE, RecipeError, load_recipes
+    from coop_dag.training.errors import RecipeError
+    from coop_dag.training.recipes import RECIPES_FILE, load_recipes
     from coop_dag.training.students import HF_PREFIX, StudentError, load_registry
 
     try:

@@ -21,8 +21,8 @@ from coop_dag.training.adapters import adapter_name, write_lineage
 from coop_dag.training.contract import TrainResult, copy_adapter
 
 if TYPE_CHECKING:
+    from coop_dag.serving.endpoints import Endpoint
     from coop_dag.serving.probe import ProbeResult
-    from coop_dag.serving.server import Endpoint
 
 
 @dataclass

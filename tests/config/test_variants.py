@@ -213,7 +213,8 @@ def test_a_valid_file_loads_and_hf_students_need_no_entry(tmp_path):
 
 
 def test_recipe_fields_are_checked_naming_file_recipe_field_value(tmp_path):
-    from coop_dag.training.recipes import RecipeError, load_recipes
+    from coop_dag.training.errors import RecipeError
+    from coop_dag.training.recipes import load_recipes
 
     bad = tmp_path / "recipes.yaml"
     for body, needles in [

@@ -167,17 +167,17 @@ def test_ensure_server_reports_a_server_that_dies(tmp_path):
 
 
 def test_stop_server_only_signals_the_recorded_process(tmp_path):
-    from coop_dag.serving.server import _pid_alive
+    from coop_dag.util.processes import pid_alive
 
     argv = [sys.executable, "-c", "import time; time.sleep(60)", "coop-serve-test"]
     pid = spawn_detached(argv, log_path=tmp_path / "x.log")
     (tmp_path / "server-1234.json").write_text(json.dumps({"pid": pid, "argv": argv}))
-    assert _pid_alive(pid)
+    assert pid_alive(pid)
     assert stop_server(tmp_path, 1234)
     deadline = time.monotonic() + 10
-    while _pid_alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _pid_alive(pid)
+    assert not pid_alive(pid)
     assert not stop_server(tmp_path, 1234)  # pid file gone
 
 
@@ -366,7 +366,7 @@ def _port() -> int:
 
 def test_a_server_lives_while_a_process_holds_a_lease(tmp_path):
     from coop_dag.serving.leases import release_server
-    from coop_dag.serving.server import _pid_alive
+    from coop_dag.util.processes import pid_alive
 
     port = _port()
     kw = dict(host="127.0.0.1", port=port, state_dir=tmp_path, expect_ids=["x"])
@@ -385,7 +385,7 @@ print("held", flush=True); sys.stdin.readline()
 """], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     line = holder.stdout.readline().strip()
     assert line == "held", holder.communicate(timeout=30)[1][-2000:]
-    assert release_server(tmp_path, port) is False and _pid_alive(first.pid)
+    assert release_server(tmp_path, port) is False and pid_alive(first.pid)
     # another identity is refused while somebody else uses the server
     with pytest.raises(ServingError, match="another configuration"):
         ensure_server(_stand_in(port, "b"), **kw)
@@ -394,9 +394,9 @@ print("held", flush=True); sys.stdin.readline()
     ensure_server(_stand_in(port, "a"), **kw)
     assert release_server(tmp_path, port) is True
     deadline = time.monotonic() + 10
-    while _pid_alive(first.pid) and time.monotonic() < deadline:
+    while pid_alive(first.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _pid_alive(first.pid)
+    assert not pid_alive(first.pid)
 
 
 def test_another_identity_restarts_a_server_nobody_else_uses(tmp_path):
@@ -464,7 +464,7 @@ def test_a_server_stops_itself_when_its_run_is_killed(tmp_path):
     live process holds one and stops the server (the OOM killer does exactly this)."""
     import signal
 
-    from coop_dag.serving.server import _pid_alive
+    from coop_dag.util.processes import pid_alive
 
     port = _port()
     holder = subprocess.Popen(
@@ -477,12 +477,12 @@ ep = serving.ensure_server({_stand_in(port, "a")!r}, host="127.0.0.1", port={por
 print(ep.pid, flush=True); time.sleep(600)
 """], stdout=subprocess.PIPE, text=True)  # fmt: skip
     pid = int(holder.stdout.readline())
-    assert _pid_alive(pid) and VllmEngine(f"http://127.0.0.1:{port}").health()
+    assert pid_alive(pid) and VllmEngine(f"http://127.0.0.1:{port}").health()
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     deadline = time.monotonic() + 30
-    while _pid_alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _pid_alive(pid)
+    assert not pid_alive(pid)
     assert not VllmEngine(f"http://127.0.0.1:{port}").health(timeout=1.0)
     assert "no live lease" in (tmp_path / f"server-{port}.log").read_text()

@@ -23,6 +23,7 @@ from coop_dag.training.adapters import read_lineage, validate_adapter  # noqa: E
 from coop_dag.training.errors import (
     ChatTemplateMismatchError,
     EmptyTrainingSetError,
+    RecipeError,  # noqa: E402
     TokenizerMismatchError,
     TrainError,
 )
@@ -33,7 +34,7 @@ from coop_dag.training.loss import (
     step_loss,
     weighted_loss_terms,
 )
-from coop_dag.training.recipes import Recipe, RecipeError, get_recipe, load_recipes  # noqa: E402
+from coop_dag.training.recipes import Recipe, get_recipe, load_recipes  # noqa: E402
 from coop_dag.training.rows import prepare_rows
 from coop_dag.training.students import StudentError, get_student  # noqa: E402
 from coop_dag.training.train import train_lora
