@@ -47,14 +47,10 @@ from coop_dag.agent.messaging import (  # noqa: E402
 from coop_dag.agent.models import ModelResponse  # noqa: E402
 from coop_dag.agent.prompts import render_prompts  # noqa: E402
 from coop_dag.agent.redis_server import EmbeddedRedis, connect  # noqa: E402
-from coop_dag.agent.sandbox import (  # noqa: E402
-    CommandResult,
-    LocalSandbox,
-    _run_process,
-    bwrap_argv,
-    bwrap_status,
-    format_observation,
-)
+from coop_dag.agent.sandbox.base import CommandResult, format_observation  # noqa: E402
+from coop_dag.agent.sandbox.bwrap import bwrap_argv, bwrap_status  # noqa: E402
+from coop_dag.agent.sandbox.local import LocalSandbox  # noqa: E402
+from coop_dag.agent.sandbox.process import _run_process  # noqa: E402
 from coop_dag.dataset.tasks import discover_pairs  # noqa: E402
 
 SEND = "send_message agent2 <<'MSG'\nI'll take src/datehelp/parsing.py; you keep humanize.py.\nMSG"

@@ -34,7 +34,9 @@ from coop_dag.agent.loop import AgentLimits, CoopAgent
 from coop_dag.agent.messaging import MessageBus, conversation_records
 from coop_dag.agent.models import ChatModel
 from coop_dag.agent.prompts import render_prompts
-from coop_dag.agent.sandbox import DockerSandbox, LocalSandbox, Sandbox
+from coop_dag.agent.sandbox.base import Sandbox
+from coop_dag.agent.sandbox.docker import DockerSandbox
+from coop_dag.agent.sandbox.local import LocalSandbox
 from coop_dag.config.hostcheck import check_sandbox
 from coop_dag.dataset.tasks import Feature, Pair
 from coop_dag.eval.evaluate import evaluate_pair

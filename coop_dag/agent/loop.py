@@ -25,7 +25,7 @@ from coop_dag.agent.messaging import (
 )
 from coop_dag.agent.models import ChatModel, ModelResponse
 from coop_dag.agent.prompts import Prompts, format_error
-from coop_dag.agent.sandbox import Sandbox, format_observation
+from coop_dag.agent.sandbox.base import Sandbox, format_observation
 
 SUBMIT_MARKER = "COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT"
 

@@ -29,7 +29,8 @@ from coop_dag.agent.messaging import MessageBus, new_run_prefix
 from coop_dag.agent.models import ChatModel, ModelResponse
 from coop_dag.agent.prompts import render_prompts
 from coop_dag.agent.redis_server import connect
-from coop_dag.agent.sandbox import LocalSandbox, bwrap_status
+from coop_dag.agent.sandbox.bwrap import bwrap_status
+from coop_dag.agent.sandbox.local import LocalSandbox
 from coop_dag.dataset.tasks import discover_pairs
 
 BWRAP_OK, BWRAP_INFO = bwrap_status()

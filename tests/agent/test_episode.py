@@ -46,7 +46,7 @@ from coop_dag.agent.rollouts import (  # noqa: E402
     rollout_pairs,
     summarise_run,
 )
-from coop_dag.agent.sandbox import LocalSandbox  # noqa: E402
+from coop_dag.agent.sandbox.local import LocalSandbox  # noqa: E402
 from coop_dag.config.hostcheck import HostRequirementError  # noqa: E402
 from coop_dag.dataset.tasks import checkout_base, discover_pairs  # noqa: E402
 

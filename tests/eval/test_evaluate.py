@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from coop_dag import BUNDLED_DATASET, PACKAGE_DIR
-from coop_dag.agent.sandbox import bwrap_status
+from coop_dag.agent.sandbox.bwrap import bwrap_status
 from coop_dag.dataset.tasks import BASE_GIT_ENV, Pair, Task, checkout_base, load_task
 from coop_dag.eval.evaluate import (
     evaluate_pair,

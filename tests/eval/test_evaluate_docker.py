@@ -27,7 +27,8 @@ import pytest
 from dataset_factory import add_docker_task
 
 from coop_dag.agent.episode import EpisodeSettings
-from coop_dag.agent.sandbox import DockerSandbox, bwrap_status, image_for, task_image
+from coop_dag.agent.sandbox.bwrap import bwrap_status
+from coop_dag.agent.sandbox.docker import DockerSandbox, image_for, task_image
 from coop_dag.dataset.tasks import TaskError, discover_pairs
 from coop_dag.eval.evaluate import (
     _OFFLINE_RUNNER,
@@ -396,6 +397,7 @@ def test_rollouts_evaluate_with_the_sandbox_backend(fake_docker, tmp_path, monke
         rollouts, "run_pairs", lambda pairs, mm, client, settings, **kw: seen.append(settings) or []
     )
     monkeypatch.setattr(rollouts, "summarise_run", lambda pairs, run_dir: {})
+
     class NoRedis:  # the bus is not what this test is about
         client, restarts = None, ()
 
