@@ -38,12 +38,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from coop_dag import BUNDLED_DATASET  # noqa: E402
 from coop_dag.agent.actions import parse_actions, to_qwen_xml  # noqa: E402
 from coop_dag.agent.loop import AgentLimits, CoopAgent, approx_tokens  # noqa: E402
-from coop_dag.agent.messaging import (  # noqa: E402
-    MessageBus,
-    format_inbox,
-    new_run_prefix,
-    parse_send_message,
-)
+from coop_dag.agent.messaging.bus import MessageBus, format_inbox, new_run_prefix  # noqa: E402
+from coop_dag.agent.messaging.parser import parse_send_message  # noqa: E402
 from coop_dag.agent.models import ModelResponse  # noqa: E402
 from coop_dag.agent.prompts import render_prompts  # noqa: E402
 from coop_dag.agent.redis_server import EmbeddedRedis, connect  # noqa: E402

@@ -31,7 +31,7 @@ from typing import Any
 import redis
 
 from coop_dag.agent.loop import AgentLimits, CoopAgent
-from coop_dag.agent.messaging import MessageBus, conversation_records
+from coop_dag.agent.messaging.bus import MessageBus, conversation_records
 from coop_dag.agent.models import ChatModel
 from coop_dag.agent.prompts import render_prompts
 from coop_dag.agent.sandbox.base import Sandbox

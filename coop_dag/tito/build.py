@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from coop_dag.agent.actions import BASH_TOOL, parse_actions
-from coop_dag.agent.messaging import OutgoingMessage
+from coop_dag.agent.messaging.parser import OutgoingMessage
 from coop_dag.agent.prompts import steering_section, strip_steering
 from coop_dag.eval.runlogs import iter_pairs, turn_commands
 from coop_dag.tito.chat import (

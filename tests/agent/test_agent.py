@@ -25,7 +25,7 @@ import pytest
 from coop_dag import BUNDLED_DATASET
 from coop_dag.agent.actions import SUBMIT_COMMAND, to_qwen_xml
 from coop_dag.agent.loop import AgentLimits, CoopAgent, approx_tokens
-from coop_dag.agent.messaging import MessageBus, new_run_prefix
+from coop_dag.agent.messaging.bus import MessageBus, new_run_prefix
 from coop_dag.agent.models import ChatModel, ModelResponse
 from coop_dag.agent.prompts import render_prompts
 from coop_dag.agent.redis_server import connect

@@ -37,7 +37,7 @@ from coop_dag.agent.episode import (  # noqa: E402
     sandbox_factory,
 )
 from coop_dag.agent.loop import AgentLimits  # noqa: E402
-from coop_dag.agent.messaging import MessagingError  # noqa: E402
+from coop_dag.agent.messaging.errors import MessagingError  # noqa: E402
 from coop_dag.agent.models import LiteLLMChatModel  # noqa: E402
 from coop_dag.agent.redis_server import connect  # noqa: E402
 from coop_dag.agent.rollouts import (  # noqa: E402
