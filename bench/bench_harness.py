@@ -38,23 +38,15 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from coop_dag import BUNDLED_DATASET  # noqa: E402
 from coop_dag.agent.actions import parse_actions, to_qwen_xml  # noqa: E402
 from coop_dag.agent.loop import AgentLimits, CoopAgent, approx_tokens  # noqa: E402
-from coop_dag.agent.messaging import (  # noqa: E402
-    MessageBus,
-    format_inbox,
-    new_run_prefix,
-    parse_send_message,
-)
+from coop_dag.agent.messaging.bus import MessageBus, format_inbox, new_run_prefix  # noqa: E402
+from coop_dag.agent.messaging.parser import parse_send_message  # noqa: E402
 from coop_dag.agent.models import ModelResponse  # noqa: E402
 from coop_dag.agent.prompts import render_prompts  # noqa: E402
 from coop_dag.agent.redis_server import EmbeddedRedis, connect  # noqa: E402
-from coop_dag.agent.sandbox import (  # noqa: E402
-    CommandResult,
-    LocalSandbox,
-    _run_process,
-    bwrap_argv,
-    bwrap_status,
-    format_observation,
-)
+from coop_dag.agent.sandbox.base import CommandResult, format_observation  # noqa: E402
+from coop_dag.agent.sandbox.bwrap import bwrap_argv, bwrap_status  # noqa: E402
+from coop_dag.agent.sandbox.local import LocalSandbox  # noqa: E402
+from coop_dag.agent.sandbox.process import _run_process  # noqa: E402
 from coop_dag.dataset.discovery import discover_pairs  # noqa: E402
 
 SEND = "send_message agent2 <<'MSG'\nI'll take src/datehelp/parsing.py; you keep humanize.py.\nMSG"

@@ -31,10 +31,12 @@ from typing import Any
 import redis
 
 from coop_dag.agent.loop import AgentLimits, CoopAgent
-from coop_dag.agent.messaging import MessageBus, conversation_records
+from coop_dag.agent.messaging.bus import MessageBus, conversation_records
 from coop_dag.agent.models import ChatModel
 from coop_dag.agent.prompts import render_prompts
-from coop_dag.agent.sandbox import DockerSandbox, LocalSandbox, Sandbox
+from coop_dag.agent.sandbox.base import Sandbox
+from coop_dag.agent.sandbox.docker import DockerSandbox
+from coop_dag.agent.sandbox.local import LocalSandbox
 from coop_dag.config.hostcheck import check_sandbox
 from coop_dag.dataset.tasks import Feature, Pair
 from coop_dag.eval.evaluate import evaluate_pair
@@ -155,68 +157,16 @@ def run_pair(
     sharing `settings.run_dir` must hold :func:`pair_lock` (run_pairs does): this removes any
     earlier attempt's staging directory."""
     final = pair_dir(settings.run_dir, pair)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.*"):  # a killed earlier attempt's staging
-        shutil.rmtree(stale, ignore_errors=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    stage = _fresh_stage(final)
     started = time.time()
-    prefix = f"coop:{uuid.uuid4().hex[:12]}:"
-    agent_ids = {pair.feature_a: "agent1", pair.feature_b: "agent2"}
     agents: list[CoopAgent] = []
     sandboxes: list[Sandbox] = []
     scratch = owned_tempdir(SCRATCH_PREFIX, settings.sandbox_root)
     error: str | None = None
     try:
-        for feature in pair.features:
-            me = agent_ids[feature.feature_id]
-            partner = "agent2" if me == "agent1" else "agent1"
-            sandbox = make_sandbox(pair, scratch, settings, me)
-            sandboxes.append(sandbox)
-            agents.append(
-                CoopAgent(
-                    agent_id=me,
-                    partner_id=partner,
-                    model=make_model(pair, feature, me, partner),
-                    sandbox=sandbox,
-                    bus=MessageBus(client, prefix, me, agents=["agent1", "agent2"]),
-                    prompts=render_prompts(
-                        feature.description, me, partner, steering=settings.steering
-                    ),
-                    limits=settings.limits,
-                )
-            )
-        aborts: list[BaseException] = []
-
-        def play(agent: CoopAgent) -> None:
-            try:
-                agent.run()
-            except BaseException as err:  # KeyboardInterrupt, SystemExit: re-raised below
-                aborts.append(err)
-
-        threads = [
-            threading.Thread(target=play, args=(a,), name=f"{pair.pair_id}:{a.agent_id}")
-            for a in agents
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if aborts:  # an agent was aborted, not finished: the pair must not be published
-            raise aborts[0]
-        patches = {}
-        for feature, agent, sandbox in zip(pair.features, agents, sandboxes, strict=True):
-            fid = feature.feature_id
-            patches[fid] = sandbox.diff()
-            (stage / f"agent{fid}.patch").write_text(patches[fid])
-            _write_json(
-                stage / f"agent{fid}_traj.json",
-                agent.trajectory(
-                    repo=pair.repo, task_id=pair.task_id, feature_id=fid, model=settings.model_name
-                ),
-            )
-        sent = [m for a in agents for m in a.bus.sent_messages()]
-        ids = {a.agent_id: f.feature_id for a, f in zip(agents, pair.features, strict=True)}
-        _write_json(stage / "conversation.json", conversation_records(sent, ids))
+        _add_agents(pair, make_model, client, settings, make_sandbox, scratch, agents, sandboxes)
+        _play(pair, agents)
+        patches = _write_agent_logs(stage, pair, agents, sandboxes, settings.model_name)
         if settings.evaluate:
             result_eval = evaluate_pair(
                 pair,
@@ -239,8 +189,111 @@ def run_pair(
         for sandbox in sandboxes:
             sandbox.close()
         shutil.rmtree(scratch, ignore_errors=True)
+    result = _pair_result(pair, settings, agents, started, error)
+    _write_json(stage / "result.json", result)
+    _publish(stage, final)
+    return result
+
+
+def _fresh_stage(final: Path) -> Path:
+    """A new staging directory beside `final`, after removing a killed earlier attempt's."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.*"):  # a killed earlier attempt's staging
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+
+
+def _add_agents(
+    pair: Pair,
+    make_model: ModelFactory,
+    client: redis.Redis,
+    settings: EpisodeSettings,
+    make_sandbox: SandboxFactory,
+    scratch: Path,
+    agents: list[CoopAgent],
+    sandboxes: list[Sandbox],
+) -> None:
+    """Create both agents, each with its sandbox, model and mailbox, appending to `agents` and
+    `sandboxes` as they are made (so the caller closes every sandbox made before a failure)."""
+    prefix = f"coop:{uuid.uuid4().hex[:12]}:"
+    agent_ids = {pair.feature_a: "agent1", pair.feature_b: "agent2"}
+    for feature in pair.features:
+        me = agent_ids[feature.feature_id]
+        partner = "agent2" if me == "agent1" else "agent1"
+        sandbox = make_sandbox(pair, scratch, settings, me)
+        sandboxes.append(sandbox)
+        agents.append(
+            CoopAgent(
+                agent_id=me,
+                partner_id=partner,
+                model=make_model(pair, feature, me, partner),
+                sandbox=sandbox,
+                bus=MessageBus(client, prefix, me, agents=["agent1", "agent2"]),
+                prompts=render_prompts(
+                    feature.description, me, partner, steering=settings.steering
+                ),
+                limits=settings.limits,
+            )
+        )
+
+
+def _play(pair: Pair, agents: list[CoopAgent]) -> None:
+    """Run the agents concurrently, one thread each, until both end. An agent that was
+    aborted (KeyboardInterrupt, SystemExit), not finished, re-raises here: the pair must not
+    be published."""
+    aborts: list[BaseException] = []
+
+    def play(agent: CoopAgent) -> None:
+        try:
+            agent.run()
+        except BaseException as err:  # KeyboardInterrupt, SystemExit: re-raised below
+            aborts.append(err)
+
+    threads = [
+        threading.Thread(target=play, args=(a,), name=f"{pair.pair_id}:{a.agent_id}")
+        for a in agents
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if aborts:
+        raise aborts[0]
+
+
+def _write_agent_logs(
+    stage: Path, pair: Pair, agents: list[CoopAgent], sandboxes: list[Sandbox], model_name: str
+) -> dict[int, str]:
+    """Each agent's patch and trajectory, and the pair's conversation.json, into `stage`;
+    returns the patches by feature id."""
+    patches = {}
+    for feature, agent, sandbox in zip(pair.features, agents, sandboxes, strict=True):
+        fid = feature.feature_id
+        patches[fid] = sandbox.diff()
+        (stage / f"agent{fid}.patch").write_text(patches[fid])
+        _write_json(
+            stage / f"agent{fid}_traj.json",
+            agent.trajectory(
+                repo=pair.repo, task_id=pair.task_id, feature_id=fid, model=model_name
+            ),
+        )
+    sent = [m for a in agents for m in a.bus.sent_messages()]
+    ids = {a.agent_id: f.feature_id for a, f in zip(agents, pair.features, strict=True)}
+    _write_json(stage / "conversation.json", conversation_records(sent, ids))
+    return patches
+
+
+def _pair_result(
+    pair: Pair,
+    settings: EpisodeSettings,
+    agents: list[CoopAgent],
+    started: float,
+    error: str | None,
+) -> dict:
+    """result.json's content: the pair's status (Error if the pair or an agent failed),
+    timing, and each agent's status, steps and cost."""
     agent_errors = [a.error for a in agents if a.status == "Error"]
-    result = {
+    return {
         "repo": pair.repo,
         "task_id": pair.task_id,
         "features": [pair.feature_a, pair.feature_b],
@@ -264,14 +317,15 @@ def run_pair(
         "total_steps": sum(a.steps for a in agents),
         "total_cost": sum(a.cost for a in agents),
     }
-    _write_json(stage / "result.json", result)
-    # Publish atomically: replace any earlier (errored) attempt in one rename.
+
+
+def _publish(stage: Path, final: Path) -> None:
+    """Publish atomically: replace any earlier (errored) attempt in one rename."""
     if final.exists():
         trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:6]}")
         os.replace(final, trash)
         shutil.rmtree(trash, ignore_errors=True)
     os.replace(stage, final)
-    return result
 
 
 def run_pairs(

@@ -16,16 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coop_dag.agent.actions import BASH_TOOL, diagnose_format_error, parse_actions
-from coop_dag.agent.messaging import (
-    MessageBus,
-    MessagingError,
-    departure_notice,
-    format_inbox,
-    parse_send_message,
-)
+from coop_dag.agent.messaging.bus import MessageBus, departure_notice, format_inbox
+from coop_dag.agent.messaging.errors import MessagingError
+from coop_dag.agent.messaging.parser import parse_send_message
 from coop_dag.agent.models import ChatModel, ModelResponse
 from coop_dag.agent.prompts import Prompts, format_error
-from coop_dag.agent.sandbox import Sandbox, format_observation
+from coop_dag.agent.sandbox.base import Sandbox, format_observation
 
 SUBMIT_MARKER = "COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT"
 

@@ -31,7 +31,7 @@ import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
-from coop_dag.agent.messaging import MessagingError
+from coop_dag.agent.messaging.errors import MessagingError
 from coop_dag.util.scratch import owned_tempdir, sweep_stale
 
 __all__ = ["EmbeddedRedis", "RedisGone", "RedisLink", "connect", "redis_for"]

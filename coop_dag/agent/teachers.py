@@ -19,327 +19,46 @@
 - `CopierPolicy`: a control, not a teacher. No model and no understanding: it pastes the
   feature's Files Modified list into a plan message, greps those files and submits without an
   edit. Whatever metric it clears measures copying the task text, not planning.
+
+The plans' wording and the reading of the partner's plan are in `plan_text.py`, the regions a
+patch changes in `patch_regions.py`.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import random
 import re
 import shlex
-import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from coop_dag.agent.models import LiteLLMChatModel, ModelResponse
+from coop_dag.agent.patch_regions import patch_regions
+from coop_dag.agent.plan_text import (
+    ACKS,
+    ASK_FILES_ACKS,
+    FOLLOW_UPS,
+    PROPOSALS,
+    SHARE_OFFERS,
+    SHARED_ACKS,
+    THOUGHTS,
+    claimed_paths,
+    describe_file,
+    feature_title,
+    own_files,
+    quote_paths,
+    shared_split,
+)
 from coop_dag.config.variants import Variant
 from coop_dag.dataset.tasks import Feature, Pair
 from coop_dag.util.paths import extract_paths
 
-PATCH_FILE_RE = re.compile(r"^diff --git a/(\S+) b/(\S+)$", re.MULTILINE)
 INBOX_RE = re.compile(r"^\[Message from (agent\d+)\]: ?(.*)", re.DOTALL)
 # A delivery anywhere in a text: `send_message --wait` returns the reply in its observation.
 RECEIVED_RE = re.compile(r"\[Message from (agent\d+)\]: ?")
-
-# Phrasings vary across rollouts; each keeps >= 2 plan keywords and the task's paths. `{mine}`
-# lists each file with the functions/classes the edit touches there.
-PROPOSALS = (
-    "Plan: I'll implement {title} and edit {mine}. You take your feature's files; "
-    "tell me which ones so we don't overlap. I'll start once I have your plan.",
-    "Hi {partner}, here is my plan to split the work: I'll take {mine} for {title}. "
-    "Which files will you edit? I'll stay out of your part.",
-    "Proposed split: first I'll change {mine} ({title}). You keep to your own files; "
-    "send me your list and I'll stay out of your part.",
-    "Plan for our split: I'll own {mine} to add {title}. Could you reply with the files you "
-    "will edit, so each step stays clear of the other's code?",
-)
-# The proposer cannot know the partner's files yet: it offers to split a file rather than assume
-# the files are disjoint.
-SHARE_OFFERS = (
-    "If you need one of these files too, name your functions there and we'll split it by function.",
-    "Need one of my files too? Tell me which functions, and we'll split that file.",
-)
-# Used only when the partner named files and none of them is one of mine.
-ACKS = (
-    "Thanks, plan agreed. You take {theirs}; I'll take {mine} for {title}. No overlap, "
-    "so I'll start now.",
-    "Sounds good: split confirmed. I'll edit {mine} ({title}) and you edit {theirs}. "
-    "I'll stay off your files.",
-    "Agreed. First I'll do {mine} for {title}; you keep {theirs}. Next step for me is "
-    "reading my files.",
-)
-# Both plans name a file: split it. `{split}` says who takes which regions of each shared file.
-SHARED_ACKS = (
-    "Thanks for the plan. We overlap: we both edit {shared}. Split by function. {split} "
-    "I'll start on {title} now and stay inside my part.",
-    "Agreed, with one thing to settle: {shared} is in both our plans. Proposed split. {split} "
-    "First step for me is my part of {title}.",
-    "Plan received. You and I both need {shared}, so here is a split by function. {split} "
-    "I'll keep my edits for {title} to my part.",
-)
-# Proposals crossed (both agents proposed) and both name a file: settle the split right away.
-FOLLOW_UPS = (
-    "Our plans overlap: we both edit {shared}. Split by function. {split} "
-    "I'll stay inside my part for {title}.",
-    "We both listed {shared}, so let's split it. {split} I'll keep my edits for {title} to "
-    "my part.",
-)
-# The partner's message named no file: ask, never fill in a placeholder.
-ASK_FILES_ACKS = (
-    "Thanks. I'll take {mine} for {title}. Your plan didn't say which files you will edit: "
-    "which ones are they? If one of mine is among them, I'll split it with you by function.",
-    "Got your message. My plan: {mine} for {title}. Could you list the files you will "
-    "change, so we can split any file we both need?",
-)
-THOUGHTS = {
-    "read": "Our plan is settled. I'll look at the outline of the files I claimed.",
-    "edit": "I'll apply my change to the files from my plan.",
-    "test": "Now I'll run the test suite to check my change.",
-    "submit": "The change is in and the tests ran. Submitting.",
-}
-
-
-def patch_files(patch_text: str) -> list[str]:
-    """Files a unified git diff touches, in order."""
-    return list(dict.fromkeys(m.group(2) for m in PATCH_FILE_RE.finditer(patch_text)))
-
-
-def feature_title(feature: Feature) -> str:
-    match = re.search(r"\*\*Title\*\*:\s*(.+)", feature.description)
-    title = match.group(1).strip() if match else f"feature {feature.feature_id}"
-    return title.replace("`", "")[:80]
-
-
-def own_files(feature: Feature) -> list[str]:
-    """The files this feature edits: its gold patch's files (task-derived, like v5-tf)."""
-    text = feature.feature_patch.read_text() if feature.feature_patch.is_file() else ""
-    return patch_files(text) or list(feature.files)
-
-
-def _quote(paths: list[str]) -> str:
-    return ", ".join(f"`{p}`" for p in paths)
-
-
-MODULE_LEVEL = "module level"  # changes outside any function or class (imports, constants)
-MAX_REGIONS = 3  # per file in a message: plans must stay short enough for a small student
-_HUNK_RE = re.compile(r"^@@ -(\d+)(?:,\d+)? \+\d+(?:,\d+)? @@ ?(.*)$")
-_DEF_RE = re.compile(r"^(\s*)(?:async\s+)?(def|class)\s+([A-Za-z_]\w*)")
-_IDENT_RE = re.compile(r"`([A-Za-z_][\w.]*(?:\(\))?)`")
-
-
-# CPython 3.11's parser is not safe in two threads at once (agents of one pair run in
-# threads): "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905).
-_AST_LOCK = threading.Lock()
-
-
-def _scopes(source: str) -> list[tuple[int, int, int, str, bool]]:
-    """`(first line, last line, column, qualified name, is_function)` of every class and of every
-    function not nested in another function (a nested helper is part of its function)."""
-    try:
-        with _AST_LOCK:
-            tree = ast.parse(source)
-    except SyntaxError:
-        return []
-    out: list[tuple[int, int, int, str, bool]] = []
-
-    def visit(node: ast.AST, prefix: str) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-                name = f"{prefix}{child.name}"
-                is_fn = not isinstance(child, ast.ClassDef)
-                first = min([child.lineno, *(d.lineno for d in child.decorator_list)])
-                out.append((first, child.end_lineno or child.lineno, child.col_offset, name, is_fn))
-                if not is_fn:
-                    visit(child, f"{name}.")
-
-    visit(tree, "")
-    return out
-
-
-def _label(name: str, is_function: bool) -> str:
-    return f"{name}()" if is_function else name
-
-
-def _enclosing(scopes: list, line: int, indent: int) -> str | None:
-    """The innermost def/class around base line `line` whose body `indent` could be in."""
-    best = None
-    for first, last, col, name, is_fn in scopes:
-        if first <= line <= last and col < indent:
-            if best is None or col > best[0]:
-                best = (col, _label(name, is_fn))
-    return best[1] if best else None
-
-
-class _HunkContext:
-    """Without base sources: the scope a hunk line is in, from the definitions the hunk shows
-    (its header's context line, which git takes from the last unindented line, and the
-    definitions among its lines)."""
-
-    def __init__(self, header: str) -> None:
-        self.top: tuple[str, bool] | None = None  # last unindented def/class
-        self.inner: tuple[int, str] | None = None  # last indented def in a class: (indent, name)
-        self.see(header)
-
-    def see(self, text: str) -> None:
-        definition = _DEF_RE.match(text)
-        if not definition:
-            return
-        indent, name = len(definition.group(1)), definition.group(3)
-        if indent == 0:
-            self.top, self.inner = (name, definition.group(2) == "def"), None
-        elif self.top and not self.top[1] and definition.group(2) == "def":
-            self.inner = (indent, name)
-
-    def outer(self, indent: int) -> str | None:
-        if indent == 0 or self.top is None:
-            return None
-        name, is_fn = self.top
-        if not is_fn and self.inner and indent > self.inner[0]:
-            return f"{name}.{self.inner[1]}()"
-        return _label(name, is_fn)
-
-
-def patch_regions(patch_text: str, base_dir: Path | None = None) -> dict[str, list[str]]:
-    """Per file a unified git diff changes, the functions/classes the change touches, in order:
-    `Class.method()` for functions, `Class` for class bodies, `module level` for the rest
-    (imports, constants), and new definitions by their own names. Nested functions count as
-    their enclosing function.
-
-    With the base sources (`base_dir`), a changed line is placed in its innermost enclosing
-    definition; without them, only what the hunk shows is used.
-    """
-    regions: dict[str, list[str]] = {}
-    for block in re.split(r"^diff --git ", patch_text, flags=re.M)[1:]:
-        match = re.match(r"a/(\S+) b/(\S+)", block)
-        if not match:
-            continue
-        path = match.group(2)
-        found: dict[str, None] = {}
-        source = None
-        if base_dir is not None and (base_dir / path).is_file():
-            source = (base_dir / path).read_text(encoding="utf-8", errors="replace")
-        scopes = _scopes(source) if source is not None else []
-        old_line = 0
-        context = _HunkContext("")
-        new_def: tuple[int, str] | None = None  # a definition this hunk adds: (indent, label)
-        for line in block.splitlines():
-            hunk = _HUNK_RE.match(line)
-            if hunk:
-                old_line, context, new_def = (
-                    int(hunk.group(1)) - 1,
-                    _HunkContext(hunk.group(2)),
-                    None,
-                )
-                continue
-            line = line or " "  # a blank context line whose trailing space was stripped
-            if line[0] not in " +-" or line.startswith(("+++", "---")):
-                continue
-            kind, text = line[0], line[1:]
-            indent = len(text) - len(text.lstrip())
-            if kind != "+":
-                old_line += 1
-            if not text.strip():
-                continue
-            if kind == " ":
-                context.see(text)
-                if new_def and indent <= new_def[0]:
-                    new_def = None
-                continue
-            if kind == "+" and new_def and indent > new_def[0]:
-                found.setdefault(new_def[1], None)
-                context.see(text)
-                continue
-            new_def = None
-            if scopes:
-                # a removed line lies in its own scope; an added one in the scope of the base
-                # line before it, if indented deeper than that scope's header
-                outer = _enclosing(scopes, old_line, indent) if old_line else None
-            else:
-                outer = context.outer(indent)
-            context.see(text)
-            definition = _DEF_RE.match(text)
-            if definition and outer is None:
-                region = _label(definition.group(3), definition.group(2) == "def")
-            elif definition and not outer.endswith("()"):  # a method
-                region = _label(f"{outer}.{definition.group(3)}", definition.group(2) == "def")
-            else:  # a statement, or a helper nested in a function
-                region = outer or MODULE_LEVEL
-            if definition and kind == "+":
-                new_def = (indent, region)
-            found.setdefault(region, None)
-        regions[path] = list(found)
-    return regions
-
-
-def _describe(path: str, regions: list[str]) -> str:
-    """`path` with at most MAX_REGIONS region names: "`a.py` (`f()`, `C.g()`)". Module level
-    is left out when the file has named regions (imports alone are not worth a line in a plan).
-    """
-    named = _named(regions)
-    if not named:
-        return f"`{path}`"
-    shown = ", ".join(f"`{r}`" for r in named[:MAX_REGIONS])
-    more = f" and {len(named) - MAX_REGIONS} more" if len(named) > MAX_REGIONS else ""
-    return f"`{path}` ({shown}{more})"
-
-
-def _named(regions: list[str]) -> list[str]:
-    """Regions worth naming in a plan: not module level, and not a class whose methods are
-    named anyway (a class line is usually its docstring or a field next to them)."""
-    return [
-        r for r in regions if r != MODULE_LEVEL and not any(o.startswith(f"{r}.") for o in regions)
-    ]
-
-
-def _bare(name: str) -> str:
-    return name.removesuffix("()")
-
-
-_PRONOUN_RE = re.compile(r"\b(I(?:['\u2019](?:ll|m|d))?|[Mm]y|[Ww]e|[Yy]ou|[Yy]our)\b")
-
-
-def _claimed(text: str, paths: list[str]) -> list[str]:
-    """The paths `text`'s author claims for itself: the last pronoun before a mention decides
-    ("I'll take `a`; you keep `b`" claims `a`, not `b`); a path no pronoun precedes counts as
-    claimed. A path is claimed if any of its mentions is."""
-    out = []
-    for path in paths:
-        for m in re.finditer(rf"(?<![\w/.-]){re.escape(path)}(?![\w/])", text):
-            pronouns = _PRONOUN_RE.findall(text[: m.start()])
-            if not pronouns or pronouns[-1].lower() not in ("you", "your"):
-                out.append(path)
-                break
-    return out
-
-
-def _partner_regions(plan: str, paths: list[str]) -> dict[str, list[str]]:
-    """Function/class names in backticks in the partner's message, per path: a name belongs to
-    the last path named before it ("`a.py` (`f()`, `C.g()`)"); names before any path are left
-    out."""
-    spans = sorted(
-        (m.start(), path)
-        for path in paths
-        for m in re.finditer(rf"(?<![\w/.-]){re.escape(path)}(?![\w/])", plan)
-    )
-    out: dict[str, dict[str, None]] = {path: {} for path in paths}
-    for match in _IDENT_RE.finditer(plan):
-        name = match.group(1)
-        if name in paths or extract_paths(name):
-            continue
-        owner = [path for start, path in spans if start < match.start()]
-        if owner:
-            out[owner[-1]].setdefault(name, None)
-    return {path: list(names) for path, names in out.items()}
-
-
-def _partner_unlisted(plan: str, path: str) -> int:
-    """How many regions the partner left unnamed for `path` ("`a.py` (`f()`, ... and 2 more)")."""
-    m = re.search(rf"`{re.escape(path)}` \([^()]*?(?:\(\)[^()]*?)* and (\d+) more\)", plan)
-    return int(m.group(1)) if m else 0
 
 
 def _bash_call(call_id: str, command: str) -> dict[str, Any]:
@@ -416,59 +135,23 @@ class TemplatedTeacher:
         return patch_regions(text, base if base.is_dir() else None)
 
     def _split(self, plan: str, named: list[str], shared: list[str]) -> str:
-        """Who takes which functions of each shared file: mine from my edit, theirs from the
-        names the partner's plan gives for that file; code both need is flagged."""
-        regions = self._regions()
-        partner_regions = _partner_regions(plan, named)
-        parts = []
-        contested = False
-        for path in shared:
-            own = _named(regions.get(path, []))
-            own_bare = {_bare(r) for r in own}
-            theirs_here = partner_regions.get(path, [])
-            both = [n for n in theirs_here if _bare(n) in own_bare]
-            others = [n for n in theirs_here if _bare(n) not in own_bare][:MAX_REGIONS]
-            mine_only = [r for r in own if _bare(r) not in {_bare(n) for n in both}]
-            clauses = []
-            if mine_only or not both:
-                names = ", ".join(f"`{r}`" for r in mine_only[:MAX_REGIONS])
-                clauses.append(f"I take {names or 'the parts my feature changes'}")
-            if others:
-                clauses.append(f"you take {', '.join(f'`{n}`' for n in others)}")
-            elif not both:
-                clauses.append("you take the rest of it (tell me which functions)")
-            if both:
-                contested = True
-                clauses.append(f"we both need {', '.join(f'`{n}`' for n in both)}")
-            unlisted = _partner_unlisted(plan, path)
-            if unlisted:
-                clauses.append(
-                    f"you left {unlisted} more unnamed there: name them so we catch any clash"
-                )
-            parts.append(f"In `{path}` " + "; ".join(clauses) + ".")
-        split = " ".join(parts)
-        if contested:
-            split += (
-                " Where we both need the same code, I'll keep my change to its own block and "
-                "we merge it with care."
-            )
-        return split
+        return shared_split(plan, named, shared, self._regions())
 
     def _ack(self, plan: str, mine: list[str], values: dict[str, str]) -> str:
         """Reply to the partner's plan: confirm disjoint files, split shared ones, or ask."""
         named = extract_paths(plan)
-        claimed = _claimed(plan, named)  # "you edit `x`" is a guess about me, not a claim
+        claimed = claimed_paths(plan, named)  # "you edit `x`" is a guess about me, not a claim
         if not claimed:
             return self._rng.choice(ASK_FILES_ACKS).format(**values)
         shared = [p for p in mine if p in claimed]
         theirs = [p for p in claimed if p not in mine]
         if not shared:
-            return self._rng.choice(ACKS).format(theirs=_quote(theirs), **values)
+            return self._rng.choice(ACKS).format(theirs=quote_paths(theirs), **values)
         split = self._split(plan, named, shared)
         if theirs:
-            split += f" You also keep {_quote(theirs)}."
+            split += f" You also keep {quote_paths(theirs)}."
         return self._rng.choice(SHARED_ACKS).format(
-            shared=_quote(shared), split=split, title=values["title"]
+            shared=quote_paths(shared), split=split, title=values["title"]
         )
 
     def _follow_up(self, messages: list[dict], mine: list[str]) -> str | None:
@@ -478,13 +161,13 @@ class TemplatedTeacher:
         if plan is None:
             return None
         named = extract_paths(plan)
-        claimed = _claimed(plan, named)  # not the files a reply hands back to me
+        claimed = claimed_paths(plan, named)  # not the files a reply hands back to me
         shared = [p for p in mine if p in claimed and f"In `{p}`" not in plan]
         if not shared:
             return None
         split = self._split(plan, named, shared)
         return self._rng.choice(FOLLOW_UPS).format(
-            shared=_quote(shared), split=split, title=feature_title(self.feature)
+            shared=quote_paths(shared), split=split, title=feature_title(self.feature)
         )
 
     def _next(self, messages: list[dict]) -> tuple[str, str]:
@@ -494,7 +177,7 @@ class TemplatedTeacher:
             plan = self._partner_plan(messages)
             regions = self._regions()
             values = {
-                "mine": ", ".join(_describe(p, regions.get(p, [])) for p in mine),
+                "mine": ", ".join(describe_file(p, regions.get(p, [])) for p in mine),
                 "title": feature_title(self.feature),
                 "partner": self.partner_id,
             }

@@ -42,17 +42,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from coop_dag.agent.sandbox import (
-    DEFAULT_HIDDEN_PATHS,
-    DEFAULT_MAX_OUTPUT_BYTES,
-    BwrapRunner,
-    CommandResult,
-    SandboxError,
-    _prepare_home,
-    _to_result,
-    hideable,
-    task_image,
-)
+from coop_dag.agent.sandbox.base import DEFAULT_MAX_OUTPUT_BYTES, CommandResult, SandboxError
+from coop_dag.agent.sandbox.bwrap import DEFAULT_HIDDEN_PATHS, BwrapRunner, _prepare_home, hideable
+from coop_dag.agent.sandbox.docker import task_image
+from coop_dag.agent.sandbox.process import _to_result
 from coop_dag.dataset.base_repo import checkout_base
 from coop_dag.dataset.task_env import (
     DOCKER_PATCHES,

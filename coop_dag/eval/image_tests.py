@@ -12,17 +12,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from coop_dag.agent.sandbox import (
-    DEFAULT_MAX_OUTPUT_BYTES,
-    CommandResult,
-    SandboxError,
-    _run_process,
-    _to_result,
+from coop_dag.agent.sandbox.base import DEFAULT_MAX_OUTPUT_BYTES, CommandResult, SandboxError
+from coop_dag.agent.sandbox.docker import (
     docker_cp_argv,
     docker_create_argv,
     docker_rm_argv,
     docker_start_argv,
 )
+from coop_dag.agent.sandbox.process import _run_process, _to_result
 
 log = logging.getLogger(__name__)
 

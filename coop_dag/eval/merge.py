@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from coop_dag.agent.sandbox import BwrapRunner
+from coop_dag.agent.sandbox.bwrap import BwrapRunner
 
 # Fixed identity so eval commits never depend on the host's git config.
 EVAL_GIT_ENV = {

@@ -12,7 +12,7 @@ messages}``. What an agent *did* is read per assistant turn: the executed comman
 from CooperBench's mini_swe_agent_v2), or, for external logs without it, the commands
 ``coop_dag.agent.actions.parse_actions`` finds in ``tool_calls`` and in Qwen inline ``<tool_call>``
 XML in ``content`` (markdown bash blocks and narration are not actions). Each command is split by
-``agent.messaging.parse_send_message`` into the messages it sends and the other bash it runs;
+``agent.messaging.parser.parse_send_message`` into the messages it sends and the other bash it runs;
 a structured ``send_message`` tool call is a message and no bash.
 
 Agent names: files are ``agent<feature id>``, but the name an agent sends under is its
@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from coop_dag.agent.actions import parse_actions
-from coop_dag.agent.messaging import MessagingError, OutgoingMessage, parse_send_message
+from coop_dag.agent.messaging.errors import MessagingError
+from coop_dag.agent.messaging.parser import OutgoingMessage, parse_send_message
 
 PAIR_DIR_RE = re.compile(r"^f(\d+)_f(\d+)$")
 # `[Message from agent2]: ...` -- an inbox delivery, or a `--wait` reply inside an observation.

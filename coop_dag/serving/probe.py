@@ -16,7 +16,7 @@ agent loop and the metrics do:
   student is evaluated with (:func:`probe_endpoint`);
 - scoring, per output: the bash commands :func:`coop_dag.agent.actions.parse_actions` finds (the
   tool calls vLLM's parser returned, else calls written inline), the messages
-  `agent.messaging.parse_send_message` finds in them, and whether one of those messages
+  `agent.messaging.parser.parse_send_message` finds in them, and whether one of those messages
   goes to the partner and names a path of the task: ``extract_paths(body)`` intersected with
   the feature's task files (its Files Modified list, see :func:`coop_dag.dataset.tasks.task_files`).
   ``rate`` is the share of prompts with such a message (a "hit"); ``tool_call_rate`` and
@@ -41,7 +41,8 @@ from typing import Any
 
 from coop_dag import BUNDLED_DATASET
 from coop_dag.agent.actions import BASH_TOOL, parse_actions
-from coop_dag.agent.messaging import MessagingError, parse_send_message
+from coop_dag.agent.messaging.errors import MessagingError
+from coop_dag.agent.messaging.parser import parse_send_message
 from coop_dag.agent.prompts import render_prompts
 from coop_dag.dataset.discovery import discover_tasks
 from coop_dag.dataset.tasks import BUNDLED_SPLIT, Feature

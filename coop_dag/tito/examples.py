@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from coop_dag.agent.messaging import OutgoingMessage
+from coop_dag.agent.messaging.parser import OutgoingMessage
 from coop_dag.eval.runlogs import turn_commands
 from coop_dag.tito.chat import assistant_target_text, encode_rendered, render_ids, render_text
 from coop_dag.tito.config import TitoConfig, TitoStats

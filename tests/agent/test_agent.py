@@ -25,11 +25,12 @@ import pytest
 from coop_dag import BUNDLED_DATASET
 from coop_dag.agent.actions import SUBMIT_COMMAND, to_qwen_xml
 from coop_dag.agent.loop import AgentLimits, CoopAgent, approx_tokens
-from coop_dag.agent.messaging import MessageBus, new_run_prefix
+from coop_dag.agent.messaging.bus import MessageBus, new_run_prefix
 from coop_dag.agent.models import ChatModel, ModelResponse
 from coop_dag.agent.prompts import render_prompts
 from coop_dag.agent.redis_server import connect
-from coop_dag.agent.sandbox import LocalSandbox, bwrap_status
+from coop_dag.agent.sandbox.bwrap import bwrap_status
+from coop_dag.agent.sandbox.local import LocalSandbox
 from coop_dag.dataset.discovery import discover_pairs
 
 BWRAP_OK, BWRAP_INFO = bwrap_status()

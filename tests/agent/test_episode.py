@@ -37,7 +37,7 @@ from coop_dag.agent.episode import (  # noqa: E402
     sandbox_factory,
 )
 from coop_dag.agent.loop import AgentLimits  # noqa: E402
-from coop_dag.agent.messaging import MessagingError  # noqa: E402
+from coop_dag.agent.messaging.errors import MessagingError  # noqa: E402
 from coop_dag.agent.models import LiteLLMChatModel  # noqa: E402
 from coop_dag.agent.redis_server import connect  # noqa: E402
 from coop_dag.agent.rollouts import (  # noqa: E402
@@ -46,7 +46,7 @@ from coop_dag.agent.rollouts import (  # noqa: E402
     rollout_pairs,
     summarise_run,
 )
-from coop_dag.agent.sandbox import LocalSandbox  # noqa: E402
+from coop_dag.agent.sandbox.local import LocalSandbox  # noqa: E402
 from coop_dag.config.hostcheck import HostRequirementError  # noqa: E402
 from coop_dag.dataset.base_repo import checkout_base  # noqa: E402
 from coop_dag.dataset.discovery import discover_pairs

@@ -13,19 +13,20 @@ import time
 
 import pytest
 
-from coop_dag.agent.messaging import (
+from coop_dag.agent.messaging.bus import (
     MessageBus,
-    MessagingError,
-    OutgoingMessage,
-    PartnerExited,
-    SendMessageParseError,
-    UnknownRecipient,
     conversation_records,
     departure_notice,
     format_inbox,
     new_run_prefix,
-    parse_send_message,
 )
+from coop_dag.agent.messaging.errors import (
+    MessagingError,
+    PartnerExited,
+    SendMessageParseError,
+    UnknownRecipient,
+)
+from coop_dag.agent.messaging.parser import OutgoingMessage, parse_send_message
 from coop_dag.agent.redis_server import EmbeddedRedis, connect, redis_for
 
 

@@ -20,25 +20,24 @@ from pathlib import Path
 import pytest
 
 from coop_dag import BUNDLED_DATASET, PACKAGE_DIR, REPO_ROOT
-from coop_dag.agent.sandbox import (
-    DEFAULT_ENV,
+from coop_dag.agent.sandbox.base import DEFAULT_ENV, CommandResult, SandboxError, format_observation
+from coop_dag.agent.sandbox.bwrap import (
     SYSTEM_PATHS,
-    CommandResult,
-    DockerSandbox,
-    LocalSandbox,
-    SandboxError,
     bwrap_argv,
     bwrap_status,
-    docker_exec_argv,
-    docker_rm_argv,
-    docker_run_argv,
-    format_observation,
     host_secrets,
-    image_for,
     interpreter_roots,
     secrets_to_hide,
     system_mounts,
 )
+from coop_dag.agent.sandbox.docker import (
+    DockerSandbox,
+    docker_exec_argv,
+    docker_rm_argv,
+    docker_run_argv,
+    image_for,
+)
+from coop_dag.agent.sandbox.local import LocalSandbox
 from coop_dag.dataset.base_repo import checkout_base
 from coop_dag.dataset.tasks import Task
 

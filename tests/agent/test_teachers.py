@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from coop_dag import BUNDLED_DATASET
-from coop_dag.agent.teachers import MODULE_LEVEL, TemplatedTeacher, own_files, patch_regions
+from coop_dag.agent.patch_regions import MODULE_LEVEL, patch_regions
+from coop_dag.agent.plan_text import own_files
+from coop_dag.agent.teachers import TemplatedTeacher
 from coop_dag.dataset.discovery import discover_pairs
 from coop_dag.dataset.tasks import Pair
 from coop_dag.eval.plan_checks import plan_keywords

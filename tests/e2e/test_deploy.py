@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from coop_dag import REPO_ROOT
-from coop_dag.agent.sandbox import docker_exec_argv, docker_run_argv, image_for
+from coop_dag.agent.sandbox.docker import docker_exec_argv, docker_run_argv, image_for
 from coop_dag.config.profiles import (
     CLUSTER_VERL_PYTHON,
     CLUSTER_VLLM_PYTHON,
@@ -356,8 +356,7 @@ def test_gpu_image_environments_match_the_cluster_profile():
     assert f"torch=={build_args['VERL_TORCH_VERSION']}+cpu" in reqs
     assert (
         '/opt/verl-env/bin/pip install "torch==${VERL_TORCH_VERSION}" "verl==${VERL_VERSION}"'
-        " peft fastapi uvicorn dagster-pipes -c /tmp/verl-constraints.txt"
-        in " ".join(runs.split())
+        " peft fastapi uvicorn dagster-pipes -c /tmp/verl-constraints.txt" in " ".join(runs.split())
     )
     # rank 0 reports through Pipes: pinned to the version the code location speaks
     from importlib.metadata import version

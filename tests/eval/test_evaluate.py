@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from coop_dag import BUNDLED_DATASET, PACKAGE_DIR
-from coop_dag.agent.sandbox import bwrap_status
+from coop_dag.agent.sandbox.bwrap import bwrap_status
 from coop_dag.dataset.base_repo import BASE_GIT_ENV, checkout_base
 from coop_dag.dataset.discovery import load_task
 from coop_dag.dataset.tasks import Pair, Task

@@ -27,7 +27,8 @@ import pytest
 from dataset_factory import add_docker_task
 
 from coop_dag.agent.episode import EpisodeSettings
-from coop_dag.agent.sandbox import DockerSandbox, bwrap_status, image_for, task_image
+from coop_dag.agent.sandbox.bwrap import bwrap_status
+from coop_dag.agent.sandbox.docker import DockerSandbox, image_for, task_image
 from coop_dag.dataset.discovery import discover_pairs
 from coop_dag.dataset.tasks import TaskError
 from coop_dag.eval.evaluate import evaluate_pair, write_eval

@@ -67,7 +67,7 @@ def test_a_killed_runs_redis_and_sandbox_dirs_are_cleaned_by_the_next_run(tmp_pa
         from coop_dag import BUNDLED_DATASET
         from coop_dag.agent.episode import SCRATCH_PREFIX
         from coop_dag.agent.redis_server import EmbeddedRedis
-        from coop_dag.agent.sandbox import LocalSandbox
+        from coop_dag.agent.sandbox.local import LocalSandbox
         from coop_dag.util.scratch import owned_tempdir
         from coop_dag.dataset.discovery import discover_tasks
 
