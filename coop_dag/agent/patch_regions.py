@@ -22,17 +22,31 @@ def patch_files(patch_text: str) -> list[str]:
     return list(dict.fromkeys(m.group(2) for m in PATCH_FILE_RE.finditer(patch_text)))
 
 
-# CPython 3.11's parser is not safe in two threads at once (agents of one pair run in
-# threads): "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905).
+# CPython 3.11's `ast.parse` is not safe in two threads at once: the AST constructor's depth
+# counter is shared, so a parse interleaved with another raises "SystemError: AST constructor
+# recursion depth mismatch" (python/cpython#106905). Our parses take turns; the standard
+# library parses too (traceback formatting, `inspect.signature` of builtins), outside any lock
+# of ours, so a collision with those is parsed again.
 _AST_LOCK = threading.Lock()
+_AST_ATTEMPTS = 5
+
+
+def _parse(source: str) -> ast.Module:
+    for attempt in range(_AST_ATTEMPTS):
+        try:
+            with _AST_LOCK:
+                return ast.parse(source)
+        except SystemError as err:
+            if "recursion depth mismatch" not in str(err) or attempt == _AST_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _scopes(source: str) -> list[tuple[int, int, int, str, bool]]:
     """`(first line, last line, column, qualified name, is_function)` of every class and of every
     function not nested in another function (a nested helper is part of its function)."""
     try:
-        with _AST_LOCK:
-            tree = ast.parse(source)
+        tree = _parse(source)
     except SyntaxError:
         return []
     out: list[tuple[int, int, int, str, bool]] = []

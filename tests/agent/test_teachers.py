@@ -307,3 +307,32 @@ def test_follow_up_asks_for_regions_the_partner_left_unnamed() -> None:
     _, command = proposer_turn1(pair, f"[Message from agent2]: {crossed}")
     assert "you left 1 more unnamed there" in command
     assert "we both need `Table.__init__()`, `Table.column_widths()`" in command
+
+
+def test_a_parse_that_collides_with_another_threads_parse_is_parsed_again(monkeypatch):
+    """CPython 3.11's AST constructor shares a depth counter between threads: a parse of ours
+    interleaved with the standard library's (a traceback being formatted) raises SystemError.
+    The regions of that file are still found; any other SystemError is not swallowed."""
+    import ast
+
+    from coop_dag.agent import patch_regions as pr
+
+    source = "import os\n\n\nclass Clock:\n    def tick(self):\n        return 1\n"
+    real_parse, calls = ast.parse, []
+
+    def collide_once(text, *args, **kwargs):
+        calls.append(text)
+        if len(calls) == 1:
+            raise SystemError("AST constructor recursion depth mismatch (before=4, after=9)")
+        return real_parse(text, *args, **kwargs)
+
+    monkeypatch.setattr(pr.ast, "parse", collide_once)
+    assert pr._scopes(source) == [(4, 6, 0, "Clock", False), (5, 6, 4, "Clock.tick", True)]
+    assert len(calls) == 2
+
+    def other_error(text, *args, **kwargs):
+        raise SystemError("something else")
+
+    monkeypatch.setattr(pr.ast, "parse", other_error)
+    with pytest.raises(SystemError, match="something else"):
+        pr._scopes(source)
