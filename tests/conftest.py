@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from coop_dag.agent.redis_server import EmbeddedRedis
@@ -41,3 +43,15 @@ def pytest_collection_finish(session):
         import serve_helpers
 
         serve_helpers.start_server_early()
+
+
+E2E_DIR = Path(__file__).parent / "e2e"
+
+
+def pytest_collection_modifyitems(items):
+    """The end-to-end tests (`tests/e2e/`: backfill, UI, dagster dev, deploy, real verl) are
+    marked `e2e` and `slow`, so `-m "not e2e"` leaves them out and `make test` runs them all."""
+    for item in items:
+        if E2E_DIR in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.slow)
