@@ -11,8 +11,8 @@ import dagster as dg
 
 from assets.partitions import GPU_POOL, variant_partitions
 
-HOLD_S = 10.0  # how long a step waits to see the other partition's step start
-READY_S = 120.0  # how long it waits for the other process to be ready to launch its run
+WAIT_S = 150.0  # the longest a step waits to learn whether the other step would run beside it
+BLOCKED_S = 2.0  # how long the other step must sit unassigned in the pool to count as blocked
 PARTITIONS = ("templated", "templated-up1")
 
 
@@ -20,23 +20,38 @@ class GpuStepConfig(dg.Config):
     out_dir: str
 
 
+def _other_blocked(context: dg.AssetExecutionContext) -> bool:
+    """Another run's step waits in the GPU pool without a slot (so it cannot start now)."""
+    info = context.instance.event_log_storage.get_concurrency_info(GPU_POOL)
+    return any(
+        step.run_id != context.run.run_id and step.assigned_timestamp is None
+        for step in info.pending_steps
+    )
+
+
 @dg.asset(partitions_def=variant_partitions, pool=GPU_POOL)
 def gpu_step(context: dg.AssetExecutionContext, config: GpuStepConfig) -> None:
+    """Hold the pool until the other partition's step either starts beside this one (the
+    pool let it in), has already finished, or has waited in the pool without a slot for
+    BLOCKED_S. Waiting on these events, not for a fixed time, keeps the test right on a
+    loaded machine, where the other process's start-up alone can take many seconds."""
     out = Path(config.out_dir)
     me = context.partition_key
+    other = next(p for p in PARTITIONS if p != me)
     start = time.time()
     (out / f"{me}.start").write_text(str(start))
-    # Count the hold from the moment the other process is about to launch its run, not from
-    # my start: on a loaded machine its imports alone can take longer than the hold.
-    ready_by = start + READY_S
-    while time.time() < ready_by and not all((out / f"{p}.ready").exists() for p in PARTITIONS):
-        time.sleep(0.1)
-    deadline = time.time() + HOLD_S
-    saw_other = False
-    while time.time() < deadline and not saw_other:  # would the other step run beside me?
-        saw_other = any(  # another partition's step started and has not finished
-            p.stem != me and not (out / f"{p.stem}.json").exists() for p in out.glob("*.start")
-        )
+    saw_other, blocked_at = False, None
+    while time.time() < start + WAIT_S:
+        # the other step started and has not finished: it runs beside me
+        saw_other = (out / f"{other}.start").exists() and not (out / f"{other}.json").exists()
+        if saw_other or (out / f"{other}.json").exists():
+            break
+        if not _other_blocked(context):
+            blocked_at = None
+        elif blocked_at is None:
+            blocked_at = time.time()
+        elif time.time() - blocked_at >= BLOCKED_S:
+            break
         time.sleep(0.1)
     end = time.time()
     tmp = out / f".{me}.tmp"
@@ -46,7 +61,6 @@ def gpu_step(context: dg.AssetExecutionContext, config: GpuStepConfig) -> None:
 
 def main(partition: str, out_dir: str) -> int:
     with dg.DagsterInstance.get() as instance:
-        (Path(out_dir) / f"{partition}.ready").write_text("")
         result = dg.materialize(
             [gpu_step],
             partition_key=partition,
