@@ -1,12 +1,18 @@
 """GPU concurrency: every asset that holds the GPUs is in the `gpu` pool, and with
-deploy/dagster.yaml's limit two partitions' GPU steps, started at the same moment in two
-processes against one real instance, never overlap (and do overlap once the pool has two
-slots, so the test can tell)."""
+deploy/dagster.yaml's limit a second partition's GPU step, launched from another process
+against the same real instance while the first holds the pool, waits for it: the two never
+overlap (and do overlap once the pool has two slots, so the test can tell).
+
+The second run is launched once the first step holds the slot, not at the same instant: on
+SQLite storage Dagster claims a slot with a read and then a write, so two claims within the
+same few milliseconds can both succeed (CI saw both steps start 3 ms apart). Postgres locks
+the row; deploy/dagster.yaml says so."""
 
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -55,20 +61,27 @@ def deploy_home(tmp_path):
     return home
 
 
+def _launch(part: str, out: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.gpu_pool_job", part, str(out)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def _two_partitions(home: Path, out: Path) -> dict[str, dict]:
+    """Run the first partition's GPU step, and once it holds the pool, the second's."""
     out.mkdir()
     env = {**os.environ, "DAGSTER_HOME": str(home)}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.gpu_pool_job", part, str(out)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for part in ("templated", "templated-up1")
-    ]
+    procs = [_launch("templated", out, env)]
+    deadline = time.monotonic() + 150
+    while not (out / "templated.start").exists() and procs[0].poll() is None:
+        assert time.monotonic() < deadline, "the first GPU step never started"
+        time.sleep(0.1)
+    procs.append(_launch("templated-up1", out, env))
     for p in procs:
         log, _ = p.communicate(timeout=180)
         assert p.returncode == 0, log[-3000:]
